@@ -1,0 +1,37 @@
+"""The ``b2s`` command: registration only; each command lives in ``b2s_cli/commands/``."""
+
+from __future__ import annotations
+
+import typer
+
+from b2s_cli.commands import convert
+from b2s_cli.commands import info
+from b2s_cli.commands import visualize
+
+app = typer.Typer(
+    name="b2s",
+    help="b2s: camera-based 3D semantic occupancy that learns from large-scale binary occupancy data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `b2s` a command group even while only one command is registered."""
+
+
+# Commands are listed here in the order of a user's day (see README).
+app.command("info")(info.info)
+app.command("convert")(convert.convert)
+app.command("visualize")(visualize.visualize)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

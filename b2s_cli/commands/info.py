@@ -1,0 +1,57 @@
+"""``b2s info``: what is inside unified occupancy files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from b2s_cli.errors import cli_errors
+from b2s_core.summary import summarize
+
+
+def _size(num: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1024 or unit == "GB":
+            return f"{num:,.1f} {unit}" if unit != "B" else f"{num:,.0f} B"
+        num /= 1024
+    return f"{num:.1f} GB"
+
+
+@cli_errors
+def info(files: list[Path] = typer.Argument(..., help="One or more .h5 files written by b2s.", show_default=False)) -> None:
+    """Summarise occupancy files: source, grid, taxonomy, scenes, frames, contents and size.
+
+    Example: b2s info data/nuscenes-mini.h5 data/nuplan-*.h5
+    """
+    console = Console()
+    for path in files:
+        s = summarize(path)
+        table = Table(title=str(path), show_header=False, title_justify="left", box=None, padding=(0, 2))
+        table.add_column(style="bold cyan")
+        table.add_column()
+        frames = max(s.frames, 1)
+        rows = [
+            ("source", s.source or "-"),
+            ("created by", s.command or "-"),
+            ("created", s.created or "-"),
+            ("grid", f"{s.grid_name}  {s.grid_shape[0]}x{s.grid_shape[1]}x{s.grid_shape[2]}  voxel {s.voxel_size[0]:g} m"),
+            ("taxonomy", f"{s.taxonomy} ({s.num_labels} labels)"),
+            ("cameras", ", ".join(s.cameras) or "-"),
+            ("scenes", f"{s.scenes:,}"),
+            ("frames", f"{s.frames:,}"),
+            ("with semantics", f"{s.with_semantics:,} ({100 * s.with_semantics / frames:.0f}%)"),
+            ("with mask_lidar", f"{s.with_mask_lidar:,} ({100 * s.with_mask_lidar / frames:.0f}%)"),
+            ("with mask_camera", f"{s.with_mask_camera:,} ({100 * s.with_mask_camera / frames:.0f}%)"),
+            ("with top-2 soft labels", f"{s.with_top2:,}"),
+            ("with LiDAR points", f"{s.with_points:,}"),
+            ("images", f"{s.with_embedded_images:,} frames embedded ({_size(s.image_bytes)}), {s.with_image_paths:,} by path"),
+            ("on disk", _size(s.bytes_on_disk)),
+            ("bytes per frame", f"{_size(s.bytes_per_frame)} (images excluded)"),
+            ("compression", f"{s.compression}, {s.compression_ratio:.1f}x vs uint8 grids"),
+        ]
+        for key, value in rows:
+            table.add_row(key, value)
+        console.print(table)

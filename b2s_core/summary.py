@@ -1,0 +1,96 @@
+"""Facts about unified occupancy files, for ``b2s info`` (and anyone who wants them as data)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from b2s_core.occfile import (
+    FLAG_MASK_CAMERA,
+    FLAG_MASK_LIDAR,
+    FLAG_POINTS,
+    FLAG_SEMANTICS,
+    FLAG_TOP2,
+    OccDataset,
+)
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    path: Path
+    source: str
+    command: str
+    created: str
+    compression: str
+    grid_name: str
+    grid_shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    taxonomy: str
+    num_labels: int
+    cameras: list[str]
+    scenes: int
+    frames: int
+    with_semantics: int
+    with_mask_lidar: int
+    with_mask_camera: int
+    with_top2: int
+    with_points: int
+    with_embedded_images: int
+    with_image_paths: int
+    bytes_on_disk: int
+    image_bytes: int
+
+    @property
+    def bytes_per_frame(self) -> float:
+        """Occupancy bytes per frame, embedded images excluded (they are stored as they came)."""
+        return (self.bytes_on_disk - self.image_bytes) / max(self.frames, 1)
+
+    @property
+    def raw_bytes(self) -> int:
+        """What the grids would take as plain uint8 arrays, one byte per voxel per grid."""
+        voxels = self.grid_shape[0] * self.grid_shape[1] * self.grid_shape[2]
+        grids = self.frames + self.with_mask_lidar + self.with_mask_camera  # labels/occupancy + masks
+        return voxels * grids
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.raw_bytes / max(self.bytes_on_disk - self.image_bytes, 1)
+
+
+def summarize(path: str | os.PathLike) -> FileSummary:
+    """Read a file's header and per-frame index (no grids are decoded): linear in frames, fast."""
+    dataset = OccDataset(path)
+    try:
+        attrs = dataset.attrs()
+        h5 = dataset.h5()
+        image_range = h5["cameras/image_range"][:]  # (N, C, 2)
+        image_path = h5["cameras/image_path"][:]  # (N, C)
+        embedded = int((image_range[..., 1] > 0).any(axis=1).sum()) if len(image_range) else 0
+        with_paths = int((image_path != b"").any(axis=1).sum()) if len(image_path) else 0
+        return FileSummary(
+            path=Path(path),
+            source=attrs.get("source", ""),
+            command=attrs.get("command", ""),
+            created=attrs.get("created", ""),
+            compression=attrs.get("compression", ""),
+            grid_name=dataset.grid.name,
+            grid_shape=dataset.grid.shape,
+            voxel_size=dataset.grid.voxel_size,
+            taxonomy=dataset.taxonomy.name,
+            num_labels=dataset.taxonomy.num_labels,
+            cameras=list(dataset.camera_names),
+            scenes=len(dataset.scenes),
+            frames=len(dataset),
+            with_semantics=dataset.count_flag(FLAG_SEMANTICS),
+            with_mask_lidar=dataset.count_flag(FLAG_MASK_LIDAR),
+            with_mask_camera=dataset.count_flag(FLAG_MASK_CAMERA),
+            with_top2=dataset.count_flag(FLAG_TOP2),
+            with_points=dataset.count_flag(FLAG_POINTS),
+            with_embedded_images=embedded,
+            with_image_paths=with_paths,
+            bytes_on_disk=Path(path).stat().st_size,
+            image_bytes=int(h5["ragged/images"].shape[0]),
+        )
+    finally:
+        dataset.close()

@@ -1,0 +1,49 @@
+"""Readers that turn raw datasets (nuScenes, nuPlan, OpenScene) into the core's frame records.
+
+``open_reader(source, dataroot, ...)`` returns a :class:`converters.base.SceneReader`:
+``reader.scene_names()`` and ``reader.read_scene(name)`` -> key frames
+(:class:`b2s_core.records.SensorFrame`) in time order. The core never imports this package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from converters.base import SceneReader
+from converters.errors import ConverterError
+from converters.labels import LabelSpec
+
+SOURCES = ("nuscenes", "nuplan", "openscene")
+
+
+def open_reader(source: str, dataroot: str | Path, *, version: str | None = None, labels: str | LabelSpec | None = None,
+                scenes: list[str] | None = None, split: str | None = None, **options) -> SceneReader:
+    """Open a raw dataset.
+
+    ``version``: nuScenes table folder (default v1.0-mini). ``labels``: ``KIND:PATH`` with KIND
+    occ3d / openoccupancy (nuScenes) or openscene (OpenScene). ``scenes``: scene names to read;
+    ``split``: nuScenes official split (train, val, test, mini_train, mini_val), or the OpenScene /
+    nuPlan split folder. ``options`` go to the source's reader (e.g. ``max_sweeps``).
+    """
+    dataroot = Path(dataroot).expanduser()
+    if not dataroot.exists():
+        raise ConverterError(dataroot, "dataset root not found")
+    spec = LabelSpec.parse(labels) if isinstance(labels, str) else labels
+    if source == "nuscenes":
+        from converters.nuscenes import NuScenesReader
+
+        return NuScenesReader(dataroot, version=version or "v1.0-mini", labels=spec, scenes=scenes, split=split, **options)
+    if source == "nuplan":
+        from converters.nuplan import NuPlanReader
+
+        if spec is not None:
+            raise ConverterError(spec.root, "nuPlan logs carry no semantic labels; use --source openscene for OpenScene labels")
+        return NuPlanReader(dataroot, scenes=scenes, split=split, **options)
+    if source == "openscene":
+        from converters.openscene import OpenSceneReader
+
+        return OpenSceneReader(dataroot, labels=spec, scenes=scenes, split=split, **options)
+    raise ConverterError(source, f"unknown source; use one of {', '.join(SOURCES)}")
+
+
+__all__ = ["ConverterError", "LabelSpec", "SOURCES", "SceneReader", "open_reader"]
