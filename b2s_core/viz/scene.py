@@ -1,0 +1,195 @@
+"""``b2s visualize``: every picture of one scene, from a data file and optionally a predictions file.
+
+Steps: (1) open the files and pick the scene's frames (predictions matched by frame token);
+(2) per picked frame: BEV panels and 3D panels (GT | prediction | binary decoder) and the six
+camera images with the occupancy projected; (3) the scene's BEV animation over all its frames;
+(4) with ``html``, one interactive page of the whole scene.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from b2s_core.occfile import OccDataset, OccFormatError
+from b2s_core.records import OccFrame
+from b2s_core.viz.animation import write_gif
+from b2s_core.viz.bev import bev_image
+from b2s_core.viz.cameras import camera_mosaic, camera_overlay, decode_image
+from b2s_core.viz.compose import panels_with_legend, stacked, titled
+from b2s_core.viz.html import HtmlFrame, write_html
+from b2s_core.viz.render3d import RenderUnavailable, VoxelRenderer, grid_half_length, voxel_mesh
+from b2s_core.viz.voxels import VisualizeError, VoxelLayer
+
+MASKS = ("none", "camera", "lidar")
+FRAME_FIELDS = ("occupancy", "semantics", "mask_lidar", "mask_camera", "binary_pred", "cameras")
+
+
+@dataclass(frozen=True)
+class VisualizeOptions:
+    frame: int | None = None  # index within the scene; None: pictures of every frame
+    html: bool = False  # also write the interactive page
+    render_3d: bool = True  # 3D views need an OpenGL context (EGL offscreen works headless)
+    cameras: bool = True  # camera images with projected occupancy (needs the images)
+    mask: str = "none"  # draw only voxels inside the GT frame's 'camera' or 'lidar' mask (as Occ3D scores)
+    bev_scale: int = 2  # pixels per voxel in the BEV (2: 400 x 400 for Occ3D)
+    view_size: tuple[int, int] = (480, 360)  # width, height of each 3D panel
+    camera_width: int = 400  # width of each camera tile
+    gif_fps: float = 2.0  # nuScenes key frames come at 2 Hz
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASKS:
+            raise VisualizeError(f"unknown mask '{self.mask}': use one of {', '.join(MASKS)}")
+        if self.bev_scale < 1 or self.camera_width < 16 or min(self.view_size) < 16:
+            raise VisualizeError("picture sizes must be positive (bev_scale >= 1, widths >= 16 pixels)")
+
+
+@dataclass
+class VisualizeResult:
+    paths: list[Path] = field(default_factory=list)  # every file written, in order
+    warnings: list[str] = field(default_factory=list)  # pictures skipped and why
+    seconds: float = 0.0
+
+
+def safe_name(text: str) -> str:
+    """A scene name usable in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text) or "scene"
+
+
+def save_picture(image: np.ndarray, path: Path) -> Path:
+    """Write ``image`` (H, W, 3) uint8 as PNG, or JPEG when ``path`` ends in .jpg (photos: 10x smaller),
+    via a temporary file + rename (never a half-written picture)."""
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".jpg":
+        Image.fromarray(image).save(tmp, format="JPEG", quality=90)
+    else:
+        Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def frame_layers(gt: OccFrame, pred: OccFrame | None, data: OccDataset, preds: OccDataset | None, mask: str) -> list[VoxelLayer]:
+    """GT, prediction and binary-decoder layers of one frame (those that exist), masked as asked."""
+    visible = None
+    if mask != "none":
+        visible = gt.mask_camera if mask == "camera" else gt.mask_lidar
+        if visible is None:
+            raise VisualizeError(f"{data.paths[0]}: frame '{gt.token}' has no mask_{mask}; use --mask none")
+    layers = [_layer(gt, data, "ground truth", visible)]
+    if pred is not None and preds is not None:
+        layers.append(_layer(pred, preds, "prediction", visible))
+        if pred.binary_pred is not None:
+            layers.append(VoxelLayer.from_binary(pred.binary_pred, preds.grid, "binary decoder", visible))
+    return layers
+
+
+def _layer(frame: OccFrame, ds: OccDataset, title: str, visible: np.ndarray | None) -> VoxelLayer:
+    if frame.semantics is not None:
+        return VoxelLayer.from_semantics(frame.semantics, ds.taxonomy, ds.grid, title, visible)
+    return VoxelLayer.from_binary(frame.occupancy, ds.grid, f"{title} (binary)", visible)
+
+
+def visualize_scene(
+    data_path: str | os.PathLike,
+    scene: str,
+    out_dir: str | os.PathLike,
+    *,
+    pred_path: str | os.PathLike | None = None,
+    options: VisualizeOptions = VisualizeOptions(),
+    on_frame: Callable[[int, int], None] | None = None,
+) -> VisualizeResult:
+    """Write the scene's pictures under ``out_dir``; ``on_frame(done, total)`` reports progress."""
+    start = time.perf_counter()
+    result = VisualizeResult()
+    out = Path(out_dir)
+
+    # (1) files, frames, predictions matched by token
+    data = OccDataset(data_path)
+    preds = OccDataset(pred_path) if pred_path is not None else None
+    if preds is not None and not preds.grid.same_geometry(data.grid):
+        raise VisualizeError(f"{pred_path}: prediction grid {preds.grid.shape} differs from the data's {data.grid.shape}")
+    scene_range = data.scene_indices(scene)
+    if len(scene_range) == 0:
+        raise VisualizeError(f"{data_path}: scene '{scene}' has no frames")
+    pred_by_token: dict[str, int] = {}
+    if preds is not None:
+        pred_range = preds.scene_indices(scene)
+        pred_by_token = {preds.read(i, fields=()).token: i for i in pred_range}
+    if options.frame is not None and not 0 <= options.frame < len(scene_range):
+        raise VisualizeError(f"{data_path}: scene '{scene}' has frames 0..{len(scene_range) - 1}, not {options.frame}")
+    picked = set(range(len(scene_range))) if options.frame is None else {options.frame}
+    stem = safe_name(scene)
+    out.mkdir(parents=True, exist_ok=True)
+
+    renderer = None
+    if options.render_3d:
+        try:
+            renderer = VoxelRenderer(*options.view_size)
+        except RenderUnavailable as err:
+            result.warnings.append(f"3D views skipped: {err}")
+
+    gif_frames, html_frames = [], []
+    try:
+        for n, index in enumerate(scene_range):
+            gt = data.read(index, fields=FRAME_FIELDS if n in picked else FRAME_FIELDS[:-1])
+            pred = None
+            if preds is not None:
+                pred_index = pred_by_token.get(gt.token)
+                if pred_index is None:
+                    result.warnings.append(f"frame {n} ({gt.token}): no prediction with this token in {pred_path}")
+                else:
+                    pred = preds.read(pred_index, fields=("occupancy", "semantics", "binary_pred"))
+            layers = frame_layers(gt, pred, data, preds, options.mask)
+            caption = f"{scene}  frame {n} ({n + 1} of {len(scene_range)})  {gt.token}"
+            bev_panels = panels_with_legend([bev_image(layer, scale=options.bev_scale) for layer in layers], layers, caption)
+            gif_frames.append(bev_panels)
+            if options.html:
+                html_frames.append(HtmlFrame(f"frame {n}: {gt.token}", layers))
+            if n in picked:
+                # (2) the frame's pictures
+                prefix = out / f"{stem}_frame{n:03d}"
+                result.paths.append(save_picture(bev_panels, Path(f"{prefix}_bev.png")))
+                if renderer is not None:
+                    views = [renderer.render(voxel_mesh(layer), grid_half_length(layer)) for layer in layers]
+                    result.paths.append(save_picture(panels_with_legend(views, layers, caption), Path(f"{prefix}_3d.png")))
+                if options.cameras:
+                    mosaic = _camera_picture(data, index, gt, layers, options, result)
+                    if mosaic is not None:
+                        result.paths.append(save_picture(mosaic, Path(f"{prefix}_cameras.jpg")))
+            if on_frame is not None:
+                on_frame(n + 1, len(scene_range))
+    finally:
+        if renderer is not None:
+            renderer.close()
+
+    # (3) animation, (4) page
+    result.paths.append(write_gif(gif_frames, out / f"{stem}_bev.gif", fps=options.gif_fps))
+    if options.html:
+        result.paths.append(write_html(html_frames, out / f"{stem}.html", title=f"b2s: {scene}"))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _camera_picture(data: OccDataset, index: int, gt: OccFrame, layers: list[VoxelLayer],
+                    options: VisualizeOptions, result: VisualizeResult) -> np.ndarray | None:
+    """Camera mosaics, one per semantic layer (GT, prediction), stacked; None when there are no images."""
+    if not gt.cameras:
+        result.warnings.append(f"frame '{gt.token}': no cameras in {data.paths[0]}; camera pictures skipped")
+        return None
+    try:
+        photos = {cam.name: decode_image(data.image(index, cam.name), f"{data.paths[0]} {cam.name}") for cam in gt.cameras}
+    except (OccFormatError, VisualizeError) as err:
+        result.warnings.append(f"camera pictures skipped: {err}")
+        return None
+    blocks = []
+    for layer in layers[:2]:  # the binary decoder's grey would hide the photo without telling much
+        tiles = {cam.name: camera_overlay(photos[cam.name], cam, layer, width=options.camera_width) for cam in gt.cameras}
+        blocks.append(titled(camera_mosaic(tiles), layer.title))
+    return stacked(blocks)
