@@ -279,7 +279,8 @@ class OccWriter:
         if frame.points is not None:
             points_range = self._append(h5["ragged/points"], np.asarray(frame.points, dtype=np.float32)[:, :3])
             flags |= FLAG_POINTS
-        origin = np.zeros(3, np.float32) if frame.lidar_origin is None else np.asarray(frame.lidar_origin, np.float32)
+        # NaN marks "unknown" so that readers can tell it from a sensor at the ego origin.
+        origin = np.full(3, np.nan, np.float32) if frame.lidar_origin is None else np.asarray(frame.lidar_origin, np.float32)
 
         self._append(frames["scene_index"], np.array([scene_index]))
         self._append(frames["token"], np.array([frame.token], dtype=object))
@@ -599,6 +600,13 @@ class OccDataset:
             raise OccFormatError(f"scene '{name}' not in {', '.join(str(p) for p in self.paths)}") from None
         return range(info.start, info.stop)
 
+    def tokens(self) -> list[str]:
+        """Every frame's token, in frame order, without decoding any grid (linear time)."""
+        out: list[str] = []
+        for shard in self._shards:
+            out.extend(_text(t) for t in shard.ds("frames/token")[:])
+        return out
+
     def scene_of(self, index: int) -> str:
         shard, local = self._locate(index)
         return shard.scene_names[int(shard.scene_index[local])]
@@ -661,7 +669,8 @@ class OccDataset:
         if "points" in fields and flags & FLAG_POINTS:
             start, count = shard.points_range[i]
             frame.points = ds("ragged/points")[start:start + count]
-            frame.lidar_origin = ds("frames/lidar_origin")[i]
+        origin = ds("frames/lidar_origin")[i]
+        frame.lidar_origin = origin if np.isfinite(origin).all() else None
         return frame
 
     def _cameras(self, shard: _Shard, i: int, images: bool) -> list[Camera]:

@@ -1,0 +1,67 @@
+"""``b2s evaluate``: IoU / mIoU / RayIoU tables of predictions against ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from b2s_cli.errors import cli_errors
+from b2s_core.errors import B2SError
+from b2s_core.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_files, render_table, summary_line, write_json
+
+
+class EvaluateOptionError(B2SError):
+    """Options that do not make one evaluation."""
+
+
+@cli_errors
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="Ground-truth data file (unified .h5 with semantics).", show_default=False),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Predictions file to score (unified .h5: semantics = prediction)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Trained model to run over --data instead of a predictions file."),
+    predictions_out: Optional[Path] = typer.Option(None, "--predictions-out", help="With --checkpoint: where the model's predictions file goes (default: <out>.predictions.h5)."),
+    out: Path = typer.Option(Path("evaluation.json"), "--out", help="JSON file for the scores."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="occ3d | openoccupancy | openscene (default: the data file's taxonomy)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Occ3D voxels to score: camera | lidar | none (default: camera when the data have it)."),
+    rayiou: bool = typer.Option(True, "--rayiou/--no-rayiou", help="Also compute SparseOcc's RayIoU at 1, 2, 4 m."),
+    ray_step: float = typer.Option(1.0, "--ray-step", help="Degrees between RayIoU ray azimuths (1 = the published definition)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Frames per metric update."),
+    device: str = typer.Option("cpu", "--device", help="torch device for the model and the ray marching (cpu, cuda)."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes when running a checkpoint."),
+    tta: bool = typer.Option(False, "--tta", help="With --checkpoint: average the logits of the four BEV flips."),
+) -> None:
+    """Score semantic occupancy predictions: per-class IoU, mIoU, geometry IoU, binary-decoder IoU, RayIoU.
+
+    Example: b2s evaluate --data val.h5 --predictions pred.h5 --protocol occ3d --mask camera --out scores.json
+    """
+    if (predictions is None) == (checkpoint is None):
+        raise EvaluateOptionError("give exactly one of --predictions and --checkpoint")
+    if checkpoint is None and (tta or predictions_out is not None):
+        raise EvaluateOptionError("--tta and --predictions-out apply only with --checkpoint")
+    config = EvaluateConfig(protocol=protocol, mask=mask, rayiou=rayiou, batch_size=batch_size,
+                            ray_azimuth_step=ray_step, device=None if device == "cpu" else device)
+    console = Console()
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(done: int, total: int, label: str = "scoring") -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done)
+
+        if checkpoint is not None:
+            pred_path = predictions_out or out.with_name(out.stem + ".predictions.h5")
+            result = evaluate_checkpoint(checkpoint, data, pred_path, config, device=device, batch_size=1,
+                                         num_workers=workers, tta=tta, progress=progress)
+        else:
+            result = evaluate_files(data, predictions, config, progress=progress)
+    console.print(render_table(result))
+    console.print(summary_line(result))
+    console.print(f"scores: {write_json(result, out)}")
+    if checkpoint is not None:
+        console.print(f"predictions: {result.extra.get('predictions')}")

@@ -1,0 +1,301 @@
+"""``b2s evaluate``: score a predictions file (or a checkpoint run over a data file) against ground truth.
+
+Load -> evaluate -> render, as in nuscenes-devkit's detection evaluation:
+
+1. load: open the ground-truth data file and the predictions file (same unified HDF5 format:
+   ``semantics`` = predicted labels, ``occupancy`` = predicted non-free, ``binary_pred`` = the
+   binary decoder's output), check they share grid and taxonomy, pair frames by token;
+2. evaluate: stream the frames in batches through :class:`b2s_core.metrics.OccupancyEvaluator`
+   (one confusion matrix over the whole split, binary-decoder IoU, RayIoU);
+3. render: a rich per-class table and a JSON file.
+
+From a checkpoint, :func:`evaluate_checkpoint` first writes the model's predictions with
+:func:`b2s_core.predict.predict_to_file` (kept, so that ``b2s visualize`` can show them), then
+scores that file: one code path for both ways in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from b2s_core.errors import B2SError
+from b2s_core.metrics import EvaluationResult, OccupancyEvaluator, Protocol, get_protocol, protocol_for_taxonomy, ray_origins
+from b2s_core.metrics.protocols import MASKS
+
+# Where rays start when a file carries no LiDAR origin: the nuScenes LIDAR_TOP position in the
+# ego frame (the default SparseOcc's RayIoU code notes for nuScenes).
+DEFAULT_LIDAR_ORIGIN = (0.986, 0.0, 1.84)
+
+Progress = Callable[[int, int], None]  # (frames done, frames in all)
+
+
+class EvaluateError(B2SError):
+    """Files that cannot be scored against each other."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    protocol: str | None = None  # 'occ3d' | 'openoccupancy' | 'openscene'; None: the data file's taxonomy
+    mask: str | None = None  # 'camera' | 'lidar' | 'none'; None: the protocol's (if the data have it)
+    rayiou: bool = True
+    batch_size: int = 8  # frames per confusion-matrix update
+    ray_azimuth_step: float = 1.0  # degrees between RayIoU rays (1 = SparseOcc's definition)
+    default_lidar_origin: tuple[float, float, float] = DEFAULT_LIDAR_ORIGIN
+    device: str | None = None  # torch device for RayIoU ray marching (None: CPU)
+
+    def __post_init__(self) -> None:
+        if self.mask is not None and self.mask not in MASKS:
+            raise EvaluateError(f"mask must be one of {', '.join(MASKS)}, got '{self.mask}'")
+        if self.batch_size < 1:
+            raise EvaluateError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+# -- 1. load ---------------------------------------------------------------------------------------
+def _open(path: str | os.PathLike, what: str):
+    from b2s_core.occfile import OccDataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluateError(f"{path}: {what} file not found")
+    return OccDataset(path)
+
+
+def pair_frames(data, predictions, data_path: Path, pred_path: Path) -> list[tuple[int, int]]:
+    """(data index, prediction index) for every data frame, paired by (scene, token).
+
+    Every frame of the data file must have a prediction: a partial predictions file would make
+    the scores of the missing frames silently vanish.
+    """
+    if not data.grid.same_geometry(predictions.grid):
+        raise EvaluateError(f"{pred_path}: grid {predictions.grid.shape} differs from the data file's {data.grid.shape} ({data_path})")
+    if data.taxonomy.name != predictions.taxonomy.name:
+        raise EvaluateError(f"{pred_path}: taxonomy '{predictions.taxonomy.name}' differs from the data file's '{data.taxonomy.name}'")
+    pred_keys = {key: j for j, key in enumerate(frame_keys(predictions))}
+    pairs, missing = [], []
+    for i, key in enumerate(frame_keys(data)):
+        j = pred_keys.get(key)
+        if j is None:
+            missing.append(key[1])
+        else:
+            pairs.append((i, j))
+    if missing:
+        raise EvaluateError(
+            f"{pred_path}: no prediction for {len(missing)} of {len(data)} frames of {data_path} (first: token '{missing[0]}')"
+        )
+    return pairs
+
+
+def frame_keys(dataset) -> list[tuple[str, str]]:
+    """(scene, token) of every frame, in dataset order, without decoding any grid."""
+    tokens = dataset.tokens()
+    return [(dataset.scene_of(i), token) for i, token in enumerate(tokens)]
+
+
+def choose_protocol(config: EvaluateConfig, data) -> Protocol:
+    """The protocol asked for, or the data taxonomy's; its default mask falls back to 'none' when
+    the data carry no such mask (e.g. binary-built data), while an explicitly asked mask is required."""
+    from b2s_core.occfile import FLAG_MASK_CAMERA, FLAG_MASK_LIDAR
+
+    protocol = get_protocol(config.protocol, config.mask) if config.protocol else protocol_for_taxonomy(data.taxonomy, config.mask)
+    if protocol.taxonomy.name != data.taxonomy.name:
+        raise EvaluateError(f"protocol '{protocol.name}' scores '{protocol.taxonomy.name}' labels, the data are '{data.taxonomy.name}'")
+    flag = {"camera": FLAG_MASK_CAMERA, "lidar": FLAG_MASK_LIDAR}.get(protocol.mask)
+    if flag is not None and data.count_flag(flag) < len(data):
+        if config.mask is None:
+            return protocol.with_mask("none")
+        raise EvaluateError(f"{data.paths[0]}: --mask {protocol.mask} asked, but {len(data) - data.count_flag(flag)} frames have no mask_{protocol.mask}")
+    return protocol
+
+
+class _SceneOrigins:
+    """RayIoU ray origins of each frame, from the poses and LiDAR origins of its whole scene (cached per scene)."""
+
+    def __init__(self, data, config: EvaluateConfig):
+        self.data = data
+        self.default = np.asarray(config.default_lidar_origin, dtype=np.float64)
+        self.cache: dict[str, tuple[range, np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, index: int) -> np.ndarray:
+        scene = self.data.scene_of(index)
+        if scene not in self.cache:
+            indices = self.data.scene_indices(scene)
+            poses, lidar = [], []
+            for i in indices:
+                frame = self.data.read(i, fields=("points",))  # the reader returns lidar_origin with the points
+                poses.append(frame.global_from_ego)
+                origin = frame.lidar_origin
+                known = origin is not None and np.any(np.asarray(origin) != 0)  # the writer stores zeros for "unknown"
+                lidar.append(np.asarray(origin, dtype=np.float64) if known else self.default)
+            self.cache = {scene: (indices, np.stack(poses), np.stack(lidar))}  # one scene at a time: frames come in order
+        indices, poses, lidar = self.cache[scene]
+        return ray_origins(poses, lidar, index - indices.start, self.data.grid)
+
+
+# -- 2. evaluate ----------------------------------------------------------------------------------------
+def evaluate_files(
+    data_path: str | os.PathLike,
+    predictions_path: str | os.PathLike,
+    config: EvaluateConfig = EvaluateConfig(),
+    progress: Progress | None = None,
+) -> EvaluationResult:
+    """Score a predictions file against a data file; see the module docstring."""
+    from b2s_core.metrics import lidar_ray_directions
+    from b2s_core.occfile import FLAG_BINARY_PRED
+
+    started = time.perf_counter()
+    data_path, predictions_path = Path(data_path), Path(predictions_path)
+    data = _open(data_path, "data")
+    predictions = _open(predictions_path, "predictions")
+    try:
+        # 1. pair frames and fix the protocol
+        pairs = pair_frames(data, predictions, data_path, predictions_path)
+        protocol = choose_protocol(config, data)
+        directions = lidar_ray_directions(config.ray_azimuth_step) if config.rayiou else None
+        evaluator = OccupancyEvaluator(protocol, grid=data.grid, rayiou=config.rayiou, ray_directions=directions, device=config.device)
+        origins_of = _SceneOrigins(data, config) if config.rayiou else None
+        mask_field = {"camera": ("mask_camera",), "lidar": ("mask_lidar",)}.get(protocol.mask, ())
+        with_binary = all(predictions.flags(j) & FLAG_BINARY_PRED for _, j in pairs)
+
+        # 2. stream batches through the evaluator
+        for start in range(0, len(pairs), config.batch_size):
+            chunk = pairs[start:start + config.batch_size]
+            gt, pred, masks, binary, origins = [], [], [], [], []
+            for i, j in chunk:
+                truth = data.read(i, fields=("semantics", *mask_field))
+                guess = predictions.read(j, fields=("semantics", "binary_pred") if with_binary else ("semantics",))
+                if truth.semantics is None:
+                    raise EvaluateError(f"{data_path}: frame {i} ('{truth.token}') has no semantic labels to score against")
+                if guess.semantics is None:
+                    raise EvaluateError(f"{predictions_path}: frame {j} ('{guess.token}') has no predicted semantics")
+                gt.append(truth.semantics)
+                pred.append(guess.semantics)
+                if mask_field:
+                    masks.append(getattr(truth, mask_field[0]))
+                if with_binary:
+                    binary.append(guess.binary_pred)
+                if origins_of is not None:
+                    origins.append(origins_of(i))
+            stacked_masks = np.stack(masks) if masks else None
+            evaluator.add_batch(
+                np.stack(gt), np.stack(pred),
+                mask_camera=stacked_masks if protocol.mask == "camera" else None,
+                mask_lidar=stacked_masks if protocol.mask == "lidar" else None,
+                binary_pred=np.stack(binary) if with_binary else None,
+                origins=origins if origins_of is not None else None,
+            )
+            if progress is not None:
+                progress(min(start + config.batch_size, len(pairs)), len(pairs))
+    finally:
+        data.close()
+        predictions.close()
+
+    result = evaluator.result()
+    seconds = time.perf_counter() - started
+    result.extra = {
+        "data": str(data_path),
+        "predictions": str(predictions_path),
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(len(pairs) / seconds, 3) if seconds > 0 else None,
+        "units": "percent",
+        "rayiou_azimuth_step_deg": config.ray_azimuth_step if config.rayiou else None,
+        "config": asdict(config),
+    }
+    return result
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    data_path: str | os.PathLike,
+    predictions_path: str | os.PathLike,
+    config: EvaluateConfig = EvaluateConfig(),
+    *,
+    device: str = "cpu",
+    batch_size: int = 1,
+    num_workers: int = 0,
+    tta: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> EvaluationResult:
+    """Run a trained model over a data file, write its predictions file, and score it.
+
+    progress(done, total, stage) is called with stage 'predicting', then 'scoring'.
+    """
+    from b2s_core.predict import predict_checkpoint_to_file
+
+    def staged(stage: str) -> Progress | None:
+        return None if progress is None else (lambda done, total: progress(done, total, stage))
+
+    predict_checkpoint_to_file(checkpoint, data_path, predictions_path, device=device, batch_size=batch_size,
+                               num_workers=num_workers, tta=tta, progress=staged("predicting"))
+    result = evaluate_files(data_path, predictions_path, config, progress=staged("scoring"))
+    result.extra["checkpoint"] = str(checkpoint)
+    return result
+
+
+# -- 3. render ----------------------------------------------------------------------------------------
+def _cell(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def render_table(result: EvaluationResult):
+    """A rich table: one row per eval class (IoU, RayIoU@1/2/4), then the summary rows."""
+    from rich.table import Table
+
+    title = f"{result.protocol} · mask {result.mask} · {result.frames} frames"
+    table = Table(title=title, show_lines=False)
+    table.add_column("class")
+    table.add_column("label", justify="right")
+    table.add_column("IoU", justify="right")
+    thresholds = list(result.rayiou_per_class)
+    for t in thresholds:
+        table.add_column(f"RayIoU@{t}", justify="right")
+    for row, (name, label, iou) in enumerate(zip(result.class_names, result.class_labels, result.iou)):
+        rays = [_cell(result.rayiou_per_class[t][row]) for t in thresholds]
+        table.add_row(name, str(label), _cell(iou), *rays, end_section=row == len(result.class_names) - 1)
+    blank = [""] * len(thresholds)
+    table.add_row("[bold]mean (mIoU)[/]", "", f"[bold]{_cell(result.miou)}[/]", *[f"[bold]{_cell(result.rayiou_at[t])}[/]" for t in thresholds])
+    table.add_row("geometry IoU", "", _cell(result.geometry_iou), *blank)
+    if result.binary_iou is not None:
+        table.add_row("binary-decoder IoU", "", _cell(result.binary_iou), *blank)
+    if result.rayiou is not None:
+        table.add_row("RayIoU (mean of 1, 2, 4 m)", "", _cell(result.rayiou), *blank)
+    return table
+
+
+def write_json(result: EvaluationResult, path: str | os.PathLike) -> Path:
+    """Write the result as JSON atomically (temp file + rename); NaN becomes null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+    temp.replace(path)
+    return path
+
+
+def summary_line(result: EvaluationResult) -> str:
+    parts = [f"mIoU {_cell(result.miou)}", f"IoU {_cell(result.geometry_iou)}"]
+    if result.binary_iou is not None:
+        parts.append(f"binary IoU {_cell(result.binary_iou)}")
+    if result.rayiou is not None:
+        parts.append(f"RayIoU {_cell(result.rayiou)}")
+    return " · ".join(parts)
+
+
+__all__ = [
+    "EvaluateConfig",
+    "EvaluateError",
+    "evaluate_files",
+    "evaluate_checkpoint",
+    "pair_frames",
+    "choose_protocol",
+    "render_table",
+    "write_json",
+    "summary_line",
+]

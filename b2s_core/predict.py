@@ -1,0 +1,243 @@
+"""Run a model over a data file and write a predictions file (shared by evaluate, visualize and autolabel).
+
+A predictions file is the unified HDF5 format with the data file's grid, taxonomy, scenes, tokens,
+poses and camera calibration, and per frame:
+
+    semantics    (X, Y, Z) uint8  arg-max of the semantic head
+    occupancy    (X, Y, Z) bool   predicted non-free (the format stores labels of these voxels only)
+    binary_pred  (X, Y, Z) bool   binary decoder output (probability > the model's threshold),
+                                  upsampled from the decoder's coarser grid to the file grid
+
+The model contract (``b2s_core.models``): ``model(images=(B, N, 3, H, W), img_from_cam=(B, N, 3, 3),
+ego_from_cam=(B, N, 4, 4), given_occupancy=(B, Xb, Yb, Zb) bool | None)`` returns an object with
+``binary_logits (B, Xb, Yb, Zb)`` (None for offboard models) and ``semantic_logits (B, K, X, Y, Z)``.
+
+Test-time augmentation (TTA) uses the BEV flips of training: the world is mirrored in x and / or y
+by folding the reflection into ``ego_from_cam`` (and flipping a given occupancy grid), and the
+logits are flipped back before they are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from b2s_core.errors import B2SError
+from b2s_core.records import OccFrame
+
+Progress = Callable[[int, int], None]  # (frames done, frames in all)
+NO_FLIP = ((False, False),)
+ALL_FLIPS = ((False, False), (True, False), (False, True), (True, True))  # (flip x, flip y)
+
+
+class PredictError(B2SError):
+    """A model and a data file that do not fit together."""
+
+
+@dataclass
+class ModelLogits:
+    """One batch of model outputs on the host's terms. Shapes as in the module docstring."""
+
+    semantic: torch.Tensor | None  # (B, K, X, Y, Z) float32, mean over the TTA views
+    binary: torch.Tensor | None  # (B, Xb, Yb, Zb) float32, mean over the TTA views
+
+
+# -- running the model ----------------------------------------------------------------------------------
+def _flip_dims(tensor: torch.Tensor, flip: tuple[bool, bool], x_dim: int) -> torch.Tensor:
+    dims = [d for d, on in ((x_dim, flip[0]), (x_dim + 1, flip[1])) if on]
+    return torch.flip(tensor, dims) if dims else tensor
+
+
+def _bev_from_ego(flip: tuple[bool, bool], grid) -> torch.Tensor:
+    from b2s_core.data.augment import BevAug, bev_from_ego_matrix
+
+    return torch.from_numpy(bev_from_ego_matrix(BevAug(*flip), grid))
+
+
+@torch.no_grad()
+def run_model(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    grid,
+    *,
+    given_occupancy: torch.Tensor | None = None,
+    flips: Sequence[tuple[bool, bool]] = NO_FLIP,
+    device: str | torch.device = "cpu",
+) -> ModelLogits:
+    """Forward one collated batch (keys images, img_from_cam, ego_from_cam) under each flip and average.
+
+    given_occupancy: (B, Xb, Yb, Zb) bool on the model's binary grid, or None (online models).
+    """
+    images = batch["images"].to(device)  # (B, N, 3, H, W)
+    img_from_cam = batch["img_from_cam"].to(device)  # (B, N, 3, 3)
+    ego_from_cam = batch["ego_from_cam"].to(device)  # (B, N, 4, 4)
+    semantic_sum = binary_sum = None
+    for flip in flips:
+        bev_from_ego = _bev_from_ego(flip, grid).to(device=device, dtype=ego_from_cam.dtype)  # (4, 4)
+        given = None if given_occupancy is None else _flip_dims(given_occupancy.to(device), flip, x_dim=1)
+        out = model(images=images, img_from_cam=img_from_cam, ego_from_cam=bev_from_ego @ ego_from_cam, given_occupancy=given)
+        if out.semantic_logits is not None:
+            semantic = _flip_dims(out.semantic_logits.float(), flip, x_dim=2)  # back to the unflipped world
+            semantic_sum = semantic if semantic_sum is None else semantic_sum + semantic
+        if out.binary_logits is not None:
+            binary = _flip_dims(out.binary_logits.float(), flip, x_dim=1)
+            binary_sum = binary if binary_sum is None else binary_sum + binary
+    n = len(flips)
+    return ModelLogits(
+        semantic=None if semantic_sum is None else semantic_sum / n,
+        binary=None if binary_sum is None else binary_sum / n,
+    )
+
+
+def binary_on_grid(binary_logits: torch.Tensor, shape: tuple[int, int, int], threshold: float) -> np.ndarray:
+    """(B, Xb, Yb, Zb) logits -> (B, X, Y, Z) bool on the file grid (each coarse voxel repeated)."""
+    occupied = binary_logits > math.log(threshold / (1.0 - threshold))  # probability > threshold
+    B, Xb, Yb, Zb = occupied.shape
+    X, Y, Z = shape
+    if X % Xb or Y % Yb or Z % Zb:
+        raise PredictError(f"binary decoder grid {(Xb, Yb, Zb)} does not divide the file grid {shape}")
+    occupied = occupied.repeat_interleave(X // Xb, 1).repeat_interleave(Y // Yb, 2).repeat_interleave(Z // Zb, 3)
+    return occupied.cpu().numpy()
+
+
+def given_occupancy_of(batch: dict[str, torch.Tensor], binary_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The ground-truth binary grid of a batch pooled to the model's binary grid: (B, Xb, Yb, Zb) bool."""
+    from b2s_core.train.objectives import pool_binary_target
+
+    occupied, _ = pool_binary_target(batch["binary"], binary_shape)
+    return occupied > 0
+
+
+def iterate_batches(dataset, indices: Sequence[int], batch_size: int, num_workers: int = 0) -> Iterator[tuple[list[int], dict]]:
+    """(frame indices, collated batch) over ``indices`` in order, unaugmented."""
+    from b2s_core.data.dataset import collate
+
+    loader = torch.utils.data.DataLoader(
+        _Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
+    )
+    for batch in loader:
+        yield [int(i) for i in batch["index"]], batch
+
+
+class _Subset(torch.utils.data.Dataset):
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]  # an int key: no augmentation
+
+
+def open_inputs(data_path: str | os.PathLike | Sequence[str | os.PathLike], model_config):
+    """The model-input dataset over a data file, at the model's image size, without augmentation."""
+    from b2s_core.data.dataset import DataConfig, OccTrainDataset
+
+    paths = [data_path] if isinstance(data_path, (str, os.PathLike)) else list(data_path)
+    return OccTrainDataset(paths, DataConfig(image_hw=tuple(model_config.image_size), augment=False))
+
+
+def check_grid(model_config, dataset, data_path) -> None:
+    if not model_config.output_grid.same_geometry(dataset.grid):
+        raise PredictError(
+            f"{data_path}: grid {dataset.grid.shape} ({dataset.grid.name}) differs from the model's output grid "
+            f"{model_config.output_grid.shape} ({model_config.output_grid.name})"
+        )
+
+
+def copy_frame(frame: OccFrame) -> OccFrame:
+    """The metadata of a data frame (scene, token, pose, cameras without image bytes), no grids."""
+    return OccFrame(
+        scene=frame.scene, token=frame.token, timestamp=frame.timestamp, global_from_ego=frame.global_from_ego,
+        cameras=frame.cameras, occupancy=frame.occupancy, lidar_origin=frame.lidar_origin,
+        source_tokens=dict(frame.source_tokens),
+    )
+
+
+# -- the predictions file -----------------------------------------------------------------------------
+def predict_to_file(
+    model: torch.nn.Module,
+    dataset,
+    out_path: str | os.PathLike,
+    *,
+    model_config,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    tta: bool = False,
+    command: str = "",
+    progress: Progress | None = None,
+) -> Path:
+    """Write the predictions of ``model`` on every frame of ``dataset`` to ``out_path`` (atomically).
+
+    dataset: a :class:`b2s_core.data.dataset.OccTrainDataset` (``dataset.occ`` is the data file);
+    model_config: the model's :class:`ModelConfig` (output grid, free index, threshold).
+    """
+    from b2s_core.occfile import OccWriter
+
+    occ = dataset.occ
+    check_grid(model_config, occ, occ.paths[0])
+    taxonomy = occ.taxonomy
+    if model_config.num_classes != taxonomy.num_labels or model_config.free_index != taxonomy.free_index:
+        raise PredictError(
+            f"{occ.paths[0]}: taxonomy '{taxonomy.name}' has {taxonomy.num_labels} labels (free {taxonomy.free_index}), "
+            f"the model predicts {model_config.num_classes} (free {model_config.free_index})"
+        )
+    model = model.to(device).eval()
+    flips = ALL_FLIPS if tta else NO_FLIP
+    shape = occ.grid.shape
+    total, done = len(occ), 0
+
+    def scene_frames(indices: range) -> Iterator[OccFrame]:
+        nonlocal done
+        for frame_ids, batch in iterate_batches(dataset, indices, batch_size, num_workers):
+            given = given_occupancy_of(batch, model_config.binary_shape) if model_config.offboard else None
+            logits = run_model(model, batch, occ.grid, given_occupancy=given, flips=flips, device=device)
+            if logits.semantic is None:
+                raise PredictError("the model returned no semantic logits (a binary-only pre-trained model cannot be evaluated semantically)")
+            labels = logits.semantic.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (B, X, Y, Z)
+            binary = None if logits.binary is None else binary_on_grid(logits.binary, shape, model_config.occupancy_threshold)
+            for b, index in enumerate(frame_ids):
+                frame = copy_frame(occ.read(index, fields=("points", "cameras")))
+                frame.semantics = labels[b]
+                frame.occupancy = labels[b] != taxonomy.free_index
+                frame.binary_pred = None if binary is None else binary[b]
+                yield frame
+            done += len(frame_ids)
+            if progress is not None:
+                progress(done, total)
+
+    image_root = occ.attrs().get("image_root") or None
+    with OccWriter(out_path, grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
+                   camera_names=occ.camera_names, image_root=image_root) as writer:
+        for scene in occ.scenes:
+            writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
+    return Path(out_path)
+
+
+def predict_checkpoint_to_file(
+    checkpoint: str | os.PathLike,
+    data_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    batch_size: int = 1,
+    num_workers: int = 0,
+    tta: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Load a checkpoint (``b2s_core.train.checkpoint.load_checkpoint``) and write its predictions file."""
+    from b2s_core.train.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint, map_location=device)
+    dataset = open_inputs(data_path, loaded.model_config)
+    command = f"b2s evaluate --checkpoint {checkpoint} --data {data_path}"
+    return predict_to_file(loaded.model, dataset, out_path, model_config=loaded.model_config, batch_size=batch_size,
+                           device=device, num_workers=num_workers, tta=tta, command=command, progress=progress)
