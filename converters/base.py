@@ -1,0 +1,101 @@
+"""What every source reader has in common: the reader interface, per-frame error handling, pose helpers."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from b2s_core.grids import VoxelGrid
+from b2s_core.records import SensorFrame
+from b2s_core.taxonomy import IGNORE_INDEX, Taxonomy, TaxonomyError
+from converters.errors import ConverterError
+
+# Called with (scene, frame token, error) when one frame cannot be read; it may re-raise to stop.
+FrameErrorHandler = Callable[[str, str, ConverterError], None]
+
+
+class SceneReader(abc.ABC):
+    """A raw dataset opened scene by scene.
+
+    ``read_scene`` yields one :class:`SensorFrame` per key frame in time order. LiDAR points are
+    loaded only when a sweep's ``load`` is called, so a long log is streamed, never held at once.
+    A frame whose inputs are bad (missing file, missing token, label of the wrong shape) raises
+    :class:`ConverterError`, or, when ``on_error`` is given, is reported to it and left out.
+    """
+
+    source: str  # 'nuscenes' | 'nuplan' | 'openscene'
+    image_root: Path  # camera image paths are relative to this folder
+    taxonomy: Taxonomy  # labels' taxonomy, else the source's default (box labels use it)
+    label_grid: VoxelGrid | None  # the grid of the semantic labels, None when no labels are read
+    camera_names: list[str]
+    open_errors: list[ConverterError]  # bad inputs found while opening (e.g. a corrupt log), reported per run
+
+    @abc.abstractmethod
+    def scene_names(self) -> list[str]:
+        """Names of the selected scenes, in dataset order."""
+
+    @abc.abstractmethod
+    def read_scene(self, name: str, on_error: FrameErrorHandler | None = None) -> Iterator[SensorFrame]:
+        """Key frames of scene ``name`` in time order."""
+
+    def box_label(self, category: str, mapping: Callable[[str], int]) -> int:
+        # A category the taxonomy does not know (e.g. a custom class) is kept as a box but not scored.
+        try:
+            return mapping(category)
+        except TaxonomyError:
+            return IGNORE_INDEX
+
+
+def report(on_error: FrameErrorHandler | None, scene: str, token: str, err: ConverterError) -> None:
+    """Hand a frame's error to the handler, or raise it when there is none."""
+    if on_error is None:
+        raise err
+    on_error(scene, token, err)
+
+
+def transform(rotation: np.ndarray, translation) -> np.ndarray:
+    """(3, 3) rotation and (3,) translation -> (4, 4) float64 ``a_from_b``."""
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = np.asarray(translation, dtype=np.float64).reshape(3)
+    return out
+
+
+def quaternion_matrix(wxyz, source: object = "rotation") -> np.ndarray:
+    """Quaternion (w, x, y, z) -> (3, 3) float64 rotation (normalised first; ``source`` names it in errors)."""
+    q = np.asarray(wxyz, dtype=np.float64).reshape(4)
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise ConverterError(source, f"rotation quaternion {q.tolist()} is not a rotation")
+    w, x, y, z = q / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def yaw_matrix(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else a :class:`ConverterError` naming it."""
+    if not path.is_file():
+        raise ConverterError(path, f"{what} not found")
+    return path
+
+
+def load_float32_bin(path: Path, columns: int) -> np.ndarray:
+    """A raw little-endian float32 point file of ``columns`` values per point -> (N, columns) float32."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ConverterError(path, "LiDAR file not found") from None
+    if size % (4 * columns):
+        raise ConverterError(path, f"truncated LiDAR file: {size} bytes is not a whole number of {columns} x float32 points")
+    return np.fromfile(path, dtype="<f4").reshape(-1, columns)

@@ -1,0 +1,187 @@
+"""``b2s build-binary``: raw LiDAR logs + boxes -> binary occupancy with visibility masks, per key frame.
+
+Flow: a reader (:func:`converters.open_reader`) yields a scene's :class:`SensorFrame` s ->
+:func:`b2s_core.binary.pipeline.build_scene` aggregates the sweeps and traces the rays (two
+streaming passes, so the reader is asked for the scene twice) -> the scene's OccFrames go into
+their own part file (:class:`b2s_core.occfile.ResumableWriter`) -> when every selected scene is
+done the parts are merged into ``--out`` atomically. An interrupted run keeps its finished scenes.
+
+The core (``b2s_core.binary``) never imports this package: everything source-specific (which
+reader, which ego body, which default grid) is decided here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from b2s_core.binary.aggregate import EGO_BODY_NUPLAN, EGO_BODY_NUSCENES, EgoBody
+from b2s_core.binary.pipeline import BinaryBuildConfig, build_scene
+from b2s_core.grids import get_grid
+from b2s_core.occfile import ResumableWriter
+from b2s_core.taxonomy import BINARY
+from converters import open_reader
+from converters.base import SceneReader
+from converters.convert import DEFAULT_GRID, SkippedFrame, parse_shard
+from converters.errors import ConverterError
+
+EGO_BODY = {"nuscenes": EGO_BODY_NUSCENES, "nuplan": EGO_BODY_NUPLAN, "openscene": EGO_BODY_NUPLAN}
+
+__all__ = ["BuildBinaryJob", "BuildBinaryProgress", "BuildBinarySummary", "build_binary", "parse_shard"]
+
+
+@dataclass
+class BuildBinaryJob:
+    """Everything ``b2s build-binary`` needs; the CLI fills it from its options."""
+
+    source: str
+    dataroot: Path
+    out: Path
+    version: str | None = None
+    scenes: list[str] | None = None
+    split: str | None = None
+    grid: str | None = None  # preset or custom spec; None = the source's usual grid
+    sweeps: int = 0  # static aggregation window (sweeps centred on each key frame); 0 = whole scene
+    ray_sweeps: int = 10  # sweeps whose rays make mask_lidar
+    camera_stride: float | None = None  # pixels between camera rays; None = automatic
+    exact_rays: bool = False  # trace every LiDAR point instead of one ray per (sweep, end voxel)
+    keep_points: bool = False
+    workers: int = 1
+    shard: tuple[int, int] = (0, 1)
+    on_error: str = "skip"  # a frame the reader cannot read: 'skip' it or 'stop' the run
+    overwrite: bool = False
+    command: str = ""
+    reader_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dataroot, self.out = Path(self.dataroot), Path(self.out)
+        if self.on_error not in ("skip", "stop"):
+            raise ConverterError(self.on_error, "--on-error must be 'skip' or 'stop'")
+        if self.workers < 1:
+            raise ConverterError(str(self.workers), "--workers must be at least 1")
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ConverterError(f"{index}/{count}", "--shard i/N needs 0 <= i < N")
+        if self.sweeps < 0 or self.ray_sweeps < 1:
+            raise ConverterError(f"{self.sweeps}/{self.ray_sweeps}", "--sweeps must be >= 0 and --ray-sweeps >= 1")
+
+    def reader_kwargs(self) -> dict:
+        return dict(source=self.source, dataroot=self.dataroot, version=self.version, scenes=self.scenes,
+                    split=self.split, **self.reader_options)
+
+    def core_config(self, ego_body: EgoBody) -> BinaryBuildConfig:
+        return BinaryBuildConfig(
+            grid=get_grid(self.grid or DEFAULT_GRID[self.source]), sweeps=self.sweeps, ray_sweeps=self.ray_sweeps,
+            ego_body=ego_body, camera_stride=self.camera_stride, dedupe_rays=not self.exact_rays,
+            keep_points=self.keep_points,
+        )
+
+
+@dataclass
+class BuildBinarySummary:
+    out: Path
+    scenes: int
+    resumed: int
+    frames: int
+    skipped: list[SkippedFrame]
+    seconds: float = 0.0
+
+
+class BuildBinaryProgress:
+    """Hooks for a progress display; the default does nothing."""
+
+    def start(self, total_scenes: int, resumed: int) -> None: ...
+
+    def scene_started(self, scene: str) -> None: ...
+
+    def frame_done(self, scene: str) -> None: ...
+
+    def scene_done(self, scene: str, frames: int) -> None: ...
+
+
+def _build_one(reader: SceneReader, writer: ResumableWriter, job: BuildBinaryJob, scene: str,
+               skipped: list[SkippedFrame], on_frame=None) -> int:
+    """Build one scene into its part file; returns the number of frames written."""
+    config = job.core_config(EGO_BODY[job.source])
+    seen_bad: set[str] = set()
+
+    def handle(scene_name: str, token: str, err: ConverterError) -> None:
+        if job.on_error == "stop":
+            raise err
+        if token not in seen_bad:  # both passes read the scene; report a bad frame once
+            seen_bad.add(token)
+            skipped.append(SkippedFrame(scene_name, token, str(err)))
+
+    def frames():
+        for frame in build_scene(lambda: reader.read_scene(scene, on_error=handle), config):
+            yield frame
+            if on_frame is not None:
+                on_frame(scene)
+
+    return writer.write_scene(scene, frames())
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(job: BuildBinaryJob, writer_kwargs: dict) -> None:
+    # Under 'fork' the parent's reader is inherited; under 'spawn' each worker opens its own.
+    if "reader" not in _WORKER:
+        _WORKER["reader"] = open_reader(**job.reader_kwargs())
+    _WORKER["job"] = job
+    _WORKER["writer"] = ResumableWriter(job.out, **writer_kwargs)
+
+
+def _worker_scene(scene: str) -> tuple[str, int, list[SkippedFrame]]:
+    skipped: list[SkippedFrame] = []
+    count = _build_one(_WORKER["reader"], _WORKER["writer"], _WORKER["job"], scene, skipped)
+    return scene, count, skipped
+
+
+def build_binary(job: BuildBinaryJob, progress: BuildBinaryProgress | None = None) -> BuildBinarySummary:
+    """Run a build (see the module docstring); returns what was written and what was skipped."""
+    started = time.perf_counter()
+    progress = progress or BuildBinaryProgress()
+    if job.out.exists() and not job.overwrite:
+        raise ConverterError(job.out, "output exists; pass --overwrite to replace it")
+    reader = open_reader(**job.reader_kwargs())
+    config = job.core_config(EGO_BODY[job.source])  # validates the grid before any work
+    skipped: list[SkippedFrame] = []
+    for err in reader.open_errors:
+        if job.on_error == "stop":
+            raise err
+        skipped.append(SkippedFrame("(whole log)", "-", str(err)))
+    index, count = job.shard
+    scenes = reader.scene_names()[index::count]
+    if not scenes:
+        raise ConverterError(job.dataroot, f"no scene selected (shard {index}/{count} of {len(reader.scene_names())})")
+    writer_kwargs = dict(grid=config.grid, taxonomy=BINARY, source=job.source, command=job.command,
+                         camera_names=reader.camera_names, image_root=str(Path(reader.image_root).resolve()))
+    writer = ResumableWriter(job.out, **writer_kwargs)
+    done = [s for s in scenes if writer.is_done(s)]
+    todo = [s for s in scenes if s not in set(done)]
+    progress.start(len(scenes), len(done))
+    frames = 0
+    if job.workers == 1 or len(todo) <= 1:
+        for scene in todo:
+            progress.scene_started(scene)
+            n = _build_one(reader, writer, job, scene, skipped, on_frame=progress.frame_done)
+            frames += n
+            progress.scene_done(scene, n)
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        if method == "fork":
+            _WORKER.update(reader=reader)
+        context = multiprocessing.get_context(method)
+        try:
+            with context.Pool(min(job.workers, len(todo)), initializer=_worker_init, initargs=(job, writer_kwargs)) as pool:
+                for scene, n, bad in pool.imap_unordered(_worker_scene, todo):
+                    frames += n
+                    skipped += bad
+                    progress.scene_done(scene, n)
+        finally:
+            _WORKER.clear()
+    writer.finalize(scene_order=scenes)
+    return BuildBinarySummary(job.out, len(scenes), len(done), frames, skipped, time.perf_counter() - started)

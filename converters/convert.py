@@ -1,0 +1,316 @@
+"""``b2s convert``: raw dataset -> unified HDF5 file, scene by scene, resumable, in parallel.
+
+Flow: a reader (:func:`converters.open_reader`) yields :class:`SensorFrame` per key frame ->
+:func:`occ_frame_of` turns it into an :class:`OccFrame` on the labels' grid -> the scene goes into
+its own part file (:class:`b2s_core.occfile.ResumableWriter`) -> when every selected scene is done the
+parts are merged into ``--out`` atomically. An interrupted run keeps its finished scenes and
+redoes only the others. Frames with bad inputs are skipped and listed (``on_error='skip'``) or
+stop the run (``'stop'``) after the finished scenes have been kept.
+
+Without labels a frame's occupancy is its key LiDAR sweep voxelised on the grid (one sweep, no
+aggregation, no free-space reasoning): a quick look at a dataset. Dense binary occupancy for
+training comes from ``b2s build-binary``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from b2s_core.grids import VoxelGrid, get_grid
+from b2s_core.occfile import ResumableWriter, validate_file
+from b2s_core.records import Camera, OccFrame, SensorFrame
+from b2s_core.taxonomy import Taxonomy
+from converters import open_reader
+from converters.base import SceneReader
+from converters.errors import ConverterError
+
+# The grid of an unlabelled conversion, per source: the grid its usual labels live on.
+DEFAULT_GRID = {"nuscenes": "occ3d", "nuplan": "openscene", "openscene": "openscene"}
+
+
+@dataclass
+class ConvertConfig:
+    """Everything ``b2s convert`` needs; the CLI fills it from its options."""
+
+    source: str
+    dataroot: Path
+    out: Path
+    version: str | None = None  # nuScenes version folder (default v1.0-mini)
+    labels: str | None = None  # 'occ3d:PATH' | 'openoccupancy:PATH' | 'openscene:PATH'
+    scenes: list[str] | None = None
+    split: str | None = None
+    workers: int = 1
+    shard: tuple[int, int] = (0, 1)  # (i, N): this job converts every N-th scene starting at i
+    embed_images: bool = False  # copy the encoded image bytes into the file (else paths under image_root)
+    on_error: str = "skip"  # 'skip' a bad frame (and list it) or 'stop' the run
+    store_points: bool = True  # keep the key-frame LiDAR points (ego frame) in the file
+    grid: str | None = None  # unlabelled conversions only; labels fix their own grid
+    overwrite: bool = False
+    command: str = ""
+    reader_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dataroot, self.out = Path(self.dataroot), Path(self.out)
+        if self.on_error not in ("skip", "stop"):
+            raise ConverterError(self.on_error, "--on-error must be 'skip' or 'stop'")
+        if self.workers < 1:
+            raise ConverterError(self.workers, "--workers must be at least 1")
+        index, count = self.shard
+        if not (count >= 1 and 0 <= index < count):
+            raise ConverterError(f"{index}/{count}", "--shard must be i/N with 0 <= i < N")
+
+    def reader_kwargs(self) -> dict:
+        return dict(source=self.source, dataroot=self.dataroot, version=self.version, labels=self.labels,
+                    scenes=self.scenes, split=self.split, **self.reader_options)
+
+
+@dataclass
+class SkippedFrame:
+    scene: str
+    token: str
+    problem: str  # the one-line message, naming the file
+
+
+@dataclass
+class ConvertSummary:
+    out: Path
+    scenes: int  # scenes in the output
+    resumed: int  # scenes a previous run had finished
+    frames: int  # frames written by this run
+    skipped: list[SkippedFrame]
+    seconds: float = 0.0  # wall time of the whole run
+    merge_seconds: float = 0.0  # of which: merging the per-scene parts into the output
+
+
+# -- one frame ------------------------------------------------------------------------------------
+def occ_frame_of(frame: SensorFrame, *, grid: VoxelGrid, taxonomy: Taxonomy, image_root: Path,
+                 embed_images: bool, store_points: bool) -> OccFrame:
+    """A reader's frame -> one frame of the unified format (loads the key LiDAR sweep and, if asked, images)."""
+    points_ego = None
+    if frame.lidar is not None and (store_points or frame.labels is None):
+        points = frame.lidar.load()  # (N, C) sensor frame
+        if points.ndim != 2 or points.shape[1] < 3:
+            raise ConverterError(frame.lidar.path, f"LiDAR points have shape {points.shape}, expected (N, >=3)")
+        ego_from_sensor = frame.lidar.ego_from_sensor
+        points_ego = (points[:, :3].astype(np.float64) @ ego_from_sensor[:3, :3].T + ego_from_sensor[:3, 3]).astype(np.float32)
+    labels = frame.labels
+    if labels is not None:
+        if labels.semantics.shape != grid.shape:
+            raise ConverterError(labels.path, f"labels have shape {labels.semantics.shape}, the {grid.name} grid is {grid.shape}")
+        semantics = labels.semantics
+        occupancy = semantics != taxonomy.free_index
+    else:
+        semantics = None
+        occupancy = grid.voxelize(points_ego) if points_ego is not None else np.zeros(grid.shape, dtype=bool)
+    return OccFrame(
+        scene=frame.scene,
+        token=frame.token,
+        timestamp=frame.timestamp,
+        global_from_ego=frame.global_from_ego,
+        cameras=[_camera(cam, image_root, embed_images) for cam in frame.cameras],
+        occupancy=occupancy,
+        semantics=semantics,
+        mask_lidar=labels.mask_lidar if labels is not None else None,
+        mask_camera=labels.mask_camera if labels is not None else None,
+        points=points_ego if store_points else None,
+        lidar_origin=frame.lidar.ego_from_sensor[:3, 3].astype(np.float32) if frame.lidar is not None else None,
+        source_tokens=dict(frame.source_tokens),
+    )
+
+
+def _camera(cam: Camera, image_root: Path, embed: bool) -> Camera:
+    if not embed or cam.image_bytes is not None:
+        return cam
+    path = image_root / (cam.image_path or "")
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConverterError(path, f"{cam.name} image not found") from None
+    return Camera(cam.name, cam.intrinsic, cam.ego_from_cam, cam.width, cam.height, cam.image_path, data, cam.timestamp)
+
+
+# -- one scene ------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """What a worker needs to convert scenes (picklable)."""
+
+    reader_kwargs: dict
+    writer_kwargs: dict
+    out: Path
+    embed_images: bool
+    store_points: bool
+    on_error: str
+
+
+def _scene_frames(reader: SceneReader, job: _Job, scene: str, skipped: list[SkippedFrame],
+                  on_frame: Callable[[str], None] | None) -> Iterator[OccFrame]:
+    grid, taxonomy = job.writer_kwargs["grid"], job.writer_kwargs["taxonomy"]
+
+    def handle(scene_name: str, token: str, err: ConverterError) -> None:
+        if job.on_error == "stop":
+            raise err
+        skipped.append(SkippedFrame(scene_name, token, str(err)))
+
+    for frame in reader.read_scene(scene, on_error=handle):
+        try:
+            occ = occ_frame_of(frame, grid=grid, taxonomy=taxonomy, image_root=reader.image_root,
+                               embed_images=job.embed_images, store_points=job.store_points)
+        except ConverterError as err:
+            handle(scene, frame.token, err)
+            continue
+        yield occ
+        if on_frame is not None:
+            on_frame(scene)
+
+
+def _skip_log(writer: ResumableWriter, scene: str) -> Path:
+    return writer.part_path(scene).with_suffix(".skipped.json")
+
+
+def convert_scene(reader: SceneReader, writer: ResumableWriter, job: _Job, scene: str,
+                  on_frame: Callable[[str], None] | None = None) -> tuple[int, list[SkippedFrame]]:
+    """Convert one scene into its part file; returns (frames written, frames skipped)."""
+    skipped: list[SkippedFrame] = []
+    # The skip list goes next to the part before the part is committed, so a resumed run can report it.
+    log = _skip_log(writer, scene)
+    frames = _then_write_skip_log(_scene_frames(reader, job, scene, skipped, on_frame), skipped, log)
+    count = writer.write_scene(scene, frames)
+    return count, skipped
+
+
+def _then_write_skip_log(frames: Iterator[OccFrame], skipped: list[SkippedFrame], log: Path) -> Iterator[OccFrame]:
+    """Pass the frames through; once they are exhausted, record the skipped ones in ``log``."""
+    yield from frames
+    log.write_text(json.dumps([asdict(s) for s in skipped]))
+
+
+# -- worker processes -----------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _worker_init(job: _Job) -> None:
+    # Under 'fork' the parent's reader is inherited (no second load of the tables); under 'spawn'
+    # each worker opens its own.
+    if "reader" not in _WORKER:
+        _WORKER["reader"] = open_reader(**job.reader_kwargs)
+    _WORKER["job"] = job
+    _WORKER["writer"] = ResumableWriter(job.out, **job.writer_kwargs)
+
+
+def _worker_scene(scene: str) -> tuple[str, int, list[SkippedFrame]]:
+    count, skipped = convert_scene(_WORKER["reader"], _WORKER["writer"], _WORKER["job"], scene)
+    return scene, count, skipped
+
+
+# -- the whole run --------------------------------------------------------------------------------
+class ConvertProgress:
+    """Hooks for a progress display; the default does nothing."""
+
+    def start(self, total_scenes: int, resumed: int) -> None: ...
+
+    def scene_started(self, scene: str) -> None: ...
+
+    def frame_done(self, scene: str) -> None: ...
+
+    def scene_done(self, scene: str, frames: int, skipped: int) -> None: ...
+
+
+def output_layout(reader: SceneReader, config: ConvertConfig) -> tuple[VoxelGrid, Taxonomy]:
+    """The output's grid and taxonomy: those of the labels, else ``--grid`` (default per source)."""
+    if reader.label_grid is not None:
+        if config.grid and not get_grid(config.grid).same_geometry(reader.label_grid):
+            raise ConverterError(config.grid, f"--grid disagrees with the {reader.label_grid.name} grid of the labels; leave it out")
+        return reader.label_grid, reader.taxonomy
+    return get_grid(config.grid or DEFAULT_GRID[config.source]), reader.taxonomy
+
+
+def convert(config: ConvertConfig, progress: ConvertProgress | None = None) -> ConvertSummary:
+    """Run a conversion (see module docstring); returns what was written and what was skipped."""
+    started = time.perf_counter()
+    progress = progress or ConvertProgress()
+    if config.out.exists() and not config.overwrite:
+        raise ConverterError(config.out, "output exists; pass --overwrite to replace it")
+    reader = open_reader(**config.reader_kwargs())
+    grid, taxonomy = output_layout(reader, config)
+    skipped: list[SkippedFrame] = []
+    for err in reader.open_errors:  # e.g. a corrupt OpenScene meta pickle: its log is left out
+        if config.on_error == "stop":
+            raise err
+        skipped.append(SkippedFrame("(whole log)", "-", str(err)))
+    index, count = config.shard
+    scenes = reader.scene_names()[index::count]
+    if not scenes:
+        raise ConverterError(config.dataroot, f"no scene selected (shard {index}/{count} of {len(reader.scene_names())})")
+    writer_kwargs = dict(grid=grid, taxonomy=taxonomy, source=config.source, command=config.command,
+                         camera_names=reader.camera_names,
+                         image_root=None if config.embed_images else str(Path(reader.image_root).resolve()))
+    writer = ResumableWriter(config.out, **writer_kwargs)
+    job = _Job(config.reader_kwargs(), writer_kwargs, config.out, config.embed_images, config.store_points, config.on_error)
+
+    done = [s for s in scenes if writer.is_done(s)]
+    for scene in done:
+        _check_part_matches(writer.part_path(scene), writer_kwargs)
+    todo = [s for s in scenes if s not in set(done)]
+    for scene in done:
+        log = _skip_log(writer, scene)
+        if log.is_file():
+            skipped += [SkippedFrame(**row) for row in json.loads(log.read_text())]
+    progress.start(len(scenes), len(done))
+    frames = 0
+    if config.workers == 1 or len(todo) <= 1:
+        for scene in todo:
+            progress.scene_started(scene)
+            n, bad = convert_scene(reader, writer, job, scene, on_frame=progress.frame_done)
+            frames += n
+            skipped += bad
+            progress.scene_done(scene, n, len(bad))
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        if method == "fork":
+            _WORKER.update(reader=reader, job=job)
+        context = multiprocessing.get_context(method)
+        try:
+            with context.Pool(min(config.workers, len(todo)), initializer=_worker_init, initargs=(job,)) as pool:
+                for scene, n, bad in pool.imap_unordered(_worker_scene, todo):
+                    frames += n
+                    skipped += bad
+                    progress.scene_done(scene, n, len(bad))
+        finally:
+            _WORKER.clear()  # never hand this run's reader to a later run's workers
+    merge_started = time.perf_counter()
+    writer.finalize(scene_order=scenes)
+    finished = time.perf_counter()
+    return ConvertSummary(config.out, len(scenes), len(done), frames, skipped, finished - started, finished - merge_started)
+
+
+def _check_part_matches(part: Path, writer_kwargs: dict) -> None:
+    """A finished part from an earlier run must come from the same conversion, or merging would mix files."""
+    attrs = validate_file(part)
+    grid = VoxelGrid.from_dict(json.loads(attrs["grid"]))
+    theirs = (attrs["source"], attrs["taxonomy"], json.loads(attrs["camera_names"]), attrs["image_root"] or None)
+    ours = (writer_kwargs["source"], writer_kwargs["taxonomy"].name, list(writer_kwargs["camera_names"]), writer_kwargs["image_root"])
+    if theirs != ours or not grid.same_geometry(writer_kwargs["grid"]):
+        raise ConverterError(part.parent, "holds scenes of a different conversion (source, labels, grid, cameras or "
+                                          "--embed-images differ); delete it or choose another --out")
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/N' -> (i, N); None -> (0, 1)."""
+    if not text:
+        return (0, 1)
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConverterError(text, "--shard must look like i/N, e.g. 0/4") from None
+    return index, count
+
+
+__all__ = ["ConvertConfig", "ConvertProgress", "ConvertSummary", "SkippedFrame", "convert", "occ_frame_of",
+           "parse_shard"]

@@ -1,0 +1,210 @@
+"""OpenScene (nuPlan-based occupancy): per-log meta pickles + sensor blobs + sparse occupancy ``.npy``.
+
+Layout: ``<root>/meta_datas/<split>/<log>.pkl`` (a list of frame dicts, 2 Hz key frames) and
+``<root>/sensor_blobs/<split>/<log>/{MergedPointCloud,CAM_*}/...``; ``lidar_path`` and each camera's
+``data_path`` are relative to ``sensor_blobs/<split>``. Pickles are read with the restricted
+unpickler (:mod:`converters.safe_pickle`): a pickle that names anything but containers, scalars
+and numpy arrays is refused before it can run code.
+
+Geometry per frame: ``global_from_ego`` from ``ego2global_translation/rotation`` (quaternion
+w, x, y, z), ``ego_from_lidar`` from ``lidar2ego_*``, ``ego_from_cam = ego_from_lidar @
+lidar_from_cam`` with ``lidar_from_cam`` from ``sensor2lidar_rotation/translation``. Boxes
+``gt_boxes`` (x, y, z centre, l, w, h, yaw) are in the LiDAR frame and are moved to the global frame
+here. Image sizes are read from the image headers (the meta data do not carry them).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
+from b2s_core.taxonomy import OPENSCENE
+from converters import safe_pickle
+from converters.base import FrameErrorHandler, SceneReader, quaternion_matrix, report, transform, yaw_matrix
+from converters.errors import ConverterError
+from converters.labels import LabelSpec, read_openscene
+from converters.nuplan import CAMERA_ORDER, load_pcd_points
+
+
+@dataclass
+class _LogRef:
+    meta: Path
+    split: str
+
+
+class OpenSceneReader(SceneReader):
+    source = "openscene"
+
+    def __init__(self, dataroot: str | Path, *, labels: LabelSpec | None = None, scenes: list[str] | None = None,
+                 split: str | None = None) -> None:
+        self.dataroot = Path(dataroot)
+        self.image_root = self.dataroot
+        if labels is not None and labels.kind != "openscene":
+            raise ConverterError(labels.root, f"{labels.kind} labels do not belong to OpenScene; use openscene:PATH")
+        self.labels = labels
+        self.taxonomy = OPENSCENE
+        self.label_grid = labels.grid if labels else None
+        self.open_errors: list[ConverterError] = []
+        metas = self._find_metas(split)
+        if not metas:
+            raise ConverterError(self.dataroot / "meta_datas", f"no OpenScene meta pickle found{' for split ' + split if split else ''}")
+        self._scene_logs: dict[str, _LogRef] = {}
+        channels: set[str] = set()
+        for ref in metas:
+            try:
+                frames = self._load_meta(ref.meta)
+            except ConverterError as err:
+                self.open_errors.append(err)  # a corrupt log is reported, the others still convert
+                continue
+            for frame in frames:
+                self._scene_logs.setdefault(self._scene_of(frame, ref.meta), ref)
+                channels |= set(frame.get("cams", {}) or {})
+        self.camera_names = [c for c in CAMERA_ORDER if c in channels] + sorted(channels - set(CAMERA_ORDER))
+        self._selected = self._select(scenes)
+        self._cache: tuple[Path, list[dict]] | None = None
+
+    def _find_metas(self, split: str | None) -> list[_LogRef]:
+        meta_root = self.dataroot / "meta_datas"
+        if not meta_root.is_dir():
+            raise ConverterError(meta_root, "OpenScene meta_datas folder not found")
+        splits = [split] if split else sorted(p.name for p in meta_root.iterdir() if p.is_dir())
+        if split and not (meta_root / split).is_dir():
+            raise ConverterError(meta_root / split, "OpenScene split folder not found")
+        return [_LogRef(p, s) for s in splits for p in sorted((meta_root / s).glob("*.pkl"))]
+
+    @staticmethod
+    def _load_meta(path: Path) -> list[dict]:
+        frames = safe_pickle.load(path)
+        if not isinstance(frames, list) or not all(isinstance(f, dict) for f in frames):
+            raise ConverterError(path, "OpenScene meta pickle is not a list of frame dicts")
+        return frames
+
+    @staticmethod
+    def _scene_of(frame: dict, meta: Path) -> str:
+        name = frame.get("scene_name") or frame.get("scene_token")
+        if not name:
+            raise ConverterError(meta, f"frame {frame.get('token')} has no scene_name")
+        return str(name)
+
+    def _select(self, scenes: list[str] | None) -> list[str]:
+        if not scenes:
+            return list(self._scene_logs)
+        missing = [s for s in scenes if s not in self._scene_logs]
+        if missing:
+            raise ConverterError(self.dataroot / "meta_datas", f"no OpenScene scene named {', '.join(missing)}")
+        return [s for s in self._scene_logs if s in set(scenes)]
+
+    def scene_names(self) -> list[str]:
+        return list(self._selected)
+
+    # -- frames ------------------------------------------------------------------------------------
+    def _log_frames(self, meta: Path) -> list[dict]:
+        if self._cache is None or self._cache[0] != meta:
+            self._cache = (meta, self._load_meta(meta))
+        return self._cache[1]
+
+    def read_scene(self, name: str, on_error: FrameErrorHandler | None = None) -> Iterator[SensorFrame]:
+        ref = self._scene_logs.get(name)
+        if ref is None:
+            raise ConverterError(self.dataroot / "meta_datas", f"no OpenScene scene named {name}")
+        frames = [f for f in self._log_frames(ref.meta) if self._scene_of(f, ref.meta) == name]
+        frames.sort(key=lambda f: int(f.get("timestamp", 0)))
+        for meta in frames:
+            try:
+                yield self._frame(name, meta, ref)
+            except ConverterError as err:
+                report(on_error, name, str(meta.get("token", "?")), err)
+
+    def _field(self, meta: dict, key: str, ref: _LogRef, size: int | None = None) -> np.ndarray:
+        # A missing or malformed calibration field fails loudly, never defaults to identity.
+        if key not in meta or meta[key] is None:
+            raise ConverterError(ref.meta, f"frame {meta.get('token')} has no '{key}'")
+        try:
+            value = np.asarray(meta[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ConverterError(ref.meta, f"frame {meta.get('token')} '{key}' is not numeric") from None
+        if size is not None and value.size != size:
+            raise ConverterError(ref.meta, f"frame {meta.get('token')} '{key}' has {value.size} numbers, expected {size}")
+        return value
+
+    def _sensor_path(self, rel: str, ref: _LogRef) -> Path:
+        """A ``lidar_path`` / ``data_path`` -> an existing file path (relative to ``sensor_blobs/<split>``)."""
+        for base in (self.dataroot / "sensor_blobs" / ref.split, self.dataroot / "sensor_blobs", self.dataroot):
+            if (base / rel).is_file():
+                return base / rel
+        return self.dataroot / "sensor_blobs" / ref.split / rel
+
+    def _frame(self, scene: str, meta: dict, ref: _LogRef) -> SensorFrame:
+        where = f"{ref.meta} (frame {meta.get('token')})"
+        global_from_ego = transform(quaternion_matrix(self._field(meta, "ego2global_rotation", ref, 4), where),
+                                    self._field(meta, "ego2global_translation", ref, 3))
+        ego_from_lidar = transform(quaternion_matrix(self._field(meta, "lidar2ego_rotation", ref, 4), where),
+                                   self._field(meta, "lidar2ego_translation", ref, 3))
+        token = str(meta.get("token"))
+        timestamp = int(meta.get("timestamp", 0))
+        lidar_path = self._sensor_path(str(meta.get("lidar_path", "")), ref)
+        if not lidar_path.is_file():
+            raise ConverterError(lidar_path, "LiDAR file not found")
+        lidar = LidarSweep(ego_from_lidar, global_from_ego, timestamp, True,
+                           functools.partial(load_pcd_points, str(lidar_path)), str(lidar_path))
+        cams = meta.get("cams") or {}
+        cameras = [self._camera(channel, cams[channel], ego_from_lidar, ref, token) for channel in self.camera_names if channel in cams]
+        frame = SensorFrame(scene=scene, token=token, timestamp=timestamp, global_from_ego=global_from_ego,
+                            cameras=cameras, lidar=lidar, boxes=self._boxes(meta, global_from_ego @ ego_from_lidar, ref),
+                            source_tokens={"token": token, "log": str(meta.get("log_name", ref.meta.stem))})
+        if self.labels is not None:
+            frame.labels = read_openscene(self._label_path(self.labels, meta, ref), self.label_grid)
+        return frame
+
+    def _camera(self, channel: str, cam: dict, ego_from_lidar: np.ndarray, ref: _LogRef, token: str) -> Camera:
+        where = {"token": f"{token} {channel}"}
+        lidar_from_cam = transform(self._field({**cam, **where}, "sensor2lidar_rotation", ref, 9).reshape(3, 3),
+                                   self._field({**cam, **where}, "sensor2lidar_translation", ref, 3))
+        intrinsic = self._field({**cam, **where}, "cam_intrinsic", ref, 9).reshape(3, 3)
+        path = self._sensor_path(str(cam.get("data_path", "")), ref)
+        try:
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+        except FileNotFoundError:
+            raise ConverterError(path, f"{channel} image not found") from None
+        except OSError as err:
+            raise ConverterError(path, f"{channel} image unreadable ({err})") from None
+        return Camera(channel, intrinsic, ego_from_lidar @ lidar_from_cam, int(width), int(height),
+                      image_path=str(path.relative_to(self.dataroot)), timestamp=int(cam.get("timestamp", 0) or 0))
+
+    def _boxes(self, meta: dict, global_from_lidar: np.ndarray, ref: _LogRef) -> list[Box]:
+        anns = meta.get("anns") or {}
+        boxes = np.asarray(anns.get("gt_boxes", np.zeros((0, 7))), dtype=np.float64).reshape(-1, 7)
+        names = list(anns.get("gt_names", []))
+        tracks = list(anns.get("track_tokens", anns.get("instance_tokens", [])))
+        if len(names) != len(boxes) or len(tracks) != len(boxes):
+            raise ConverterError(ref.meta, f"frame {meta.get('token')}: {len(boxes)} gt_boxes, {len(names)} gt_names, {len(tracks)} track tokens")
+        out = []
+        for (x, y, z, length, width, height, yaw), name, track in zip(boxes, names, tracks):
+            global_from_box = global_from_lidar @ transform(yaw_matrix(yaw), (x, y, z))
+            out.append(Box(global_from_box, np.array([length, width, height]), str(track), str(name),
+                           self.box_label(str(name), OPENSCENE.label_of_nuplan)))
+        return out
+
+    @staticmethod
+    def _label_path(labels: LabelSpec, meta: dict, ref: _LogRef) -> Path:
+        rel = meta.get("occ_gt_final_path")
+        if not rel:
+            raise ConverterError(ref.meta, f"frame {meta.get('token')} has no occ_gt_final_path (no occupancy label)")
+        rel_path = Path(str(rel))
+        if rel_path.is_absolute() and rel_path.is_file():
+            return rel_path
+        # The stored path is relative to wherever the authors kept the data: try it under the label
+        # root with fewer and fewer leading folders.
+        parts = rel_path.parts
+        for start in range(len(parts)):
+            candidate = labels.root.joinpath(*parts[start:])
+            if candidate.is_file():
+                return candidate
+        return labels.root / rel_path
