@@ -298,6 +298,62 @@ class OccWriter:
         self._write_cameras(frame.cameras, where)
         self._num_frames += 1
 
+    def copy_scene(self, source: "OccDataset", name: str) -> int:
+        """Append a scene of another file of the same grid, taxonomy, cameras and compression,
+        copying the compressed grid chunks as they are (no decode / re-encode); returns frames."""
+        if name in self._scene_names:
+            raise OccFormatError(f"{self.path}: scene '{name}' written twice")
+        shard, first = source._locate(source.scene_indices(name).start)
+        count = len(source.scene_indices(name))
+        if (shard.camera_names != self.camera_names or not shard.grid.same_geometry(self.grid)
+                or shard.attrs.get("compression") != self._h5.attrs["compression"]):
+            raise OccFormatError(f"{shard.path}: cameras, grid or compression differ from {self.path}'s; cannot copy scenes")
+        src, dst, rows = shard.h5(), self._h5, slice(first, first + count)
+        start = self._num_frames
+        # Ragged data of a scene are contiguous (frames are appended in order): copy each block
+        # once and shift the frames' ranges by the block's new position.
+        ranges = {}
+        for table, ragged in (("frames/labels_range", ("ragged/labels",)),
+                              ("frames/top2_range", ("ragged/top2_labels", "ragged/top2_logits")),
+                              ("frames/points_range", ("ragged/points",)),
+                              ("cameras/image_range", ("ragged/images",))):
+            old = src[table][rows]
+            lo = int(old[..., 0].min(initial=0)) if count else 0
+            hi = int((old[..., 0] + old[..., 1]).max(initial=lo)) if count else 0
+            new_base = dst[ragged[0]].shape[0]
+            for name_ in ragged:
+                self._append(dst[name_], src[name_][lo:hi])
+            shifted = old.copy()
+            shifted[..., 0] += new_base - lo
+            ranges[table] = shifted
+        for group in ("frames", "cameras"):
+            for key, dataset in src[group].items():
+                path = f"{group}/{key}"
+                if key in _PACKED_FIELDS:
+                    continue
+                if path in ranges:
+                    values = ranges[path]
+                elif path == "frames/scene_index":
+                    values = np.full(count, len(self._scene_names), np.int32)
+                else:
+                    values = dataset[rows]
+                self._append(dst[path], values)
+        flags = src["frames/flags"][rows]
+        for key, flag in _PACKED_FIELDS.items():
+            target = dst[f"frames/{key}"]
+            target.resize(start + count, axis=0)
+            for k in range(count):
+                if flag == 0 or flags[k] & flag:  # rows of absent fields were never allocated
+                    filter_mask, chunk = src[f"frames/{key}"].id.read_direct_chunk((first + k, 0))
+                    target.id.write_direct_chunk((start + k, 0), chunk, filter_mask)
+        self._num_frames += count
+        scenes = dst["scenes"]
+        self._append(scenes["name"], np.array([name], dtype=object))
+        self._append(scenes["start"], np.array([start]))
+        self._append(scenes["stop"], np.array([self._num_frames]))
+        self._scene_names.add(name)
+        return count
+
     def _encode_grids(self, frame: OccFrame, occupancy: np.ndarray, where: str) -> dict[str, np.ndarray]:
         """The bit-packed grids of a frame, masks relative to their references (see _encode_xor)."""
         shape = self.grid.shape
@@ -427,9 +483,7 @@ class ResumableWriter:
             raise OccFormatError(f"{self.parts_dir}: scenes not finished yet: {', '.join(missing[:5])}")
         with OccWriter(self.out, **self.writer_kwargs) as writer:
             for scene in order:
-                dataset = parts[scene]
-                indices = dataset.scene_indices(scene)
-                writer.write_scene(scene, (dataset.read(i, images="embedded") for i in indices))
+                writer.copy_scene(parts[scene], scene)
         for dataset in set(parts.values()):
             dataset.close()
         shutil.rmtree(self.parts_dir, ignore_errors=True)
