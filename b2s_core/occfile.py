@@ -303,8 +303,7 @@ class OccWriter:
         copying the compressed grid chunks as they are (no decode / re-encode); returns frames."""
         if name in self._scene_names:
             raise OccFormatError(f"{self.path}: scene '{name}' written twice")
-        shard, first = source._locate(source.scene_indices(name).start)
-        count = len(source.scene_indices(name))
+        shard, first, count = source._scene_location(name)
         if (shard.camera_names != self.camera_names or not shard.grid.same_geometry(self.grid)
                 or shard.attrs.get("compression") != self._h5.attrs["compression"]):
             raise OccFormatError(f"{shard.path}: cameras, grid or compression differ from {self.path}'s; cannot copy scenes")
@@ -622,13 +621,15 @@ class OccDataset:
         self._offsets = np.cumsum([0] + [s.num_frames for s in self._shards])
         self.scenes: list[SceneInfo] = []
         self._scene_by_name: dict[str, SceneInfo] = {}
-        for offset, shard in zip(self._offsets, self._shards):
+        self._scene_shard: dict[str, tuple[int, int, int]] = {}  # name -> (shard index, local start, frames)
+        for shard_index, (offset, shard) in enumerate(zip(self._offsets, self._shards)):
             for name, (start, stop) in zip(shard.scene_names, shard.scene_ranges):
                 if name in self._scene_by_name:
                     raise OccFormatError(f"{shard.path}: scene '{name}' also appears in another shard")
                 info = SceneInfo(name, int(offset + start), int(offset + stop))
                 self.scenes.append(info)
                 self._scene_by_name[name] = info
+                self._scene_shard[name] = (shard_index, int(start), int(stop - start))
 
     # -- sizes and lookup -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -653,6 +654,11 @@ class OccDataset:
         except KeyError:
             raise OccFormatError(f"scene '{name}' not in {', '.join(str(p) for p in self.paths)}") from None
         return range(info.start, info.stop)
+
+    def _scene_location(self, name: str) -> tuple[_Shard, int, int]:
+        self.scene_indices(name)  # the error for an unknown scene
+        shard_index, start, count = self._scene_shard[name]
+        return self._shards[shard_index], start, count
 
     def tokens(self) -> list[str]:
         """Every frame's token, in frame order, without decoding any grid (linear time)."""
