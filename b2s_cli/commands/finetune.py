@@ -1,0 +1,54 @@
+"""``b2s finetune``: stage 2, semantic fine-tuning with the paper's strategies (and the offboard model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from b2s_cli.commands._training import expand_paths, print_result
+from b2s_cli.errors import cli_errors
+from b2s_core.train.config import resolve_config
+from b2s_core.train.launch import launch
+
+
+@cli_errors
+def finetune(
+    init: Path = typer.Option(None, "--init", help="Checkpoint to start from (a b2s pretrain run's checkpoint.pt).", show_default=False),
+    semantic_data: list[Path] = typer.Option(None, "--semantic-data", help="Semantically labelled shard(s) S; repeat or quote a glob.", show_default=False),
+    pseudo_data: list[Path] = typer.Option(None, "--pseudo-data", help="Pseudo-label file(s) from b2s autolabel (Top1 or Top2), mixed with S.", show_default=False),
+    strategy: str = typer.Option(None, help="intermediate (proposed, sparse models), multi-head or replace-head (dense baselines). (default: intermediate)", show_default=False),
+    binary_data: str = typer.Option(None, "--binary-data", help="bstar: binaries of S only (S+B*); b: plus a pre-training batch each step (S+B). (default: bstar)", show_default=False),
+    pretrain_data: list[Path] = typer.Option(None, "--pretrain-data", help="Binary shard(s) B drawn from with --binary-data b.", show_default=False),
+    offboard: bool = typer.Option(False, "--offboard", help="Train the auto-labelling model: GT binary as input, focal loss only."),
+    model: str = typer.Option(None, help="Variant, when training without --init (else taken from the checkpoint).", show_default=False),
+    preset: str = typer.Option(None, help="Model sizes without --init: paper, small or tiny.", show_default=False),
+    epochs: int = typer.Option(None, help="Epochs over the semantic data. (default: 24)", show_default=False),
+    batch_size: int = typer.Option(None, "--batch-size", help="Global batch over all processes. (default: 8)", show_default=False),
+    gpus: int = typer.Option(1, help="Processes on this machine (one per GPU; with --device cpu, Gloo processes). >1 starts torchrun."),
+    out: Path = typer.Option(None, help="Run folder: config.yaml, checkpoint.pt, metrics.jsonl / .csv.", show_default=False),
+    config: Path = typer.Option(None, "--config", help="YAML or TOML file of training settings (options given here win).", show_default=False),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    val_data: list[Path] = typer.Option(None, "--val-data", help="Validation file(s) for the periodic IoU / mIoU.", show_default=False),
+    camera_mask: bool = typer.Option(None, "--camera-mask/--no-camera-mask", help="Train and validate on mask_camera voxels only (Occ3D). (default: off)", show_default=False),
+    lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
+    amp: str = typer.Option(None, help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. (default: off)", show_default=False),
+    device: str = typer.Option(None, help="auto, cpu or cuda. (default: auto)", show_default=False),
+    workers: int = typer.Option(None, help="DataLoader workers per process. (default: 2)", show_default=False),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (shortens the schedule).", show_default=False),
+    seed: int = typer.Option(None, help="Random seed. (default: 0)", show_default=False),
+    set_: list[str] = typer.Option(None, "--set", help="Any other setting as key=value (YAML value), e.g. --set semantic_loss_weight=2.", show_default=False),
+) -> None:
+    """Fine-tune on semantic occupancy (focal + binary BCE) with a strategy of the paper.
+
+    Example: b2s finetune --init runs/pre/checkpoint.pt --semantic-data occ3d-train.h5 --strategy intermediate --binary-data b --pretrain-data openscene-binary.h5 --out runs/ft
+    """
+    options = dict(stage="finetune", init=str(init) if init else None, semantic_data=expand_paths(semantic_data),
+                   pseudo_data=expand_paths(pseudo_data), strategy=strategy, binary_data=binary_data,
+                   pretrain_data=expand_paths(pretrain_data), offboard=offboard or None, model=model, preset=preset,
+                   epochs=epochs, batch_size=batch_size, out=str(out) if out else None, resume=resume or None,
+                   val_data=expand_paths(val_data), use_camera_mask=camera_mask, lr=lr, amp=amp, sync_bn=sync_bn,
+                   device=device, workers=workers, max_steps=max_steps, seed=seed)
+    resolved = resolve_config(config_file=config, options=options, overrides=set_, defaults={"out": "runs/finetune"})
+    print_result(launch(resolved, gpus))

@@ -1,0 +1,49 @@
+"""``b2s pretrain``: stage 1, binary occupancy pre-training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from b2s_cli.commands._training import expand_paths, print_result
+from b2s_cli.errors import cli_errors
+from b2s_core.train.config import resolve_config
+from b2s_core.train.launch import launch
+
+
+@cli_errors
+def pretrain(
+    data: list[Path] = typer.Option(None, "--data", help="Binary occupancy shard(s); repeat the option or quote a glob ('shards/*.h5').", show_default=False),
+    model: str = typer.Option(None, help="Variant: sparse-ls, sparse-bevformer (proposed), ls, bevformer (baselines). (default: sparse-ls)", show_default=False),
+    preset: str = typer.Option(None, help="Model sizes: paper, small or tiny. (default: small)", show_default=False),
+    epochs: int = typer.Option(None, help="Epochs over the data. (default: 24)", show_default=False),
+    batch_size: int = typer.Option(None, "--batch-size", help="Global batch over all processes. (default: 8)", show_default=False),
+    gpus: int = typer.Option(1, help="Processes on this machine (one per GPU; with --device cpu, Gloo processes). >1 starts torchrun."),
+    out: Path = typer.Option(None, help="Run folder: config.yaml, checkpoint.pt, metrics.jsonl / .csv.", show_default=False),
+    config: Path = typer.Option(None, "--config", help="YAML or TOML file of training settings (options given here win).", show_default=False),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    val_data: list[Path] = typer.Option(None, "--val-data", help="Validation file(s) for the periodic binary IoU.", show_default=False),
+    lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. (default: 1e-2)", show_default=False),
+    amp: str = typer.Option(None, help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. (default: off)", show_default=False),
+    device: str = typer.Option(None, help="auto, cpu or cuda. (default: auto)", show_default=False),
+    workers: int = typer.Option(None, help="DataLoader workers per process. (default: 2)", show_default=False),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (shortens the schedule).", show_default=False),
+    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local torchvision-layout ResNet weights (never downloaded).", show_default=False),
+    seed: int = typer.Option(None, help="Random seed. (default: 0)", show_default=False),
+    set_: list[str] = typer.Option(None, "--set", help="Any other setting as key=value (YAML value), e.g. --set warmup_steps=100.", show_default=False),
+) -> None:
+    """Pre-train on binary occupancy (BCE only): the proposed models up to the binary decoder, baselines whole.
+
+    Example: b2s pretrain --data openscene-binary.h5 --model sparse-ls --preset paper --epochs 24 --batch-size 8 --gpus 4 --out runs/pre
+    """
+    options = dict(stage="pretrain", data=expand_paths(data), model=model, preset=preset, epochs=epochs,
+                   batch_size=batch_size, out=str(out) if out else None, resume=resume or None,
+                   val_data=expand_paths(val_data), lr=lr, weight_decay=weight_decay, amp=amp, sync_bn=sync_bn,
+                   device=device, workers=workers, max_steps=max_steps,
+                   backbone_weights=str(backbone_weights) if backbone_weights else None, seed=seed)
+    resolved = resolve_config(config_file=config, options=options, overrides=set_,
+                              defaults={"out": "runs/pretrain", **({} if resume else {"model": "sparse-ls"})})
+    print_result(launch(resolved, gpus))

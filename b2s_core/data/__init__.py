@@ -1,0 +1,1 @@
+"""Training data: a torch Dataset over the unified HDF5 shards, augmentation, sampling, collate."""

@@ -1,0 +1,1 @@
+"""Training: configuration, the loop (single process or DDP), strategies, checkpoints."""

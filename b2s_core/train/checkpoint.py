@@ -1,0 +1,167 @@
+"""Checkpoints: atomic writes, exact-resume state, and loading a trained model for other tools.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so it loads
+with ``torch.load(weights_only=True)`` (no code runs while unpickling):
+
+    format, version        'b2s-checkpoint', CHECKPOINT_VERSION
+    model_variant          e.g. 'sparse-ls'
+    model_config           the resolved ModelConfig as a dict: the model is rebuilt from it
+    train_config           the resolved TrainConfig as a dict
+    model                  state_dict
+    optimizer, scheduler, scaler   state_dicts (None when not training)
+    progress               {'step', 'epoch', 'batch_in_epoch', 'pretrain_batches'}
+    rng                    per-rank RNG states (python, torch, cuda) for exact resume
+    metrics                the last validation metrics
+
+Writes go to a temporary file in the same folder, are flushed and fsync'ed, then renamed over the
+target: a crash leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from b2s_core.errors import B2SError
+
+CHECKPOINT_FORMAT = "b2s-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(B2SError):
+    """A checkpoint that cannot be read or does not fit what it is used for."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (see the module docstring) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    try:
+        with open(temp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        temp.replace(path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint file (``weights_only=True``); returns the raw state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable b2s checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a b2s checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {state.get('version')}, this b2s reads version {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+# -- dataclass configs <-> plain dicts (what weights_only can load) -------------------------------------
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A (nested) dataclass -> dict of plain values; tuples become lists."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Inverse of :func:`config_to_dict`: nested dataclasses rebuilt, lists back to tuples where typed so."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue  # a field added since the checkpoint was written keeps its default
+        kwargs[f.name] = _from_plain(hints.get(f.name, Any), values[f.name])
+    return cls(**kwargs)
+
+
+def _from_plain(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return config_from_dict(hint, value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        for arg in args:
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return config_from_dict(arg, value)
+            if typing.get_origin(arg) is tuple and isinstance(value, list):
+                return _from_plain(arg, value)
+        return value
+    if origin is tuple and isinstance(value, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_plain(args[0], v) for v in value)
+        if len(args) == len(value):
+            return tuple(_from_plain(a, v) for a, v in zip(args, value))
+        return tuple(value)
+    return value
+
+
+# -- a trained model for evaluate / autolabel -----------------------------------------------------------
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module  # built from model_config, weights loaded, in eval mode
+    model_config: Any  # b2s_core.models.ModelConfig
+    train_config: Any  # b2s_core.train.config.TrainConfig
+    progress: dict[str, int]
+    metrics: dict[str, Any]
+    path: Path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, expect_model: str | None = None) -> LoadedCheckpoint:
+    """Rebuild the model a checkpoint was trained with and load its weights.
+
+    ``expect_model``: the variant the caller needs (e.g. 'sparse-ls'); another gives a clear error.
+    """
+    from b2s_core.models import ModelConfig, build_model  # the model library; imported on use
+    from b2s_core.train.config import TrainConfig
+
+    state = read_checkpoint(path, map_location)
+    variant = state.get("model_variant")
+    if expect_model is not None and variant != expect_model:
+        raise CheckpointError(f"{path}: checkpoint holds a '{variant}' model, expected '{expect_model}'")
+    try:
+        model_config = config_from_dict(ModelConfig, state["model_config"])
+        model = build_model(model_config)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:300]
+        raise CheckpointError(f"{path}: checkpoint does not fit this b2s's '{variant}' model ({first})") from None
+    model.to(map_location).eval()
+    train_config = TrainConfig.from_dict(state.get("train_config", {}), where=f"{path} train_config")
+    return LoadedCheckpoint(
+        model=model,
+        model_config=model_config,
+        train_config=train_config,
+        progress=dict(state.get("progress", {})),
+        metrics=dict(state.get("metrics") or {}),
+        path=Path(path),
+    )

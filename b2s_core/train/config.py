@@ -1,0 +1,240 @@
+"""The training configuration: one typed dataclass, loaded from YAML / TOML plus overrides.
+
+Precedence (lowest first): the dataclass defaults (the paper's recipe, section 4.1), a config file
+(``--config run.yaml``), then command-line options and ``--set key=value`` overrides. The resolved
+configuration is written to ``<out>/config.yaml`` and travels inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from b2s_core.errors import B2SError
+
+STAGES = ("pretrain", "finetune")
+STRATEGIES = ("intermediate", "multi-head", "replace-head")
+BINARY_DATA = ("bstar", "b")
+AMP_MODES = ("none", "bf16", "fp16")
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(B2SError, ValueError):
+    """A configuration value or file that cannot be used."""
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"  # 'pretrain' (binary loss only) or 'finetune'
+    out: str = "runs/run"  # run folder: config.yaml, checkpoints, metrics
+
+    # -- model ------------------------------------------------------------------------------------
+    model: str | None = None  # variant: sparse-ls, sparse-bevformer, ls, bevformer (fine-tuning: from --init)
+    preset: str = "small"  # 'paper' for the paper's sizes; small / tiny for CPU
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to change, e.g. {image_hw: [128, 352]}
+    backbone_weights: str | None = None  # local torchvision-compatible ResNet weights (never downloaded)
+
+    # -- data -------------------------------------------------------------------------------------
+    data: list[str] = field(default_factory=list)  # pre-training (binary) shards
+    semantic_data: list[str] = field(default_factory=list)  # fine-tuning: labelled shards (S)
+    pseudo_data: list[str] = field(default_factory=list)  # fine-tuning: pseudo-label files (Top1 / Top2), mixed with S
+    pretrain_data: list[str] = field(default_factory=list)  # fine-tuning with binary_data='b': the binary set (B)
+    val_data: list[str] = field(default_factory=list)  # periodic validation (IoU / mIoU)
+    augment: bool = True  # BEVDet-style image + BEV augmentation on the training set
+    use_camera_mask: bool = False  # score / train only voxels of mask_camera (Occ3D's camera-visible protocol)
+
+    # -- fine-tuning --------------------------------------------------------------------------------
+    init: str | None = None  # checkpoint to start from (the pre-trained model)
+    strategy: str = "intermediate"  # intermediate | multi-head | replace-head (paper, Fig. 4)
+    binary_data: str = "bstar"  # bstar: binaries of the semantic set (S+B*); b: plus pre-training batches (S+B)
+    offboard: bool = False  # auto-labelling model: GT binary as input, semantic (focal) loss only
+
+    # -- optimisation (paper, section 4.1) ------------------------------------------------------------
+    epochs: int = 24
+    batch_size: int = 8  # global batch over all processes (the paper's 8); must divide by the process count
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    schedule: str = "cosine"  # cosine decay to min_lr_ratio * lr after a linear warm-up, or constant
+    warmup_steps: int = 500  # capped at a tenth of the run so that short runs still decay
+    min_lr_ratio: float = 1e-3
+    grad_clip: float = 5.0  # max global gradient norm (BEVDet's value); 0 disables clipping
+    binary_loss_weight: float = 1.0
+    semantic_loss_weight: float = 1.0
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored with a warning on CPU)
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    seed: int = 0
+
+    # -- run control --------------------------------------------------------------------------------
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    workers: int = 2  # DataLoader worker processes per training process
+    max_steps: int | None = None  # cap on optimiser steps (short runs, smoke tests); changes the schedule
+    stop_after_steps: int | None = None  # stop at this step leaving a checkpoint (time-limited jobs); the schedule is unchanged
+    log_every_steps: int = 10
+    ckpt_every_steps: int = 0  # also checkpoint every this many steps (0: only at epoch ends)
+    ckpt_every_epochs: int = 1  # checkpoint at the end of every this many epochs (and always at the end of the run)
+    val_every_epochs: int = 1
+    resume: bool = False  # continue from <out>/checkpoint.pt exactly where it stopped
+
+    def __post_init__(self) -> None:
+        for name in ("data", "semantic_data", "pseudo_data", "pretrain_data", "val_data"):
+            value = getattr(self, name)
+            setattr(self, name, [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value or []])
+        self.validate()
+
+    def validate(self) -> None:
+        def choose(name: str, options: tuple[str, ...]) -> None:
+            if getattr(self, name) not in options:
+                raise ConfigError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
+
+        choose("stage", STAGES)
+        choose("strategy", STRATEGIES)
+        choose("binary_data", BINARY_DATA)
+        choose("amp", AMP_MODES)
+        choose("schedule", SCHEDULES)
+        choose("device", DEVICES)
+        for name in ("epochs", "batch_size", "log_every_steps", "val_every_epochs", "ckpt_every_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "workers", "ckpt_every_steps",
+                     "binary_loss_weight", "semantic_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.resume:
+            return  # the data settings come from the run's saved config
+        if self.stage == "pretrain" and not self.data:
+            raise ConfigError("pre-training needs binary data (--data FILE.h5)")
+        if self.stage == "finetune":
+            if not self.semantic_data and not self.pseudo_data:
+                raise ConfigError("fine-tuning needs semantic data (--semantic-data FILE.h5) or pseudo-labels (--pseudo-data)")
+            if self.binary_data == "b" and not self.pretrain_data and not self.offboard and self.strategy != "replace-head":
+                raise ConfigError("--binary-data b adds pre-training batches: give them with --pretrain-data FILE.h5")
+
+    # -- serialisation ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        coerced = {key: _coerce(value, types[key], f"{where}: {key}") for key, value in values.items()}
+        return cls(**coerced)
+
+    def save_yaml(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename)."""
+        path = Path(path)
+        temp = path.with_name(f".{path.name}.tmp")
+        temp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        temp.replace(path)
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    """Check / convert one setting to its declared type (YAML may give '2e-4' as a string)."""
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} must not be empty")
+    try:
+        if base == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if base == "float":
+            return float(value)
+        if base == "str":
+            if not isinstance(value, (str, Path)):
+                raise ValueError
+            return str(value)
+        if base.startswith("list"):
+            return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+        if base == "dict":
+            if not isinstance(value, Mapping):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {base}, got {value!r}") from None
+    return value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (.yaml / .yml) or TOML (.toml) file -> a dict of settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        if path.suffix == ".toml":
+            values = tomllib.loads(path.read_text())
+        elif path.suffix in (".yaml", ".yml"):
+            values = yaml.safe_load(path.read_text()) or {}
+        else:
+            raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: cannot parse ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return values
+
+
+def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["lr=1e-4", "model_overrides={image_hw: [64, 176]}"]`` -> dict; values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value {text!r}") from None
+    return out
+
+
+def resolve_config(
+    *, config_file: str | Path | None = None, options: Mapping[str, Any] | None = None, overrides: list[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Dataclass defaults < ``defaults`` (a command's own) < config file < explicit options (``None``
+    means "not given") < ``--set`` overrides."""
+    values: dict[str, Any] = dict(defaults or {})
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    values.update({k: v for k, v in (options or {}).items() if v is not None})
+    values.update(parse_set_overrides(overrides))
+    for name in DATA_FIELDS:
+        if values.get(name):
+            values[name] = expand_globs(values[name])
+    return TrainConfig.from_dict(values, where=str(config_file) if config_file else "options")
+
+
+DATA_FIELDS = ("data", "semantic_data", "pseudo_data", "pretrain_data", "val_data")
+
+
+def expand_globs(paths: str | list[str]) -> list[str]:
+    """Shard lists may hold globs ('shards/*.h5'), expanded in sorted order so that the saved
+    config names the files; a pattern that matches nothing stays, to be reported as missing."""
+    out: list[str] = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        text = str(path)
+        matches = sorted(glob.glob(text)) if any(ch in text for ch in "*?[") else []
+        out.extend(matches or [text])
+    return out

@@ -1,0 +1,490 @@
+"""The training loop of ``b2s pretrain`` and ``b2s finetune``: one function, blocks in a fixed order.
+
+Single process (CPU or one GPU):
+
+    b2s pretrain --data B.h5 --model sparse-ls --preset small --out runs/pre
+
+Several GPUs of one machine (``--gpus`` re-launches through torch.distributed.run):
+
+    b2s pretrain --data B.h5 --gpus 4 --out runs/pre
+    # == torchrun --standalone --nproc_per_node 4 -m b2s_core.train.launch <run folder>/launch.yaml
+
+Several machines (run on each node; the same entry point reads rank and world size from the env):
+
+    torchrun --nnodes 2 --node_rank $NODE --nproc_per_node 8 --rdzv_backend c10d \
+        --rdzv_endpoint $HOST:29500 -m b2s_core.train.launch runs/pre/launch.yaml
+
+DDP is visible here: rank / world size from the environment (torchrun sets RANK, WORLD_SIZE,
+LOCAL_RANK), NCCL on CUDA and Gloo on CPU, a DistributedSampler per rank, logging and checkpoints
+on rank 0 only, seed + rank for each rank's random stream (the model is initialised identically
+from the plain seed first; DDP also broadcasts rank 0's weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from b2s_core.data.dataset import DataConfig, DataError, OccTrainDataset, collate, open_occ_dataset
+from b2s_core.data.sampler import CyclingLoader, EpochSampler
+from b2s_core.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from b2s_core.train.config import ConfigError, TrainConfig
+from b2s_core.train.logging import MetricsLog
+from b2s_core.train.model_api import adapt_model_config, make_model_config, run_model
+from b2s_core.train.objectives import apply_camera_mask, binary_loss, semantic_loss
+from b2s_core.train.strategies import plan_for, select_trainable
+from b2s_core.train.validate import validate
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+# -- processes and devices ------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_choice: str) -> Distributed:
+    """Rank and world size from the environment torchrun sets; 1 process when it is absent."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available (use --device cpu)")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Distributed(rank, local_rank, world_size, device)
+
+
+def autocast_context(amp: str, device: torch.device):
+    """bf16 / fp16 autocast on CUDA; full precision on CPU (CPU autocast is slower than fp32 here)."""
+    if amp == "none" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
+    warmup = min(warmup_steps, total_steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# -- what a run is made of ------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Where training stands; everything here goes into the checkpoint."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # batches of the current epoch done
+    pretrain_batches: int = 0  # S+B: pre-training batches consumed
+    metrics: dict[str, Any] = field(default_factory=dict)  # last validation
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    state: RunState
+    config: TrainConfig
+    finished: bool  # False when stopped early by stop_after_steps
+    model: torch.nn.Module  # the trained model (this process's replica; identical on every rank)
+
+
+def _make_loader(dataset, *, batch_size: int, dist_: Distributed, seed: int, shuffle: bool, workers: int, drop_last: bool):
+    sampler = EpochSampler(len(dataset), num_replicas=dist_.world_size, rank=dist_.rank, seed=seed, shuffle=shuffle,
+                           drop_last=drop_last)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last,
+        pin_memory=dist_.device.type == "cuda", persistent_workers=workers > 0,
+    )
+    return loader, sampler
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> tuple[int, list[str]]:
+    """Copy the weights whose name and shape match; returns (loaded count, names left at their init)."""
+    own = model.state_dict()
+    matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise CheckpointError(f"{where}: no weight of the checkpoint fits this model")
+    model.load_state_dict(matching, strict=False)
+    return len(matching), sorted(set(own) - set(matching))
+
+
+# -- the run --------------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
+    """Run (or resume) one training job as configured; returns where its checkpoint is."""
+    dist_ = setup_distributed(config.device)
+    try:
+        return _train(config, dist_, show_progress)
+    finally:
+        if dist_.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> TrainResult:
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    if config.batch_size % dist_.world_size:
+        raise ConfigError(f"batch size {config.batch_size} does not divide over {dist_.world_size} processes")
+    per_rank_batch = config.batch_size // dist_.world_size
+    if config.amp != "none" and dist_.device.type != "cuda" and dist_.is_main:
+        warnings.warn(f"--amp {config.amp} applies on CUDA only; training in float32 on {dist_.device}")
+
+    # 1. Where we start from: a resumable checkpoint of this run, an initial model, or nothing.
+    resume_state = None
+    if config.resume:
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint in {out})")
+        resume_state = read_checkpoint(ckpt_path)
+        saved = TrainConfig.from_dict(resume_state["train_config"], where=f"{ckpt_path} train_config")
+        if config.model not in (None, saved.model):
+            raise CheckpointError(f"{ckpt_path}: run trains a '{saved.model}' model, not '{config.model}'")
+        # The run's own settings win, except what the caller changed explicitly (e.g. epochs).
+        config = TrainConfig.from_dict({**saved.to_dict(), **_explicit_changes(config, saved), "resume": True})
+    init_state = read_checkpoint(config.init) if config.stage == "finetune" and config.init and resume_state is None else None
+    if init_state is not None:
+        init_variant = init_state.get("model_variant")
+        if config.model not in (None, init_variant):
+            raise CheckpointError(f"{config.init}: checkpoint holds a '{init_variant}' model, not '{config.model}'")
+        config = TrainConfig.from_dict({**config.to_dict(), "model": init_variant,
+                                        "preset": init_state["train_config"].get("preset", config.preset)})
+    if config.model is None:
+        raise ConfigError("no model given: use --model (or --init CKPT to fine-tune a trained one)")
+    plan = plan_for(config, config.model)
+
+    # 2. Data: the main set (binary for pre-training, S [+ pseudo-labels] for fine-tuning).
+    from b2s_core.models import ModelConfig, build_model
+
+    main_paths = config.data if config.stage == "pretrain" else config.semantic_data + config.pseudo_data
+    probe = open_occ_dataset(main_paths)  # grid and taxonomy first: they size the model
+    grid, taxonomy = probe.grid, probe.taxonomy
+    probe.close()
+
+    # 3. Model: built identically on every rank from the plain seed.
+    _seed_everything(config.seed)
+    if resume_state is not None:
+        model_config = ModelConfig.from_dict(resume_state["model_config"])
+    elif init_state is not None:
+        model_config = adapt_model_config(ModelConfig.from_dict(init_state["model_config"]), grid=grid, taxonomy=taxonomy,
+                                          arrangement=plan.arrangement, offboard=plan.offboard,
+                                          overrides=config.model_overrides)
+    else:
+        model_config = make_model_config(config.model, config.preset, grid=grid, taxonomy=taxonomy,
+                                         arrangement=plan.arrangement, offboard=plan.offboard,
+                                         overrides=config.model_overrides)
+    if not model_config.output_grid.same_geometry(grid):
+        raise DataError(f"{main_paths[0]}: data grid {grid.shape} differs from the model's {model_config.output_shape}")
+    model = build_model(model_config)
+    if config.backbone_weights and init_state is None and resume_state is None:
+        model.load_backbone_weights(config.backbone_weights)
+    init_report = ""
+    if init_state is not None:
+        loaded, fresh = _load_matching(model, init_state["model"], str(config.init))
+        if init_state["train_config"].get("stage") == "pretrain":
+            model.reset_semantic_head()  # a new semantic head (Fig. 4); pre-training never trained it
+        init_report = f"loaded {loaded} tensors from {config.init}; new: {len(fresh)}"
+    trained_names = select_trainable(model, plan)
+
+    data_config = DataConfig(image_hw=tuple(model_config.image_size), augment=config.augment, seed=config.seed,
+                             need_semantics=config.stage == "finetune")
+    train_set = OccTrainDataset(main_paths, data_config)
+    loader, sampler = _make_loader(train_set, batch_size=per_rank_batch, dist_=dist_, seed=config.seed, shuffle=True,
+                                   workers=config.workers, drop_last=True)
+    steps_per_epoch = sampler.samples_per_epoch // per_rank_batch
+    if steps_per_epoch == 0:
+        raise DataError(f"{main_paths[0]}: {len(train_set)} frames are fewer than one batch of {config.batch_size}")
+    pretrain_stream = None
+    if plan.pretrain_batches:
+        pre_set = OccTrainDataset(config.pretrain_data, DataConfig(image_hw=tuple(model_config.image_size),
+                                                                     augment=config.augment, seed=config.seed + 1))
+        if not pre_set.grid.same_geometry(grid):
+            raise DataError(f"{config.pretrain_data[0]}: grid {pre_set.grid.shape} differs from the semantic data's {grid.shape}")
+        pre_loader, _ = _make_loader(pre_set, batch_size=per_rank_batch, dist_=dist_, seed=config.seed + 1, shuffle=True,
+                                     workers=config.workers, drop_last=True)
+        pretrain_stream = CyclingLoader(pre_loader, per_rank_batch)
+    val_loader = None
+    if config.val_data and dist_.is_main:
+        val_set = OccTrainDataset(config.val_data, DataConfig(image_hw=tuple(model_config.image_size), augment=False))
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=per_rank_batch, shuffle=False, collate_fn=collate,
+                                                 num_workers=min(config.workers, 2))
+
+    # 4. Devices, DDP, optimiser, schedule.
+    model.to(dist_.device)
+    if config.sync_bn and dist_.enabled:
+        if dist_.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif dist_.is_main:
+            warnings.warn("SyncBatchNorm needs CUDA; keeping per-process BatchNorm on CPU")
+    # Fine-tuning: find_unused_parameters guards against a batch in which the sparse transformer
+    # gets no query (nothing predicted occupied yet) and so its parameters no gradient.
+    ddp_model = DistributedDataParallel(model, device_ids=[dist_.local_rank] if dist_.device.type == "cuda" else None,
+                                        find_unused_parameters=config.stage == "finetune") if dist_.enabled else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    # No weight decay on norms and biases (1-D tensors), as is usual for AdamW.
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, total_steps=total_steps, warmup_steps=config.warmup_steps, schedule=config.schedule, min_ratio=config.min_lr_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and dist_.device.type == "cuda")
+
+    state = RunState()
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        progress = resume_state["progress"]
+        state = RunState(progress["step"], progress["epoch"], progress["batch_in_epoch"], progress["pretrain_batches"],
+                         dict(resume_state.get("metrics") or {}))
+        rng_states = resume_state["rng"]
+        if len(rng_states) != dist_.world_size:
+            raise CheckpointError(f"{ckpt_path}: saved by {len(rng_states)} processes; resume with the same --gpus "
+                                  f"for an exact continuation (got {dist_.world_size})")
+        _set_rng_state(rng_states[dist_.rank], dist_.device)
+    else:
+        _seed_everything(config.seed + dist_.rank)  # per-rank streams (dropout, query sampling)
+    if pretrain_stream is not None:
+        pretrain_stream.restore(state.pretrain_batches)
+
+    log = MetricsLog(out, enabled=dist_.is_main)
+    if dist_.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save_yaml(out / "config.yaml")
+        log.log("info", {"step": state.step, "plan": plan.name, "trained_tensors": len(trained_names),
+                         "trained_parameters": sum(p.numel() for p in params), "world_size": dist_.world_size,
+                         "device": str(dist_.device), "init": init_report, "model_config": str(model_config.to_dict())})
+
+    def forward(m, batch, *, up_to_binary: bool):
+        return run_model(m, batch, up_to_binary=up_to_binary, offboard=plan.offboard, binary_shape=model_config.binary_shape)
+
+    def save(finished: bool) -> Path:
+        # Every rank's RNG state, so that each continues its own stream on resume.
+        rng = [None] * dist_.world_size
+        if dist_.enabled:
+            dist.all_gather_object(rng, _rng_state(dist_.device))
+        else:
+            rng = [_rng_state(dist_.device)]
+        if dist_.is_main:
+            save_checkpoint(ckpt_path, {
+                "model_variant": model_config.variant,
+                "model_config": model_config.to_dict(),
+                "train_config": config.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "progress": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                             "pretrain_batches": pretrain_stream.batches_done if pretrain_stream else 0,
+                             "finished": finished},
+                "rng": rng,
+                "metrics": state.metrics,
+            })
+        if dist_.enabled:
+            dist.barrier()
+        return ckpt_path
+
+    def run_validation() -> None:
+        if val_loader is not None:
+            with autocast_context(config.amp, dist_.device):
+                state.metrics = validate(model, val_loader, forward=lambda m, b: forward(m, b, up_to_binary=plan.up_to_binary),
+                                         device=dist_.device, taxonomy=taxonomy, use_camera_mask=config.use_camera_mask)
+            state.metrics["step"] = state.step
+            log.log("val", {"epoch": state.epoch, **state.metrics})
+        if dist_.enabled:
+            dist.barrier()
+
+    progress_bar = _Progress(total_steps, enabled=dist_.is_main and show_progress, done=state.step,
+                             label=f"{plan.name} {model_config.variant}")
+    ddp_model.train()
+    stopped_early = False
+    tic, samples_since = time.perf_counter(), 0
+    with progress_bar:
+        while state.epoch < config.epochs and state.step < total_steps:
+            sampler.start_at(state.epoch, state.batch_in_epoch * per_rank_batch)
+            for batch in loader:
+                if state.step >= total_steps:
+                    break
+                # -- schedule: the LambdaLR has set this step's learning rate.
+                lr = optimizer.param_groups[0]["lr"]
+                batch = {k: v.to(dist_.device, non_blocking=True) for k, v in batch.items()}
+                if config.use_camera_mask:
+                    batch = apply_camera_mask(batch)
+                parts: dict[str, torch.Tensor] = {}
+
+                # -- steps. S+B first: the extra pre-training batch goes through the binary path only,
+                # under no_sync so that DDP all-reduces once, in the full pass below, the sum of both
+                # passes' gradients (every trained parameter is used by that full pass).
+                if pretrain_stream is not None:
+                    extra = {k: v.to(dist_.device, non_blocking=True) for k, v in pretrain_stream.next().items()}
+                    sync_off = ddp_model.no_sync() if dist_.enabled else contextlib.nullcontext()
+                    with sync_off:
+                        with autocast_context(config.amp, dist_.device):
+                            out_b = forward(ddp_model, extra, up_to_binary=True)
+                            loss_b = config.binary_loss_weight * binary_loss(out_b.binary_logits, extra["binary"])
+                        scaler.scale(loss_b).backward()
+                    parts["binary_b"] = loss_b.detach()
+                with autocast_context(config.amp, dist_.device):
+                    out = forward(ddp_model, batch, up_to_binary=plan.up_to_binary)
+                    loss = torch.zeros((), device=dist_.device)
+                    if plan.binary_loss:
+                        parts["binary"] = config.binary_loss_weight * binary_loss(out.binary_logits, batch["binary"])
+                        loss = loss + parts["binary"]
+                    if plan.semantic_loss:
+                        parts["semantic"] = config.semantic_loss_weight * semantic_loss(out.semantic_logits, batch)
+                        loss = loss + parts["semantic"]
+                scaler.scale(loss).backward()
+
+                # -- clip (on unscaled gradients), then the optimiser step.
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip > 0 \
+                    else torch.zeros(())
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                state.step += 1
+                state.batch_in_epoch += 1
+                samples_since += config.batch_size
+
+                # -- log: losses averaged over ranks (one small all-reduce, only on log steps).
+                if state.step % config.log_every_steps == 0 or state.step == total_steps:
+                    values = torch.stack([loss.detach(), *(v.detach() for v in parts.values()),
+                                          grad_norm.detach().to(dist_.device).float()])
+                    if dist_.enabled:
+                        dist.all_reduce(values)
+                        values /= dist_.world_size
+                    elapsed = time.perf_counter() - tic
+                    record = {"step": state.step, "epoch": state.epoch, "lr": lr, "loss": float(values[0])}
+                    record.update({k: float(v) for k, v in zip(parts, values[1:-1])})
+                    record["grad_norm"] = float(values[-1])
+                    record["samples_per_s"] = samples_since / max(elapsed, 1e-9)
+                    log.log("train", record)
+                    progress_bar.update(state.step, record["loss"])
+                    tic, samples_since = time.perf_counter(), 0
+                else:
+                    progress_bar.update(state.step, None)
+
+                if config.ckpt_every_steps and state.step % config.ckpt_every_steps == 0:
+                    save(finished=False)
+                if config.stop_after_steps is not None and state.step >= config.stop_after_steps:
+                    stopped_early = True
+                    break
+            if stopped_early:
+                break
+            if state.batch_in_epoch >= steps_per_epoch:  # the epoch ran to its end
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if state.epoch % config.val_every_epochs == 0 or state.epoch == config.epochs:
+                    run_validation()
+                if state.epoch % config.ckpt_every_epochs == 0 and state.epoch < config.epochs:
+                    save(finished=False)  # the last epoch's checkpoint is the final one, below
+            elif state.step >= total_steps:
+                break
+    if not stopped_early and val_loader is not None and state.metrics.get("step") != state.step:
+        run_validation()
+    path = save(finished=not stopped_early)
+    log.close()
+    return TrainResult(path, state, config, finished=not stopped_early, model=model)
+
+
+def _explicit_changes(given: TrainConfig, saved: TrainConfig) -> dict[str, Any]:
+    """Settings a resuming caller may change: the length of the run and how it is run, not what it learns."""
+    allowed = ("epochs", "max_steps", "stop_after_steps", "workers", "log_every_steps", "ckpt_every_steps",
+               "ckpt_every_epochs", "val_every_epochs", "device")
+    defaults = TrainConfig.__dataclass_fields__
+    changes: dict[str, Any] = {"stop_after_steps": given.stop_after_steps}  # never inherited: it ended the last part
+    for name in allowed:
+        value = getattr(given, name)
+        default = defaults[name].default
+        if value != default and value != getattr(saved, name):
+            changes[name] = value
+    return changes
+
+
+class _Progress:
+    """A rich progress bar on the main process (steps, loss); silent elsewhere."""
+
+    def __init__(self, total: int, *, enabled: bool, done: int, label: str):
+        self.enabled = enabled
+        self.total, self.done, self.label = total, done, label
+        self._progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False)
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.label, total=self.total, completed=self.done, loss="-")
+        return self
+
+    def update(self, step: int, loss: float | None) -> None:
+        if self._progress is not None:
+            fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
+            self._progress.update(self._task, completed=step, **fields)
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)

@@ -1,0 +1,55 @@
+"""The few facts the trainer needs from the model library, in one place.
+
+* ``make_model_config``: the ModelConfig of a run (variant + preset + the data's grid / classes
+  + the plan's head arrangement), or the one of a checkpoint to start from;
+* ``run_model``: one forward pass with the batch's camera geometry, optionally only up to the
+  binary output, optionally with the GT binary grid as the occupied set (offboard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from b2s_core.grids import GRID_PRESETS, VoxelGrid
+from b2s_core.taxonomy import Taxonomy
+from b2s_core.train.objectives import pool_binary_target
+
+
+def grid_spec(grid: VoxelGrid) -> str:
+    """The ModelConfig ``grid`` string of a data file's grid: its preset name or a custom spec."""
+    preset = GRID_PRESETS.get(grid.name)
+    if preset is not None and preset.same_geometry(grid):
+        return grid.name
+    lo, hi, size = grid.range_min, grid.range_max, grid.voxel_size
+    return ",".join(f"{v:g}" for v in (*lo, *hi)) + ":" + ",".join(f"{v:g}" for v in size)
+
+
+def make_model_config(variant: str, preset: str, *, grid: VoxelGrid, taxonomy: Taxonomy, arrangement: str,
+                      offboard: bool, overrides: dict):
+    from b2s_core.models import model_config
+
+    return model_config(variant, preset, grid=grid_spec(grid), num_classes=taxonomy.num_labels,
+                        free_index=taxonomy.free_index, arrangement=arrangement, offboard=offboard, **overrides)
+
+
+def adapt_model_config(base, *, grid: VoxelGrid, taxonomy: Taxonomy, arrangement: str, offboard: bool, overrides: dict):
+    """The fine-tuning model: the pre-trained one on the semantic set's grid and classes, with the plan's heads.
+
+    The grid may differ from the pre-training grid (e.g. OpenScene 0.5 m -> Occ3D 0.4 m, both
+    200 x 200 x 16): weights are carried over wherever their shapes still match.
+    """
+    changes = dict(grid=grid_spec(grid), num_classes=taxonomy.num_labels, free_index=taxonomy.free_index,
+                   arrangement=arrangement, offboard=offboard, **overrides)
+    return dataclasses.replace(base, **changes)
+
+
+def run_model(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, up_to_binary: bool, offboard: bool, binary_shape):
+    """Forward pass. Offboard: the GT binary, pooled to the binary grid, is the occupied set."""
+    given = None
+    if offboard:
+        target, valid = pool_binary_target(batch["binary"], tuple(binary_shape))
+        given = (target > 0) & valid  # (B, Xb, Yb, Zb) bool
+    return model(batch["images"], batch["img_from_cam"], batch["ego_from_cam"], given_occupancy=given,
+                 run_semantic=not up_to_binary)

@@ -1,0 +1,259 @@
+"""Training: config, schedule, checkpoints, strategies, exact resume, DDP with two processes, overfitting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from b2s_core.data.toy import write_toy_dataset
+from b2s_core.models import build_model, model_config
+from b2s_core.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from b2s_core.train.config import ConfigError, TrainConfig, resolve_config
+from b2s_core.train.logging import read_metrics
+from b2s_core.train.loop import lr_factor, train
+from b2s_core.train.strategies import plan_for, select_trainable
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(preset="tiny", workers=0, log_every_steps=1, warmup_steps=0, batch_size=2)
+
+
+# -- configuration ------------------------------------------------------------------------------------
+def test_config_precedence_file_then_options_then_set(tmp_path):
+    (tmp_path / "run.yaml").write_text("lr: 1.0e-3\nepochs: 3\nbatch_size: 4\ndata: [a.h5]\n")
+    (tmp_path / "run.toml").write_text('lr = 5e-4\ndata = ["b.h5"]\n')
+    config = resolve_config(config_file=tmp_path / "run.yaml", options={"epochs": 5, "batch_size": None},
+                            overrides=["grad_clip=1.5", "model_overrides={embed_dim: 32}"])
+    assert (config.lr, config.epochs, config.batch_size, config.grad_clip) == (1e-3, 5, 4, 1.5)
+    assert config.model_overrides == {"embed_dim": 32} and config.data == ["a.h5"]
+    assert resolve_config(config_file=tmp_path / "run.toml").lr == 5e-4
+    (tmp_path / "bad.yaml").write_text("learning_rate: 1\n")
+    with pytest.raises(ConfigError, match="unknown setting.*learning_rate"):
+        resolve_config(config_file=tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="epochs must be int"):
+        resolve_config(options={"data": "a.h5", "epochs": "many"})
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        TrainConfig(stage="finetune", semantic_data=["s.h5"], strategy="best")
+    with pytest.raises(ConfigError, match="--pretrain-data"):
+        TrainConfig(stage="finetune", semantic_data=["s.h5"], binary_data="b")
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, total_steps=100, warmup_steps=10, schedule="cosine", min_ratio=0.01) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.01, abs=1e-3)
+    assert lr_factor(50, total_steps=100, warmup_steps=10, schedule="constant", min_ratio=0.01) == 1.0
+    # a short run still decays: warm-up is capped at a tenth of the run
+    assert lr_factor(0, total_steps=20, warmup_steps=500, schedule="cosine", min_ratio=0.0) == pytest.approx(0.5)
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------
+def test_checkpoint_errors_are_clear(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"model_variant": "sparse-ls", "model": {}})
+    assert read_checkpoint(path)["model_variant"] == "sparse-ls"
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary left behind
+    torch.save({"format": "b2s-checkpoint", "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        read_checkpoint(tmp_path / "future.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a b2s checkpoint"):
+        read_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        read_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+# -- strategies on built models (no training) ----------------------------------------------------------------
+def _names(params, model):
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("variant,stage,strategy,offboard,expect", [
+    ("sparse-ls", "pretrain", "intermediate", False, "binary-path"),
+    ("ls", "pretrain", "multi-head", False, "binary-path"),
+    ("sparse-ls", "finetune", "intermediate", False, "all"),
+    ("ls", "finetune", "multi-head", False, "all"),
+    ("ls", "finetune", "replace-head", False, "all-but-binary-head"),
+    ("sparse-ls", "finetune", "intermediate", True, "all"),
+])
+def test_each_strategy_selects_its_parameters(variant, stage, strategy, offboard, expect):
+    config = TrainConfig(stage=stage, data=["b.h5"], semantic_data=["s.h5"], strategy=strategy, offboard=offboard)
+    plan = plan_for(config, variant)
+    model = build_model(model_config(variant, "tiny", arrangement=plan.arrangement, offboard=plan.offboard))
+    trained = set(select_trainable(model, plan))
+    everything = {n for n, _ in model.named_parameters()}
+    if expect == "binary-path":
+        assert trained == _names(model.binary_path_parameters(), model)
+        assert not trained & _names(model.semantic_parameters(), model)
+    elif expect == "all-but-binary-head":
+        assert trained == everything - _names(model.binary_head_parameters(), model) and trained != everything
+    else:
+        assert trained == everything
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trained
+
+
+def test_strategy_and_variant_must_fit():
+    with pytest.raises(ConfigError, match="dense baseline"):
+        plan_for(TrainConfig(stage="finetune", semantic_data=["s"], strategy="intermediate"), "ls")
+    with pytest.raises(ConfigError, match="baseline of the dense models"):
+        plan_for(TrainConfig(stage="finetune", semantic_data=["s"], strategy="replace-head"), "sparse-ls")
+    with pytest.raises(ConfigError, match="sparse variant"):
+        plan_for(TrainConfig(stage="finetune", semantic_data=["s"], offboard=True, strategy="multi-head"), "ls")
+
+
+# -- real (tiny) training runs -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    binary = write_toy_dataset(root / "binary.h5", 4, scenes=2, seed=1, with_semantics=False)
+    semantic = write_toy_dataset(root / "semantic.h5", 2, seed=2)
+    pseudo = write_toy_dataset(root / "pseudo.h5", 2, seed=3, top2=True)
+    pre_sparse = train(TrainConfig(stage="pretrain", model="sparse-ls", data=[binary], out=str(root / "pre-sparse"),
+                                   epochs=1, **TINY), show_progress=False)
+    pre_dense = train(TrainConfig(stage="pretrain", model="ls", data=[binary], out=str(root / "pre-dense"),
+                                  epochs=1, max_steps=1, **TINY), show_progress=False)
+    return dict(root=root, binary=binary, semantic=semantic, pseudo=pseudo, pre_sparse=pre_sparse.checkpoint,
+                pre_dense=pre_dense.checkpoint)
+
+
+def _weights(path):
+    return read_checkpoint(path)["model"]
+
+
+def test_pretraining_trains_only_the_binary_path(toy):
+    loaded = load_checkpoint(toy["pre_sparse"])
+    assert loaded.model_config.variant == "sparse-ls" and loaded.train_config.stage == "pretrain"
+    torch.manual_seed(loaded.train_config.seed)  # the loop builds the model right after seeding
+    initial = build_model(loaded.model_config).state_dict()
+    trained = loaded.model.state_dict()
+    semantic = _names(loaded.model.semantic_parameters(), loaded.model)
+    binary = _names(loaded.model.binary_path_parameters(), loaded.model)
+    assert all(torch.equal(trained[n], initial[n]) for n in semantic)
+    changed = {n for n in binary if not torch.equal(trained[n], initial[n])}
+    assert len(changed) >= 0.9 * len(binary)
+    records = read_metrics(toy["root"] / "pre-sparse" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2] and all("semantic" not in r for r in records)
+    assert (toy["root"] / "pre-sparse" / "config.yaml").is_file() and (toy["root"] / "pre-sparse" / "train.csv").is_file()
+    with pytest.raises(CheckpointError, match="holds a 'sparse-ls' model"):
+        load_checkpoint(toy["pre_sparse"], expect_model="ls")
+
+
+@pytest.mark.parametrize("name,init,options,frozen,losses", [
+    ("intermediate-bstar", "pre_sparse", dict(strategy="intermediate", binary_data="bstar"), "none", {"binary", "semantic"}),
+    ("intermediate-b", "pre_sparse", dict(strategy="intermediate", binary_data="b"), "none", {"binary", "binary_b", "semantic"}),
+    ("multi-head-b", "pre_dense", dict(strategy="multi-head", binary_data="b"), "none", {"binary", "binary_b", "semantic"}),
+    ("replace-head", "pre_dense", dict(strategy="replace-head"), "binary_decoder", {"semantic"}),
+    ("offboard", "pre_sparse", dict(offboard=True), "none", {"semantic"}),
+])
+def test_finetuning_strategy_trains_what_it_should_on_the_data_it_should(toy, name, init, options, frozen, losses):
+    out = toy["root"] / f"ft-{name}"
+    result = train(TrainConfig(stage="finetune", init=str(toy[init]), semantic_data=[toy["semantic"]],
+                               pseudo_data=[toy["pseudo"]], pretrain_data=[toy["binary"]], out=str(out),
+                               epochs=1, max_steps=2, **TINY, **options), show_progress=False)
+    records = read_metrics(out / "metrics.jsonl")
+    assert {k for k in records[-1] if k not in ("kind", "step", "epoch", "lr", "loss", "grad_norm", "samples_per_s")} == losses
+    state = read_checkpoint(result.checkpoint)
+    # S+B draws one pre-training batch per step; the other strategies none
+    assert state["progress"]["pretrain_batches"] == (2 if "binary_b" in losses else 0)
+    before, after = _weights(toy[init]), state["model"]
+    model = result.model
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    params = {n for n, _ in model.named_parameters()}
+    changed = {n for n in params if n in before and before[n].shape == after[n].shape and not torch.equal(before[n], after[n])}
+    assert changed <= trained
+    if frozen == "binary_decoder":
+        decoder = {n for n in params if n.startswith("binary_decoder.")}
+        assert decoder and not decoder & trained and not decoder & changed
+    else:
+        assert trained == params
+    assert state["model_config"]["offboard"] == options.get("offboard", False)
+
+
+def test_resumed_run_gives_the_same_losses(toy):
+    """S+B fine-tuning with augmentation, interrupted mid-epoch at step 3, then resumed to step 5."""
+    common = dict(stage="finetune", init=str(toy["pre_sparse"]), semantic_data=[toy["semantic"]],
+                  pseudo_data=[toy["pseudo"]], pretrain_data=[toy["binary"]], binary_data="b", epochs=2,
+                  **{**TINY, "batch_size": 1}, max_steps=5)
+    straight = train(TrainConfig(out=str(toy["root"] / "straight"), **common), show_progress=False)
+    part = train(TrainConfig(out=str(toy["root"] / "parts"), stop_after_steps=3, **common), show_progress=False)
+    assert not part.finished and part.state.step == 3
+    resumed = train(TrainConfig(out=str(toy["root"] / "parts"), resume=True, **common), show_progress=False)
+    assert resumed.finished and resumed.state.step == 5
+    a = read_metrics(toy["root"] / "straight" / "metrics.jsonl")
+    b = read_metrics(toy["root"] / "parts" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "binary", "binary_b", "semantic", "lr"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), (ra["step"], key)
+    final_a, final_b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-5) for k in final_a)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(toy, tmp_path):
+    config = TrainConfig(stage="pretrain", model="sparse-ls", data=[toy["binary"]], out=str(tmp_path / "none"),
+                         resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(config, show_progress=False)
+
+
+def test_torchrun_two_processes_end_with_identical_parameters(toy, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import os, torch
+        from b2s_core.train.config import TrainConfig
+        from b2s_core.train.loop import train
+        config = TrainConfig(stage="pretrain", model="sparse-ls", preset="tiny", data=[{str(toy["binary"])!r}],
+                             out={str(tmp_path / "ddp")!r}, epochs=1, batch_size=2, workers=0, device="cpu",
+                             log_every_steps=1, warmup_steps=0)
+        result = train(config, show_progress=False)
+        torch.save(result.model.state_dict(), {str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.pt")
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver)],
+                   check=True, env=env, cwd=tmp_path, timeout=300)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0 if not k.endswith("num_batches_tracked") and "running" not in k)
+    records = read_metrics(tmp_path / "ddp" / "metrics.jsonl", kind="info")
+    assert records[0]["world_size"] == 2
+    # 4 frames, global batch 2 over 2 processes: 2 steps; the weights moved away from the pre-training start
+    assert [r["step"] for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_two_synthetic_frames(tmp_path):
+    """Binary IoU >= 90 and mIoU >= 80 on the two training frames after 120 steps (~1-2 min on one core).
+
+    The toy grid is 16 m wide, so the depth bins are set to cover 1-13 m at 1 m (instead of the
+    road-scale 1-45 m at 4 m of the tiny preset) and the volumes run at half the tiny preset's strides.
+    """
+    data = write_toy_dataset(tmp_path / "two.h5", 2, seed=5, boxes=5, box_size=(4, 9))
+    config = TrainConfig(stage="finetune", model="sparse-ls", preset="tiny", semantic_data=[data], val_data=[data],
+                         out=str(tmp_path / "overfit"), epochs=120, batch_size=2, workers=0, augment=False, lr=3e-3,
+                         schedule="constant", warmup_steps=0, log_every_steps=20, val_every_epochs=120, ckpt_every_epochs=120,
+                         model_overrides=dict(compact_stride=(4, 4, 2), binary_stride=(2, 2, 1), depth_max=13.0,
+                                              depth_step=1.0))
+    metrics = train(config, show_progress=False).state.metrics
+    assert metrics["binary_iou"] >= 90.0, metrics
+    assert metrics["miou"] >= 80.0, metrics
+
+
+def test_finetuning_on_another_grid_of_the_same_shape_keeps_every_weight(toy):
+    from b2s_core.grids import VoxelGrid
+
+    grid = VoxelGrid((-6.4, -6.4, -1.0), (6.4, 6.4, 2.2), (0.4, 0.4, 0.4), "toy-0.4")  # 32 x 32 x 8 like the toy grid
+    semantic = write_toy_dataset(toy["root"] / "semantic04.h5", 2, seed=4, grid=grid)
+    out = toy["root"] / "ft-grid"
+    result = train(TrainConfig(stage="finetune", init=str(toy["pre_sparse"]), semantic_data=[semantic], out=str(out),
+                               epochs=1, max_steps=1, **TINY), show_progress=False)
+    info = read_metrics(out / "metrics.jsonl", kind="info")[0]
+    assert info["init"].endswith("new: 0")
+    assert result.model.config.output_grid.same_geometry(grid)
