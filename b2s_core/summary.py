@@ -39,12 +39,17 @@ class FileSummary:
     with_embedded_images: int
     with_image_paths: int
     bytes_on_disk: int
-    image_bytes: int
+    image_bytes: int  # embedded images, stored as they came
+    point_bytes: int  # LiDAR points after compression
+
+    @property
+    def occupancy_bytes(self) -> int:
+        """Everything but embedded images and LiDAR points: grids, labels, calibration, index."""
+        return self.bytes_on_disk - self.image_bytes - self.point_bytes
 
     @property
     def bytes_per_frame(self) -> float:
-        """Occupancy bytes per frame, embedded images excluded (they are stored as they came)."""
-        return (self.bytes_on_disk - self.image_bytes) / max(self.frames, 1)
+        return self.occupancy_bytes / max(self.frames, 1)
 
     @property
     def raw_bytes(self) -> int:
@@ -55,7 +60,7 @@ class FileSummary:
 
     @property
     def compression_ratio(self) -> float:
-        return self.raw_bytes / max(self.bytes_on_disk - self.image_bytes, 1)
+        return self.raw_bytes / max(self.occupancy_bytes, 1)
 
 
 def summarize(path: str | os.PathLike) -> FileSummary:
@@ -90,7 +95,8 @@ def summarize(path: str | os.PathLike) -> FileSummary:
             with_embedded_images=embedded,
             with_image_paths=with_paths,
             bytes_on_disk=Path(path).stat().st_size,
-            image_bytes=int(h5["ragged/images"].shape[0]),
+            image_bytes=int(h5["ragged/images"].id.get_storage_size()),
+            point_bytes=int(h5["ragged/points"].id.get_storage_size()),
         )
     finally:
         dataset.close()

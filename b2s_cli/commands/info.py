@@ -46,10 +46,10 @@ def info(files: list[Path] = typer.Argument(..., help="One or more .h5 files wri
             ("with mask_lidar", f"{s.with_mask_lidar:,} ({100 * s.with_mask_lidar / frames:.0f}%)"),
             ("with mask_camera", f"{s.with_mask_camera:,} ({100 * s.with_mask_camera / frames:.0f}%)"),
             ("with top-2 soft labels", f"{s.with_top2:,}"),
-            ("with LiDAR points", f"{s.with_points:,}"),
+            ("with LiDAR points", f"{s.with_points:,} ({_size(s.point_bytes)})"),
             ("images", f"{s.with_embedded_images:,} frames embedded ({_size(s.image_bytes)}), {s.with_image_paths:,} by path"),
             ("on disk", _size(s.bytes_on_disk)),
-            ("bytes per frame", f"{_size(s.bytes_per_frame)} (images excluded)"),
+            ("bytes per frame", f"{_size(s.bytes_per_frame)} (occupancy; images and points excluded)"),
             ("compression", f"{s.compression}, {s.compression_ratio:.1f}x vs uint8 grids"),
         ]
         for key, value in rows:
