@@ -66,6 +66,8 @@ class BuildBinaryJob:
             raise ConverterError(f"{index}/{count}", "--shard i/N needs 0 <= i < N")
         if self.sweeps < 0 or self.ray_sweeps < 1:
             raise ConverterError(f"{self.sweeps}/{self.ray_sweeps}", "--sweeps must be >= 0 and --ray-sweeps >= 1")
+        if self.grid is not None:
+            get_grid(self.grid)  # a bad spec fails here, before the dataset is opened
 
     def reader_kwargs(self) -> dict:
         return dict(source=self.source, dataroot=self.dataroot, version=self.version, scenes=self.scenes,

@@ -1,0 +1,94 @@
+"""``b2s build-binary``: binary occupancy ground truth with visibility masks from raw LiDAR logs."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from b2s_cli.errors import cli_errors
+from converters.build_binary import BuildBinaryJob, BuildBinaryProgress, BuildBinarySummary, build_binary as run_build, parse_shard
+
+_console = Console(highlight=False)
+
+
+class _RichProgress(BuildBinaryProgress):
+    """Scenes overall, and the key frames of the scene being built (one worker)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.scenes_task = None
+        self.frames_task = None
+
+    def start(self, total_scenes: int, resumed: int) -> None:
+        if resumed:
+            self.progress.console.print(f"resuming: {resumed} of {total_scenes} scenes already built")
+        self.scenes_task = self.progress.add_task("scenes", total=total_scenes, completed=resumed)
+
+    def scene_started(self, scene: str) -> None:
+        if self.frames_task is not None:
+            self.progress.remove_task(self.frames_task)
+        self.frames_task = self.progress.add_task(f"  {scene}", total=None)
+
+    def frame_done(self, scene: str) -> None:
+        self.progress.advance(self.frames_task)
+
+    def scene_done(self, scene: str, frames: int) -> None:
+        self.progress.console.print(f"{scene}: {frames} key frames")
+        self.progress.advance(self.scenes_task)
+
+
+def _print_summary(summary: BuildBinarySummary) -> None:
+    per_frame = summary.seconds / summary.frames if summary.frames else 0.0
+    _console.print(f"wrote {summary.out}: {summary.scenes} scenes ({summary.resumed} resumed), "
+                   f"{summary.frames} key frames built in {summary.seconds:.1f} s ({per_frame:.2f} s per key frame)")
+    if summary.skipped:
+        table = Table(title=f"{len(summary.skipped)} skipped frames")
+        table.add_column("scene")
+        table.add_column("frame token")
+        table.add_column("problem", overflow="fold")
+        for row in summary.skipped:
+            table.add_row(row.scene, row.token, row.problem)
+        _console.print(table)
+
+
+@cli_errors
+def build_binary(
+    source: str = typer.Option(..., "--source", help="Dataset kind: nuscenes, nuplan or openscene."),
+    dataroot: Path = typer.Option(..., "--dataroot", help="Root folder of the dataset as downloaded."),
+    out: Path = typer.Option(..., "--out", help="Output HDF5 file (unified format, no semantics)."),
+    version: Optional[str] = typer.Option(None, "--version", help="nuScenes table folder, e.g. v1.0-mini, v1.0-trainval."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="occ3d, openoccupancy, openscene or xmin,ymin,zmin,xmax,ymax,zmax:voxel (default: the source's usual grid)."),
+    sweeps: int = typer.Option(0, "--sweeps", help="Static aggregation window in sweeps centred on each key frame; 0 = the whole scene."),
+    ray_sweeps: int = typer.Option(10, "--ray-sweeps", help="Sweeps whose rays make mask_lidar: the key sweep and those just before it."),
+    camera_stride: Optional[float] = typer.Option(None, "--camera-stride", help="Pixels between camera rays (default: rays one voxel apart at the grid edge)."),
+    exact_rays: bool = typer.Option(False, "--exact-rays", help="Trace every LiDAR point (default: one ray per sweep and end voxel, ~3x faster)."),
+    points: bool = typer.Option(False, "--points/--no-points", help="Keep the key-frame LiDAR points in the file."),
+    scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names to build (default: all)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Official split (nuScenes: train, val, mini_train, ...; nuPlan/OpenScene: split folder)."),
+    workers: int = typer.Option(1, "--workers", help="Processes building scenes in parallel."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: build every N-th scene starting at i (cluster array jobs)."),
+    on_error: str = typer.Option("skip", "--on-error", help="A frame the reader cannot read: 'skip' it (listed at the end) or 'stop'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Build binary occupancy with LiDAR and camera visibility masks from raw LiDAR logs and boxes (resumable).
+
+    Example: b2s build-binary --source nuscenes --dataroot data/nuscenes --version v1.0-mini --grid occ3d --out binary.h5 --workers 4
+    """
+    job = BuildBinaryJob(
+        source=source, dataroot=dataroot, out=out, version=version,
+        scenes=[s.strip() for s in scenes.split(",") if s.strip()] if scenes else None, split=split, grid=grid,
+        sweeps=sweeps, ray_sweeps=ray_sweeps, camera_stride=camera_stride, exact_rays=exact_rays, keep_points=points,
+        workers=workers, shard=parse_shard(shard), on_error=on_error, overwrite=overwrite,
+        command=shlex.join(["b2s", *sys.argv[1:]]),
+    )
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_console, transient=False) as progress:
+        summary = run_build(job, _RichProgress(progress))
+    _print_summary(summary)
