@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from b2s_cli.commands import autolabel
+from b2s_cli.commands import build_binary
 from b2s_cli.commands import convert
+from b2s_cli.commands import evaluate
+from b2s_cli.commands import finetune
 from b2s_cli.commands import info
+from b2s_cli.commands import pretrain
+from b2s_cli.commands import synth
 from b2s_cli.commands import visualize
 
 app = typer.Typer(
@@ -26,7 +32,13 @@ def _root() -> None:
 # Commands are listed here in the order of a user's day (see README).
 app.command("info")(info.info)
 app.command("convert")(convert.convert)
+app.command("build-binary")(build_binary.build_binary)
+app.command("pretrain")(pretrain.pretrain)
+app.command("finetune")(finetune.finetune)
+app.command("evaluate")(evaluate.evaluate)
+app.command("autolabel")(autolabel.autolabel)
 app.command("visualize")(visualize.visualize)
+app.command("synth")(synth.synth)
 
 
 def main() -> None:

@@ -32,3 +32,20 @@ def nuscenes_keyframe(shared_data: Path) -> Path:
     if not (path / "frame.json").is_file():
         pytest.skip(f"nuScenes key frame not found at {path}")
     return path
+
+
+# -- the synthetic world (b2s_core.synth): a tiny dataset in every real format, made once per session --
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """Root of a tiny synthetic dataset (2 scenes x 3 key frames, 20 Hz sweeps, 160x90 images).
+
+    Layout (docs/synth.md): ``synth_manifest.json`` (read it with ``b2s_core.synth.load_manifest``),
+    ``nuscenes/`` (NuScenes('v1.0-mini', root/'nuscenes')), ``occ3d/gts/``, ``openoccupancy/``,
+    ``nuplan/``, ``openscene/`` and ``ground_truth/<scene>/<key>.npz`` (exact truth, see
+    ``b2s_core.synth.load_ground_truth``).
+    """
+    from b2s_core.synth import FORMATS, write_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, scenes=2, frames=3, formats=FORMATS, seed=0, image_size=(160, 90))  # all five formats
+    return root

@@ -1,0 +1,216 @@
+"""``write_dataset``: simulate scenes and write them in the requested real formats, plus exact truth.
+
+Output layout under ``out_dir`` (details in docs/synth.md)::
+
+    nuscenes/        nuScenes v1.0 dataroot (<version>/, samples/, sweeps/, maps/)
+    occ3d/gts/       Occ3D labels
+    openoccupancy/   OpenOccupancy sparse labels
+    nuplan/          nuPlan .db logs + sensor_blobs/
+    openscene/       OpenScene meta_datas/ + occupancy + sensor_blobs/
+    ground_truth/    exact truth per key frame (b2s_core.synth.truth_file)
+    synth_manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from b2s_core.errors import B2SError
+from b2s_core.grids import VoxelGrid, get_grid
+from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, simulate_scene
+from b2s_core.synth.sensors import NUPLAN_CAMERAS, NUSCENES_CAMERAS, LidarSpec
+from b2s_core.synth.truth_file import GroundTruthFrame, load_ground_truth, write_ground_truth
+from b2s_core.synth.writers.common import atomic_write_json
+from b2s_core.synth.writers.nuscenes import NuScenesWriter
+from b2s_core.synth.writers.occ3d import Occ3DWriter
+
+MANIFEST = "synth_manifest.json"
+FORMATS = ("nuscenes", "occ3d", "openoccupancy", "nuplan", "openscene")
+FORMAT_GRIDS = {"occ3d": "occ3d", "openoccupancy": "openoccupancy", "openscene": "openscene"}
+FORMAT_RIGS = {"nuscenes": "nuscenes", "nuplan": "nuplan", "openscene": "nuplan"}
+
+
+class SynthError(B2SError, ValueError):
+    """Bad options for the synthetic world, or a missing / foreign manifest."""
+
+
+@dataclass
+class SynthManifest:
+    """What ``write_dataset`` wrote: paths per format, scenes, key-frame tokens, truth files."""
+
+    root: Path
+    data: dict
+
+    @property
+    def scene_names(self) -> list[str]:
+        return [s["name"] for s in self.data["scenes"]]
+
+    def path(self, fmt: str) -> Path:
+        """Root folder of one written format (e.g. the nuScenes dataroot)."""
+        try:
+            return self.root / self.data["formats"][fmt]["root"]
+        except KeyError:
+            raise SynthError(f"{self.root / MANIFEST}: format '{fmt}' was not written") from None
+
+    @property
+    def nuscenes_version(self) -> str:
+        return self.data["formats"]["nuscenes"]["version"]
+
+    def key_frames(self, scene: str) -> list[dict]:
+        for s in self.data["scenes"]:
+            if s["name"] == scene:
+                return s["key_frames"]
+        raise SynthError(f"{self.root / MANIFEST}: no scene '{scene}'")
+
+    def ground_truth(self, scene: str, key_index: int) -> GroundTruthFrame:
+        return load_ground_truth(self.root / self.key_frames(scene)[key_index]["ground_truth"])
+
+
+def load_manifest(out_dir: str | Path) -> SynthManifest:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise SynthError(f"{path}: not a synthetic dataset (no {MANIFEST})")
+    return SynthManifest(Path(out_dir), json.loads(path.read_text()))
+
+
+def write_dataset(
+    out_dir: str | Path,
+    *,
+    scenes: int = 2,
+    frames: int = 3,
+    formats: Iterable[str] = ("nuscenes", "occ3d"),
+    seed: int = 0,
+    image_size: tuple[int, int] | None = (400, 225),
+    grids: Iterable[str | VoxelGrid] = (),
+    nuscenes_version: str = "v1.0-mini",
+    lidar: LidarSpec = LidarSpec(),
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthManifest:
+    """Simulate ``scenes`` scenes of ``frames`` key frames (2 Hz; 20 Hz LiDAR sweeps between them)
+    and write them in ``formats``. ``image_size`` is the (W, H) of the nuScenes images (None: the
+    real 1600x900). ``grids`` adds grids to the exact truth beyond those the formats need.
+    ``progress(done, total)`` is called after every sweep. Deterministic given ``seed``.
+    A non-empty ``out_dir`` is refused unless ``overwrite`` (then files of the same names are
+    replaced); the manifest is written last, so a dataset without one is incomplete.
+    """
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise SynthError(f"unknown format(s) {', '.join(unknown)}: use {', '.join(FORMATS)}")
+    if scenes < 1 or frames < 1:
+        raise SynthError(f"need at least one scene and one key frame, got scenes={scenes}, frames={frames}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 8):
+        raise SynthError(f"image size must be two numbers >= 8 (W, H), got {image_size}")
+    grid_list: dict[str, VoxelGrid] = {}
+    requested = [get_grid(g) for g in grids]
+    for grid in requested + [get_grid(FORMAT_GRIDS[f]) for f in formats if f in FORMAT_GRIDS]:
+        grid_list.setdefault(grid.name, grid)
+    # visibility masks: Occ3D's files carry them; grids asked for explicitly get them too
+    mask_grids = tuple(dict.fromkeys([g.name for g in requested] + (["occ3d"] if "occ3d" in grid_list else [])))
+    rigs = {}
+    for f in formats:
+        rig = FORMAT_RIGS.get(f)
+        if rig:
+            rigs[rig] = NUSCENES_CAMERAS if rig == "nuscenes" else NUPLAN_CAMERAS
+    if not rigs:
+        rigs["nuscenes"] = NUSCENES_CAMERAS  # the truth's class-id images and the camera masks need a rig
+
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise SynthError(f"{root}: exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise SynthError(f"{root}: folder is not empty (choose an empty folder, or overwrite)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST).unlink(missing_ok=True)
+    writers = _writers(root, formats, nuscenes_version)
+    specs = [
+        SceneSpec(seed=seed, index=i, key_frames=frames, lidar=lidar, rigs=rigs, image_size=image_size,
+                  grids=tuple(grid_list.values()), mask_grids=mask_grids)
+        for i in range(scenes)
+    ]
+    total = sum(s.num_sweeps for s in specs)
+    done = 0
+    scene_entries = []
+    for spec in specs:
+        for w in writers.values():
+            w.begin_scene(spec)
+        key_frames = []
+        world = None
+        for record in simulate_scene(spec):
+            if isinstance(record, KeyFrameRecord):
+                world = record.world
+                for w in writers.values():
+                    w.add_key_frame(record)
+                truth_rel = f"ground_truth/{spec.name}/{record.key_index:03d}.npz"
+                write_ground_truth(root / truth_rel, record)
+                key_frames.append({
+                    "index": record.key_index, "timestamp": record.timestamp, "sweep_index": record.sweep.sweep_index,
+                    "nuscenes_sample_token": NuScenesWriter.sample_token(spec, record.key_index),
+                    "nuscenes_lidar_token": NuScenesWriter.sample_data_token(spec, "LIDAR_TOP", record.sweep.sweep_index),
+                    "ground_truth": truth_rel,
+                    **{k: v for w in writers.values() for k, v in getattr(w, "key_tokens", lambda s, r: {})(spec, record).items()},
+                })
+            else:
+                for w in writers.values():
+                    w.add_sweep(record)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        for w in writers.values():
+            w.end_scene(world)
+        scene_entries.append({
+            "name": spec.name, "index": spec.index, "layout": world.layout,
+            "nuscenes_scene_token": NuScenesWriter.scene_token(spec), "log_name": _log_name(spec),
+            "num_sweeps": spec.num_sweeps, "key_frames": key_frames,
+            **{k: v for w in writers.values() for k, v in getattr(w, "scene_tokens", lambda s: {})(spec).items()},
+        })
+    format_entries = {}
+    for name, w in writers.items():
+        entry = w.finish()  # paths inside the output folder are stored relative to it
+        format_entries[name] = {
+            k: str(Path(v).relative_to(root)) if isinstance(v, str) and Path(v).is_relative_to(root) else v
+            for k, v in entry.items()
+        }
+    manifest = {
+        "format": "b2s-synth", "format_version": 1, "seed": seed, "num_scenes": scenes, "key_frames_per_scene": frames,
+        "image_size": list(image_size) if image_size else None, "grids": {n: g.to_dict() for n, g in grid_list.items()},
+        "formats": format_entries, "scenes": scene_entries,
+    }
+    atomic_write_json(root / MANIFEST, manifest)
+    return SynthManifest(root, manifest)
+
+
+def _log_name(spec: SceneSpec) -> str:
+    from b2s_core.synth.writers.nuscenes import log_name
+
+    return log_name(spec)
+
+
+def _writers(root: Path, formats: tuple[str, ...], nuscenes_version: str) -> dict:
+    writers = {}
+    for f in formats:
+        if f == "nuscenes":
+            writers[f] = NuScenesWriter(root / "nuscenes", nuscenes_version)
+        elif f == "occ3d":
+            writers[f] = Occ3DWriter(root / "occ3d")
+        else:
+            writers[f] = _optional_writer(f, root)
+    return writers
+
+
+def _optional_writer(fmt: str, root: Path):
+    if fmt == "openoccupancy":
+        from b2s_core.synth.writers.openoccupancy import OpenOccupancyWriter
+
+        return OpenOccupancyWriter(root / "openoccupancy")
+    if fmt == "nuplan":
+        from b2s_core.synth.writers.nuplan import NuPlanWriter
+
+        return NuPlanWriter(root / "nuplan")
+    from b2s_core.synth.writers.openscene import OpenSceneWriter
+
+    return OpenSceneWriter(root / "openscene")

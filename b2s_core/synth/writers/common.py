@@ -1,0 +1,50 @@
+"""Helpers shared by the format writers: atomic file writes and image encoding."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (no half-written files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_bytes(path, json.dumps(data).encode())  # no indent: the fast C encoder
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """(H, W, 3) uint8 -> JPEG file bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npz_bytes(**arrays) -> bytes:
+    """The bytes of an ``.npz`` archive (deflate level 1: mostly-empty grids compress well and fast);
+    ``np.load`` reads it like any ``np.savez_compressed`` file."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            zf.writestr(name + ".npy", member.getvalue())
+    return buf.getvalue()

@@ -1,0 +1,43 @@
+"""Occ3D-nuScenes labels: ``<root>/gts/<scene_name>/<sample_token>/labels.npz``.
+
+``np.savez_compressed`` with ``semantics``, ``mask_lidar``, ``mask_camera``: uint8 (200, 200, 16)
+indexed (x, y, z) in the ego frame, Occ3D labels (free = 17). Tokens are the nuScenes sample tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord
+from b2s_core.synth.writers.common import atomic_write_bytes, npz_bytes
+from b2s_core.synth.writers.nuscenes import NuScenesWriter
+
+GRID = "occ3d"
+
+
+class Occ3DWriter:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def begin_scene(self, spec: SceneSpec) -> None:
+        self.spec = spec
+
+    def add_sweep(self, sweep: SweepRecord) -> None:
+        pass
+
+    def add_key_frame(self, frame: KeyFrameRecord) -> None:
+        sample = NuScenesWriter.sample_token(self.spec, frame.key_index)
+        data = npz_bytes(
+            semantics=frame.truth[GRID].semantics.astype(np.uint8),
+            mask_lidar=frame.mask_lidar[GRID].astype(np.uint8),
+            mask_camera=frame.mask_camera[GRID].astype(np.uint8),
+        )
+        atomic_write_bytes(self.root / "gts" / self.spec.name / sample / "labels.npz", data)
+
+    def end_scene(self, world) -> None:
+        pass
+
+    def finish(self) -> dict:
+        return {"root": str(self.root)}
