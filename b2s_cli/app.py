@@ -23,22 +23,21 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
-    """Keeps `b2s` a command group even while only one command is registered."""
+    """b2s: camera-based 3D semantic occupancy that learns from large-scale binary occupancy data."""
 
 
 # Commands are listed here in the order of a user's day (see README).
-app.command("info")(info.info)
+app.command("synth")(synth.synth)
 app.command("convert")(convert.convert)
 app.command("build-binary")(build_binary.build_binary)
+app.command("info")(info.info)
 app.command("pretrain")(pretrain.pretrain)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("autolabel")(autolabel.autolabel)
 app.command("visualize")(visualize.visualize)
-app.command("synth")(synth.synth)
 
 
 def main() -> None:
