@@ -67,7 +67,7 @@ def stages(image_size) -> None:
     rows = [
         ("LiDAR sweep (32 x 1084 rays, cast + noise)", t_lidar, None),
         (f"camera {size[0]}x{size[1]} (cast + shade)", t_cam, None),
-        (f"  ray cast only, tiled cones", t_fast_cast, t_ref_cast),
+        ("  ray cast only, tiled cones", t_fast_cast, t_ref_cast),
         ("mask_lidar traversal, occ3d (one sweep)", t_trav, t_trav_ref),
         ("mask_camera, occ3d, 6 cameras (cached projection)",
          timed(lambda: camera_mask(grid, [(view.intrinsic, cam.ego_from_cam, view.distance)] * 6))[0], None),

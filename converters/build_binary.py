@@ -26,10 +26,11 @@ from converters import open_reader
 from converters.base import SceneReader
 from converters.convert import DEFAULT_GRID, SkippedFrame, parse_shard
 from converters.errors import ConverterError
+from converters.progress import SceneProgress
 
 EGO_BODY = {"nuscenes": EGO_BODY_NUSCENES, "nuplan": EGO_BODY_NUPLAN, "openscene": EGO_BODY_NUPLAN}
 
-__all__ = ["BuildBinaryJob", "BuildBinaryProgress", "BuildBinarySummary", "build_binary", "parse_shard"]
+__all__ = ["BuildBinaryJob", "BuildBinarySummary", "build_binary", "parse_shard"]
 
 
 @dataclass
@@ -91,18 +92,6 @@ class BuildBinarySummary:
     seconds: float = 0.0
 
 
-class BuildBinaryProgress:
-    """Hooks for a progress display; the default does nothing."""
-
-    def start(self, total_scenes: int, resumed: int) -> None: ...
-
-    def scene_started(self, scene: str) -> None: ...
-
-    def frame_done(self, scene: str) -> None: ...
-
-    def scene_done(self, scene: str, frames: int) -> None: ...
-
-
 def _build_one(reader: SceneReader, writer: ResumableWriter, job: BuildBinaryJob, scene: str,
                skipped: list[SkippedFrame], on_frame=None) -> int:
     """Build one scene into its part file; returns the number of frames written."""
@@ -142,10 +131,10 @@ def _worker_scene(scene: str) -> tuple[str, int, list[SkippedFrame]]:
     return scene, count, skipped
 
 
-def build_binary(job: BuildBinaryJob, progress: BuildBinaryProgress | None = None) -> BuildBinarySummary:
+def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> BuildBinarySummary:
     """Run a build (see the module docstring); returns what was written and what was skipped."""
     started = time.perf_counter()
-    progress = progress or BuildBinaryProgress()
+    progress = progress or SceneProgress()
     if job.out.exists() and not job.overwrite:
         raise ConverterError(job.out, "output exists; pass --overwrite to replace it")
     reader = open_reader(**job.reader_kwargs())
@@ -169,9 +158,10 @@ def build_binary(job: BuildBinaryJob, progress: BuildBinaryProgress | None = Non
     if job.workers == 1 or len(todo) <= 1:
         for scene in todo:
             progress.scene_started(scene)
+            before = len(skipped)
             n = _build_one(reader, writer, job, scene, skipped, on_frame=progress.frame_done)
             frames += n
-            progress.scene_done(scene, n)
+            progress.scene_done(scene, n, len(skipped) - before)
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         if method == "fork":
@@ -182,7 +172,7 @@ def build_binary(job: BuildBinaryJob, progress: BuildBinaryProgress | None = Non
                 for scene, n, bad in pool.imap_unordered(_worker_scene, todo):
                     frames += n
                     skipped += bad
-                    progress.scene_done(scene, n)
+                    progress.scene_done(scene, n, len(bad))
         finally:
             _WORKER.clear()
     writer.finalize(scene_order=scenes)

@@ -30,6 +30,7 @@ from b2s_core.taxonomy import Taxonomy
 from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
+from converters.progress import SceneProgress
 
 # The grid of an unlabelled conversion, per source: the grid its usual labels live on.
 DEFAULT_GRID = {"nuscenes": "occ3d", "nuplan": "openscene", "openscene": "openscene"}
@@ -210,18 +211,6 @@ def _worker_scene(scene: str) -> tuple[str, int, list[SkippedFrame]]:
 
 
 # -- the whole run --------------------------------------------------------------------------------
-class ConvertProgress:
-    """Hooks for a progress display; the default does nothing."""
-
-    def start(self, total_scenes: int, resumed: int) -> None: ...
-
-    def scene_started(self, scene: str) -> None: ...
-
-    def frame_done(self, scene: str) -> None: ...
-
-    def scene_done(self, scene: str, frames: int, skipped: int) -> None: ...
-
-
 def output_layout(reader: SceneReader, config: ConvertConfig) -> tuple[VoxelGrid, Taxonomy]:
     """The output's grid and taxonomy: those of the labels, else ``--grid`` (default per source)."""
     if reader.label_grid is not None:
@@ -231,10 +220,10 @@ def output_layout(reader: SceneReader, config: ConvertConfig) -> tuple[VoxelGrid
     return get_grid(config.grid or DEFAULT_GRID[config.source]), reader.taxonomy
 
 
-def convert(config: ConvertConfig, progress: ConvertProgress | None = None) -> ConvertSummary:
+def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> ConvertSummary:
     """Run a conversion (see module docstring); returns what was written and what was skipped."""
     started = time.perf_counter()
-    progress = progress or ConvertProgress()
+    progress = progress or SceneProgress()
     if config.out.exists() and not config.overwrite:
         raise ConverterError(config.out, "output exists; pass --overwrite to replace it")
     reader = open_reader(**config.reader_kwargs())
@@ -312,5 +301,5 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return index, count
 
 
-__all__ = ["ConvertConfig", "ConvertProgress", "ConvertSummary", "SkippedFrame", "convert", "occ_frame_of",
+__all__ = ["ConvertConfig", "ConvertSummary", "SkippedFrame", "convert", "occ_frame_of",
            "parse_shard"]

@@ -416,9 +416,9 @@ def test_nuplan_pickled_column_is_read_safely(nuplan, tmp_path):
 
 
 def test_interrupted_run_resumes(nuplan, tmp_path):
-    from converters.convert import ConvertProgress
+    from converters.progress import SceneProgress
 
-    class CtrlCAfterFirstScene(ConvertProgress):
+    class CtrlCAfterFirstScene(SceneProgress):
         def scene_done(self, scene, frames, skipped):
             raise KeyboardInterrupt
 

@@ -9,53 +9,19 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from b2s_cli.errors import cli_errors
-from converters.build_binary import BuildBinaryJob, BuildBinaryProgress, BuildBinarySummary, build_binary as run_build, parse_shard
+from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
+from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build, parse_shard
 
 _console = Console(highlight=False)
-
-
-class _RichProgress(BuildBinaryProgress):
-    """Scenes overall, and the key frames of the scene being built (one worker)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.scenes_task = None
-        self.frames_task = None
-
-    def start(self, total_scenes: int, resumed: int) -> None:
-        if resumed:
-            self.progress.console.print(f"resuming: {resumed} of {total_scenes} scenes already built")
-        self.scenes_task = self.progress.add_task("scenes", total=total_scenes, completed=resumed)
-
-    def scene_started(self, scene: str) -> None:
-        if self.frames_task is not None:
-            self.progress.remove_task(self.frames_task)
-        self.frames_task = self.progress.add_task(f"  {scene}", total=None)
-
-    def frame_done(self, scene: str) -> None:
-        self.progress.advance(self.frames_task)
-
-    def scene_done(self, scene: str, frames: int) -> None:
-        self.progress.console.print(f"{scene}: {frames} key frames")
-        self.progress.advance(self.scenes_task)
 
 
 def _print_summary(summary: BuildBinarySummary) -> None:
     per_frame = summary.seconds / summary.frames if summary.frames else 0.0
     _console.print(f"wrote {summary.out}: {summary.scenes} scenes ({summary.resumed} resumed), "
                    f"{summary.frames} key frames built in {summary.seconds:.1f} s ({per_frame:.2f} s per key frame)")
-    if summary.skipped:
-        table = Table(title=f"{len(summary.skipped)} skipped frames")
-        table.add_column("scene")
-        table.add_column("frame token")
-        table.add_column("problem", overflow="fold")
-        for row in summary.skipped:
-            table.add_row(row.scene, row.token, row.problem)
-        _console.print(table)
+    print_skipped(_console, summary.skipped)
 
 
 @cli_errors
@@ -88,7 +54,6 @@ def build_binary(
         workers=workers, shard=parse_shard(shard), on_error=on_error, overwrite=overwrite,
         command=shlex.join(["b2s", *sys.argv[1:]]),
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console, transient=False) as progress:
-        summary = run_build(job, _RichProgress(progress))
+    with scene_progress_bars(_console) as progress:
+        summary = run_build(job, RichSceneProgress(progress, done="built", frames="key frames"))
     _print_summary(summary)

@@ -9,54 +9,18 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from b2s_cli.errors import cli_errors
-from converters.convert import ConvertConfig, ConvertProgress, ConvertSummary, convert as run_convert, parse_shard
+from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
+from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert, parse_shard
 
 _console = Console(highlight=False)
-
-
-class _RichProgress(ConvertProgress):
-    """Scenes overall, and the frames of the scene being converted (one worker)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.scenes_task = None
-        self.frames_task = None
-
-    def start(self, total_scenes: int, resumed: int) -> None:
-        if resumed:
-            self.progress.console.print(f"resuming: {resumed} of {total_scenes} scenes already converted")
-        self.scenes_task = self.progress.add_task("scenes", total=total_scenes, completed=resumed)
-
-    def scene_started(self, scene: str) -> None:
-        if self.frames_task is not None:
-            self.progress.remove_task(self.frames_task)
-        self.frames_task = self.progress.add_task(f"  {scene}", total=None)
-
-    def frame_done(self, scene: str) -> None:
-        self.progress.advance(self.frames_task)
-
-    def scene_done(self, scene: str, frames: int, skipped: int) -> None:
-        note = f", {skipped} skipped" if skipped else ""
-        self.progress.console.print(f"{scene}: {frames} frames{note}")
-        self.progress.advance(self.scenes_task)
 
 
 def _print_summary(summary: ConvertSummary) -> None:
     _console.print(f"wrote {summary.out}: {summary.scenes} scenes ({summary.resumed} resumed), "
                    f"{summary.frames} frames converted in {summary.seconds:.1f} s")
-    if not summary.skipped:
-        return
-    table = Table(title=f"{len(summary.skipped)} skipped frames")
-    table.add_column("scene")
-    table.add_column("frame token")
-    table.add_column("problem", overflow="fold")
-    for row in summary.skipped:
-        table.add_row(row.scene, row.token, row.problem)
-    _console.print(table)
+    print_skipped(_console, summary.skipped)
 
 
 @cli_errors
@@ -86,7 +50,6 @@ def convert(
         workers=workers, shard=parse_shard(shard), embed_images=embed_images, on_error=on_error,
         store_points=points, grid=grid, overwrite=overwrite, command=shlex.join(["b2s", *sys.argv[1:]]),
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console, transient=False) as progress:
-        summary = run_convert(config, _RichProgress(progress))
+    with scene_progress_bars(_console) as progress:
+        summary = run_convert(config, RichSceneProgress(progress, done="converted", frames="frames"))
     _print_summary(summary)

@@ -194,7 +194,6 @@ class SceneBuilder:
         before = cfg.sweeps // 2
         after = max(cfg.sweeps - 1 - before, 0)
         history: deque[SweepPoints] = deque(maxlen=max(cfg.ray_sweeps, before + 1))
-        ahead: list[SweepPoints] = []
         pending: list[tuple[SensorFrame, int, list[SweepPoints]]] = []  # key frames waiting for look-ahead sweeps
         window: deque[SweepPoints] = deque(maxlen=max(cfg.sweeps, 1))
         count = 0

@@ -1,0 +1,13 @@
+"""Progress hooks of the scene-by-scene drivers (``convert``, ``build-binary``); the default does nothing."""
+
+from __future__ import annotations
+
+
+class SceneProgress:
+    def start(self, total_scenes: int, resumed: int) -> None: ...
+
+    def scene_started(self, scene: str) -> None: ...
+
+    def frame_done(self, scene: str) -> None: ...
+
+    def scene_done(self, scene: str, frames: int, skipped: int) -> None: ...
