@@ -18,6 +18,16 @@ def _zero_like_graph(logits: Tensor) -> Tensor:
     return logits.sum() * 0.0
 
 
+def _masked_mean(per_voxel: Tensor, mask: Tensor | None, logits: Tensor) -> Tensor:
+    """Mean over the voxels where ``mask`` is set (all when None); an empty mask gives a graph-connected zero."""
+    if mask is None:
+        return per_voxel.mean()
+    mask = mask.bool()
+    if not mask.any():
+        return _zero_like_graph(logits)
+    return per_voxel[mask].mean()
+
+
 def binary_occupancy_loss(logits: Tensor, target: Tensor, mask: Tensor | None = None,
                           pos_weight: float | None = None) -> Tensor:
     """BCE with logits, averaged over the voxels in ``mask`` (e.g. the observed ones) or all.
@@ -26,12 +36,7 @@ def binary_occupancy_loss(logits: Tensor, target: Tensor, mask: Tensor | None = 
     """
     weight = None if pos_weight is None else logits.new_tensor(pos_weight)
     per_voxel = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight, reduction="none")
-    if mask is None:
-        return per_voxel.mean()
-    mask = mask.bool()
-    if not mask.any():
-        return _zero_like_graph(logits)
-    return per_voxel[mask].mean()
+    return _masked_mean(per_voxel, mask, logits)
 
 
 def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, class_weights: Tensor | None = None,
@@ -90,12 +95,7 @@ def soft_focal_loss(logits: Tensor, soft_target: Tensor, *, gamma: float = 2.0, 
     """
     log_p = F.log_softmax(logits.float(), dim=1)
     per_voxel = -(soft_target.to(log_p) * (1.0 - log_p.exp()).clamp(min=0) ** gamma * log_p).sum(1)  # (B, ...)
-    if mask is None:
-        return per_voxel.mean()
-    mask = mask.bool()
-    if not mask.any():
-        return _zero_like_graph(logits)
-    return per_voxel[mask].mean()
+    return _masked_mean(per_voxel, mask, logits)
 
 
 def depth_loss(depth_logits: Tensor, depth_target: Tensor, depth_bins: Tensor | np.ndarray) -> Tensor:

@@ -48,3 +48,23 @@ def npz_bytes(**arrays) -> bytes:
             np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
             zf.writestr(name + ".npy", member.getvalue())
     return buf.getvalue()
+
+
+class KeyFrameFileWriter:
+    """A writer of one label file per key frame (Occ3D, OpenOccupancy): only ``add_key_frame``
+    does work; the other hooks of the writer protocol are no-ops here."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def begin_scene(self, spec) -> None:
+        self.spec = spec
+
+    def add_sweep(self, sweep) -> None:
+        pass
+
+    def end_scene(self, world) -> None:
+        pass
+
+    def finish(self) -> dict:
+        return {"root": str(self.root)}

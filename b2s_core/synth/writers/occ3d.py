@@ -6,27 +6,17 @@ indexed (x, y, z) in the ego frame, Occ3D labels (free = 17). Tokens are the nuS
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord
-from b2s_core.synth.writers.common import atomic_write_bytes, npz_bytes
+from b2s_core.synth.scene import KeyFrameRecord
+from b2s_core.synth.writers.common import KeyFrameFileWriter, atomic_write_bytes, npz_bytes
 from b2s_core.synth.writers.nuscenes import NuScenesWriter
 
 GRID = "occ3d"
 
 
-class Occ3DWriter:
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def begin_scene(self, spec: SceneSpec) -> None:
-        self.spec = spec
-
-    def add_sweep(self, sweep: SweepRecord) -> None:
-        pass
-
+class Occ3DWriter(KeyFrameFileWriter):
     def add_key_frame(self, frame: KeyFrameRecord) -> None:
         sample = NuScenesWriter.sample_token(self.spec, frame.key_index)
         data = npz_bytes(
@@ -35,9 +25,3 @@ class Occ3DWriter:
             mask_camera=frame.mask_camera[GRID].astype(np.uint8),
         )
         atomic_write_bytes(self.root / "gts" / self.spec.name / sample / "labels.npz", data)
-
-    def end_scene(self, world) -> None:
-        pass
-
-    def finish(self) -> dict:
-        return {"root": str(self.root)}

@@ -10,12 +10,11 @@ the key frame's LIDAR_TOP sample_data token.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
-from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord
-from b2s_core.synth.writers.common import atomic_write_bytes
+from b2s_core.synth.scene import KeyFrameRecord
+from b2s_core.synth.writers.common import KeyFrameFileWriter, atomic_write_bytes
 from b2s_core.synth.writers.nuscenes import NuScenesWriter
 from b2s_core.taxonomy import IGNORE_INDEX, map_labels
 
@@ -30,25 +29,10 @@ def sparse_rows(semantics_occ3d: np.ndarray) -> np.ndarray:
     return np.stack([z, y, x, labels], axis=1).astype(np.int64)
 
 
-class OpenOccupancyWriter:
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def begin_scene(self, spec: SceneSpec) -> None:
-        self.spec = spec
-
-    def add_sweep(self, sweep: SweepRecord) -> None:
-        pass
-
+class OpenOccupancyWriter(KeyFrameFileWriter):
     def add_key_frame(self, frame: KeyFrameRecord) -> None:
         scene_token = NuScenesWriter.scene_token(self.spec)
         lidar_token = NuScenesWriter.sample_data_token(self.spec, "LIDAR_TOP", frame.sweep.sweep_index)
         buf = io.BytesIO()
         np.save(buf, sparse_rows(frame.truth[GRID].semantics))
         atomic_write_bytes(self.root / f"scene_{scene_token}" / "occupancy" / f"{lidar_token}.npy", buf.getvalue())
-
-    def end_scene(self, world) -> None:
-        pass
-
-    def finish(self) -> dict:
-        return {"root": str(self.root)}
