@@ -195,6 +195,16 @@ def deform_attn_3d_reference(value: Tensor, locations: Tensor, weights: Tensor) 
 
 
 # -- modules -------------------------------------------------------------------------------------
+def init_attention_projections(module: nn.Module) -> None:
+    """Uniform attention over the sampling points at start (zero weights), Xavier value/output projections."""
+    nn.init.zeros_(module.attention_weights.weight)
+    nn.init.zeros_(module.attention_weights.bias)
+    nn.init.xavier_uniform_(module.value_proj.weight)
+    nn.init.zeros_(module.value_proj.bias)
+    nn.init.xavier_uniform_(module.output_proj.weight)
+    nn.init.zeros_(module.output_proj.bias)
+
+
 def _init_direction_offsets(linear: nn.Linear, num_heads: int, groups: int, num_points: int, dims: int) -> None:
     """Deformable-DETR style start: each head looks in its own direction, point p at distance p + 1."""
     nn.init.zeros_(linear.weight)
@@ -224,12 +234,7 @@ class DeformableAttention3D(nn.Module):
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
         _init_direction_offsets(self.sampling_offsets, num_heads, 1, num_points, 3)
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        init_attention_projections(self)
 
     def forward(self, query: Tensor, reference: Tensor, volume: Tensor) -> Tensor:
         """query (B, Q, C), reference (B, Q, 3) fractions of the volume, volume (B, C, X, Y, Z) -> (B, Q, C)."""

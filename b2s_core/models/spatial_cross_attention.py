@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from b2s_core.models.deformable import _init_direction_offsets, ms_deform_attn, ms_deform_attn_gather, needs_grad
+from b2s_core.models.deformable import _init_direction_offsets, init_attention_projections, ms_deform_attn, ms_deform_attn_gather, needs_grad
 
 _MIN_DEPTH = 0.1  # metres in front of the camera for a projection to count
 
@@ -72,12 +72,7 @@ class SpatialCrossAttention(nn.Module):
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
         _init_direction_offsets(self.sampling_offsets, num_heads, num_levels, num_points, 2)
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        init_attention_projections(self)
 
     def forward(self, query: Tensor, points_ego: Tensor, views: CameraViews, query_valid: Tensor | None = None) -> Tensor:
         """query (B, Q, C), points_ego (B, Q, 3), optional query_valid (B, Q) bool -> (B, Q, C)."""
