@@ -1,31 +1,20 @@
 """Periodic validation during training: binary-decoder IoU, geometry IoU and semantic mIoU.
 
-Confusion matrices are accumulated over the whole validation set (as the Occ3D protocol does) on
-the device, then turned into IoUs; ``b2s evaluate`` is the full evaluation tool.
+Confusion matrices (``b2s_core.metrics``) are accumulated over the whole validation set, as the
+Occ3D protocol does, then turned into IoUs; ``b2s evaluate`` is the full evaluation tool.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
+from b2s_core.metrics.confusion import confusion_matrix
+from b2s_core.metrics.iou import binary_iou, geometry_iou, mean_iou, per_class_iou
 from b2s_core.taxonomy import IGNORE_INDEX, Taxonomy
 from b2s_core.train.objectives import apply_camera_mask, pool_binary_target
-
-
-def confusion(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) int64 counts [target, pred] over the voxels where ``valid``."""
-    pred, target = pred[valid].long(), target[valid].long()
-    return torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def iou_per_class(matrix: torch.Tensor) -> torch.Tensor:
-    """(K, K) confusion -> (K,) float64 IoU; NaN for a class absent from both target and prediction."""
-    matrix = matrix.double()
-    tp = matrix.diag()
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
 @torch.no_grad()
@@ -42,9 +31,8 @@ def validate(
     was_training = model.training
     model.eval()
     K = taxonomy.num_labels
-    binary_cm = torch.zeros(2, 2, dtype=torch.int64, device=device)
-    geometry_cm = torch.zeros(2, 2, dtype=torch.int64, device=device)
-    semantic_cm = torch.zeros(K, K, dtype=torch.int64, device=device)
+    binary_cm = np.zeros((2, 2), dtype=np.int64)
+    semantic_cm = np.zeros((K, K), dtype=np.int64)
     seen_semantics = False
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -53,24 +41,22 @@ def validate(
         out = forward(model, batch)
         if out.binary_logits is not None:
             target, valid = pool_binary_target(batch["binary"], tuple(out.binary_logits.shape[1:]))
-            binary_cm += confusion((out.binary_logits > 0).long(), target.long(), valid, 2)
+            binary_cm += confusion_matrix(target.long(), (out.binary_logits > 0).long(), 2, valid)
         if out.semantic_logits is not None and "semantics" in batch:
             seen_semantics = True
             pred = out.semantic_logits.argmax(1)  # (B, X, Y, Z)
             labels = batch["semantics"].long()
-            valid = labels != IGNORE_INDEX
-            semantic_cm += confusion(pred, labels, valid, K)
-            geometry_cm += confusion((pred != taxonomy.free_index).long(), (labels != taxonomy.free_index).long(), valid, 2)
+            semantic_cm += confusion_matrix(labels, pred, K, labels != IGNORE_INDEX)
     model.train(was_training)
     metrics: dict[str, float] = {}
     if binary_cm.sum() > 0:
-        metrics["binary_iou"] = float(iou_per_class(binary_cm)[1]) * 100
+        metrics["binary_iou"] = binary_iou(binary_cm)
     if seen_semantics:
-        metrics["geometry_iou"] = float(iou_per_class(geometry_cm)[1]) * 100
-        ious = iou_per_class(semantic_cm)
-        scored = ious[list(taxonomy.eval_classes)]
-        metrics["miou"] = float(torch.nanmean(scored)) * 100 if bool((~scored.isnan()).any()) else 0.0
+        metrics["geometry_iou"] = geometry_iou(semantic_cm, taxonomy.free_index)
+        miou = mean_iou(semantic_cm, taxonomy.eval_classes)
+        metrics["miou"] = 0.0 if np.isnan(miou) else miou
+        ious = per_class_iou(semantic_cm)
         for c in taxonomy.eval_classes:
-            if not torch.isnan(ious[c]):
-                metrics[f"iou/{taxonomy.class_names[c]}"] = float(ious[c]) * 100
+            if not np.isnan(ious[c]):
+                metrics[f"iou/{taxonomy.class_names[c]}"] = float(ious[c])
     return metrics
