@@ -69,7 +69,25 @@ step "7/8 autolabel (Top-2)"
 step "8/8 visualize"
 b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --pred "$OUT/predictions.h5" --frame 2 --html --out "$OUT/pictures"
 
-step "done"
-echo "scores:        $OUT/evaluation.json (online), $OUT/evaluation-offboard.json (offboard)"
+step "done: scores on the held-out scene (Occ3D protocol, camera mask)"
+python3 - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+from rich.console import Console
+from rich.table import Table
+out = Path(sys.argv[1])
+table = Table()
+for column in ("model", "mIoU", "geometry IoU", "binary-decoder IoU", "RayIoU"):
+    table.add_column(column, justify="right" if column != "model" else "left")
+for name, path in (("Sparse-LS online (pretrain + finetune S+B)", "evaluation.json"),
+                   ("Sparse-LS offboard (GT binary as input)", "evaluation-offboard.json")):
+    scores = json.loads((out / path).read_text())
+    cell = lambda key: "-" if scores.get(key) is None else f"{scores[key]:.2f}"
+    table.add_row(name, cell("miou"), cell("geometry_iou"), cell("binary_iou"), cell("rayiou"))
+Console().print(table)
+PY
+echo "(tiny preset, $EPOCHS epochs on 2 scenes: a check of the pipeline, not of the method; see docs/results.md)"
+echo "scores:        $OUT/evaluation.json, $OUT/evaluation-offboard.json"
 echo "pseudo-labels: $OUT/pseudo-labels.h5"
-echo "pictures:      $OUT/pictures/"
+echo "pictures:"
+ls -1 "$OUT"/pictures/* | sed 's/^/  /'

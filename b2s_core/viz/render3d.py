@@ -12,6 +12,8 @@ Where none can be made, :class:`VoxelRenderer` raises :class:`RenderUnavailable`
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +175,10 @@ class VoxelRenderer:
             raise RenderUnavailable(f"open3d cannot be imported ({err}); 3D views need it (or pass --no-3d)") from None
         self._o3d = open3d
         open3d.utility.set_verbosity_level(open3d.utility.VerbosityLevel.Error)
+        # Mesa's EGL wants a private runtime folder; headless sessions often have none, and then it
+        # prints an error line although rendering works.
+        if not os.environ.get("XDG_RUNTIME_DIR"):
+            os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="b2s-xdg-")
         self._vis = open3d.visualization.Visualizer()
         if not self._vis.create_window(visible=False, width=width, height=height):
             raise RenderUnavailable(
