@@ -35,9 +35,10 @@ from b2s_core.taxonomy import Taxonomy, get_taxonomy
 FORMAT_NAME = "b2s-occupancy"
 FORMAT_VERSION = 1
 
-# Compression of the grids and tables, by name. 'zstd' (default) decodes fastest; 'bzip2' makes
-# files ~15% smaller at ~4x the decode time (figures: docs/format.md, benchmarks/bench_format.py).
-# Readers need nothing to choose: HDF5 records the filter with each dataset.
+# Compression of the grids and tables, by name. 'bzip2' (default) makes the smallest files; 'zstd'
+# decodes a chunk ~5x faster, yet whole-frame random reads were not faster with it under glibc's
+# default malloc (the decoded grids then land on freshly mapped pages): docs/format.md has the
+# figures of benchmarks/bench_format.py. Readers need nothing to choose: HDF5 records the filter.
 COMPRESSIONS = {
     "zstd": lambda: hdf5plugin.Zstd(clevel=9),
     "bzip2": lambda: hdf5plugin.BZip2(blocksize=9),
@@ -135,7 +136,7 @@ class OccWriter:
         command: str = "",
         camera_names: Sequence[str] = (),
         image_root: str | os.PathLike | None = None,
-        compression: str = "zstd",
+        compression: str = "bzip2",
     ) -> None:
         self.path = Path(path)
         if compression not in COMPRESSIONS:
