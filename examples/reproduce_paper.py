@@ -1,0 +1,105 @@
+"""Reproduce the paper's claims in miniature on the synthetic world: one command, tables and plots.
+
+    python examples/reproduce_paper.py --scale smoke            # CI: the pipeline, minutes
+    python examples/reproduce_paper.py --scale default --jobs 2 # ~90 min on 2 CPU cores
+    python examples/reproduce_paper.py --scale gpu              # bigger world and model
+
+Builds the world with the toolkit's own engine (b2s synth -> build-binary for the binary-only
+scenes, convert + Occ3D labels for the labelled and validation scenes), runs E1..E4 (3 seeds per
+cell), and writes docs/results.md plus docs/images/results_*.png. Resumable: finished cells are
+cached under --work and skipped; run the same command again to continue. docs/reproduce.md says
+what each scale scales and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for path in (str(REPO), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from b2s_core.errors import B2SError  # noqa: E402
+from reproduce.cells import make_cells  # noqa: E402
+from reproduce.report import write_report  # noqa: E402
+from reproduce.runner import run_cells  # noqa: E402
+from reproduce.scales import SCALES  # noqa: E402
+from reproduce.world import build_world  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def record_invocation(work: Path, scale: str, jobs: int, started: float, ended: float) -> None:
+    """Append this invocation (when, how parallel, how long) to <work>/invocations.json for the report."""
+    import json
+
+    path = work / "invocations.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append({"scale": scale, "jobs": jobs, "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    "wall_minutes": round((ended - started) / 60, 1), "host_cpus": os.cpu_count()})
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(entries, indent=1))
+    temp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="example: python examples/reproduce_paper.py --scale smoke --work /tmp/repro")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="default", help="size of the world, model and runs")
+    parser.add_argument("--work", type=Path, default=None, help="work folder (world, runs, cached cell results); "
+                        "default runs/reproduce-<scale>")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and images/ go")
+    parser.add_argument("--jobs", type=int, default=1, help="cells trained in parallel (one CPU core each)")
+    parser.add_argument("--seeds", type=int, default=None, help="use only the first S seeds of the scale (says so in the report)")
+    parser.add_argument("--deadline-minutes", type=float, default=None,
+                        help="start no new cell after this many minutes; the report shows what finished")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the cached cells")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    scale = SCALES[args.scale]
+    if args.seeds is not None:
+        if not 1 <= args.seeds <= len(scale.seeds):
+            parser.error(f"--seeds must be between 1 and {len(scale.seeds)}")
+        from dataclasses import replace
+
+        scale = replace(scale, seeds=scale.seeds[: args.seeds])
+    work = (args.work or REPO / "runs" / f"reproduce-{scale.name}").resolve()
+    deadline = time.time() + 60 * args.deadline_minutes if args.deadline_minutes else None
+    started = time.perf_counter()
+    log(f"reproduce: scale '{scale.name}', work folder {work}")
+    cells = make_cells(scale)
+    failed: dict[str, str] = {}
+    if not args.report_only:
+        try:
+            world = build_world(work / "world", scale, workers=args.jobs, log=log)
+        except B2SError as err:  # one line, no traceback (B2S_DEBUG=1 for the traceback)
+            if os.environ.get("B2S_DEBUG"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        failed, ran = run_cells(cells, world, scale, work, jobs=args.jobs, log=log, deadline=deadline)
+        if ran:
+            record_invocation(work, scale.name, args.jobs, started, time.perf_counter())
+    paths = write_report(cells, scale, work, args.docs, failed=failed)
+    log(f"reproduce: wrote {', '.join(str(p) for p in paths)}")
+    if failed:
+        log(f"reproduce: {len(failed)} cell(s) did not finish: {', '.join(sorted(failed))[:400]}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
