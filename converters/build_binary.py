@@ -24,7 +24,7 @@ from b2s_core.occfile import ResumableWriter
 from b2s_core.taxonomy import BINARY
 from converters import open_reader
 from converters.base import SceneReader
-from converters.convert import DEFAULT_GRID, SkippedFrame, parse_shard
+from converters.convert import DEFAULT_GRID, SkippedFrame, check_run_options, parse_shard
 from converters.errors import ConverterError
 from converters.progress import SceneProgress
 
@@ -58,13 +58,7 @@ class BuildBinaryJob:
 
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
-        if self.on_error not in ("skip", "stop"):
-            raise ConverterError(self.on_error, "--on-error must be 'skip' or 'stop'")
-        if self.workers < 1:
-            raise ConverterError(str(self.workers), "--workers must be at least 1")
-        index, count = self.shard
-        if count < 1 or not 0 <= index < count:
-            raise ConverterError(f"{index}/{count}", "--shard i/N needs 0 <= i < N")
+        check_run_options(self.on_error, self.workers, self.shard)
         if self.sweeps < 0 or self.ray_sweeps < 1:
             raise ConverterError(f"{self.sweeps}/{self.ray_sweeps}", "--sweeps must be >= 0 and --ray-sweeps >= 1")
         if self.grid is not None:

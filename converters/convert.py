@@ -59,13 +59,7 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
-        if self.on_error not in ("skip", "stop"):
-            raise ConverterError(self.on_error, "--on-error must be 'skip' or 'stop'")
-        if self.workers < 1:
-            raise ConverterError(self.workers, "--workers must be at least 1")
-        index, count = self.shard
-        if not (count >= 1 and 0 <= index < count):
-            raise ConverterError(f"{index}/{count}", "--shard must be i/N with 0 <= i < N")
+        check_run_options(self.on_error, self.workers, self.shard)
 
     def reader_kwargs(self) -> dict:
         return dict(source=self.source, dataroot=self.dataroot, version=self.version, labels=self.labels,
@@ -288,6 +282,17 @@ def _check_part_matches(part: Path, writer_kwargs: dict) -> None:
     if theirs != ours or not grid.same_geometry(writer_kwargs["grid"]):
         raise ConverterError(part.parent, "holds scenes of a different conversion (source, labels, grid, cameras or "
                                           "--embed-images differ); delete it or choose another --out")
+
+
+def check_run_options(on_error: str, workers: int, shard: tuple[int, int]) -> None:
+    """The options every scene-by-scene driver shares (convert, build-binary)."""
+    if on_error not in ("skip", "stop"):
+        raise ConverterError(on_error, "--on-error must be 'skip' or 'stop'")
+    if workers < 1:
+        raise ConverterError(str(workers), "--workers must be at least 1")
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ConverterError(f"{index}/{count}", "--shard must be i/N with 0 <= i < N")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
