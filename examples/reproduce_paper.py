@@ -30,7 +30,7 @@ for path in (str(REPO), str(HERE)):
 from b2s_core.errors import B2SError  # noqa: E402
 from reproduce.cells import make_cells  # noqa: E402
 from reproduce.report import write_report  # noqa: E402
-from reproduce.runner import run_cells  # noqa: E402
+from reproduce.runner import check_settings, run_cells  # noqa: E402
 from reproduce.scales import SCALES  # noqa: E402
 from reproduce.world import build_world  # noqa: E402
 
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         try:
             world = build_world(work / "world", scale, workers=args.jobs, log=log)
+            check_settings(work, scale)
         except B2SError as err:  # one line, no traceback (B2S_DEBUG=1 for the traceback)
             if os.environ.get("B2S_DEBUG"):
                 raise

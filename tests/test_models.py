@@ -426,6 +426,17 @@ def test_top2_soft_targets_and_soft_focal_loss():
     hard = soft.argmax(0)[None]  # a one-hot soft target is the hard focal loss
     one_hot = F.one_hot(hard, 4).permute(0, 4, 1, 2, 3).float()
     torch.testing.assert_close(soft_focal_loss(logits, one_hot, gamma=2.0), focal_loss(logits, hard, gamma=2.0))
+    weights = torch.tensor([0.5, 2.0, 1.0, 0.25])  # ... and so is it with class weights
+    torch.testing.assert_close(soft_focal_loss(logits, one_hot, gamma=2.0, class_weights=weights),
+                               focal_loss(logits, hard, gamma=2.0, class_weights=weights))
+    mask = torch.tensor([[[[True], [False]], [[True], [True]]]])
+    torch.testing.assert_close(soft_focal_loss(logits, one_hot, class_weights=weights, mask=mask),
+                               focal_loss(logits, hard, class_weights=weights, mask=mask))
+    # A mixed target's terms are weighted per class: weighting class 1 up moves the loss towards its term.
+    mixed = soft[None]
+    up = soft_focal_loss(logits, mixed, gamma=0.0, class_weights=torch.tensor([1.0, 100.0, 1.0, 1.0]))
+    term_1 = -logits.log_softmax(1)[0, 1, 0, 1, 0]
+    assert abs(up.item() - term_1.item()) < abs(soft_focal_loss(logits, mixed, gamma=0.0).item() - term_1.item())
 
 
 def test_depth_loss_is_cross_entropy_on_the_lidar_bin():

@@ -103,3 +103,17 @@ def test_verdict_rule():
     assert verdict(Stat([5.0]), Stat([1.0]))[0] == "undetermined (1 seed)"
     assert verdict(Stat([]), Stat([1.0, 2.0]))[0] == "not run"
     assert str(Stat([1.0, 2.0, 3.0])) == "2.00 ± 1.00"
+
+
+def test_cached_cells_of_other_training_settings_are_refused(tmp_path):
+    from dataclasses import replace
+
+    from reproduce.runner import check_settings
+    from reproduce.scales import SCALES
+    from reproduce.world import WorldError
+
+    smoke = SCALES["smoke"]
+    check_settings(tmp_path, smoke)  # a new folder records the settings
+    check_settings(tmp_path, replace(smoke, seeds=(0, 1)))  # the seeds are part of the cell ids
+    with pytest.raises(WorldError, match="class_balance, finetune_steps"):
+        check_settings(tmp_path, replace(smoke, finetune_steps=5, class_balance=0.0))

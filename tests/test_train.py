@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,11 +179,34 @@ def test_finetuning_strategy_trains_what_it_should_on_the_data_it_should(toy, na
     assert state["model_config"]["offboard"] == options.get("offboard", False)
 
 
+def test_class_weights_count_the_training_labels(toy):
+    from b2s_core.occfile import OccDataset
+    from b2s_core.train.class_weights import count_labels, labels_of_frame, weights_from_counts
+
+    files = [toy["semantic"], toy["pseudo"]]  # hard labels and Top2 pseudo-labels
+    counts = count_labels(files, 18, 17, use_camera_mask=True)
+    expected = np.zeros(18, dtype=np.int64)
+    for path in files:
+        data = OccDataset(path)
+        for i in range(len(data)):
+            frame = data.read(i)
+            labels = labels_of_frame(frame, 17)
+            labels = labels if frame.mask_camera is None else labels[frame.mask_camera]
+            expected += np.bincount(labels[labels != 255], minlength=18)
+    assert counts.tolist() == expected.tolist() and counts[17] == counts.max() and (counts[:17] > 0).sum() >= 3
+    assert count_labels(files, 18, 17, use_camera_mask=True, max_frames=1).sum() < counts.sum()
+    weights = weights_from_counts(np.array([100, 25, 0, 400]), 0.5)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[1] / weights[0] == pytest.approx(2.0) and weights[0] / weights[3] == pytest.approx(2.0)
+    assert weights[2] / weights[0] == pytest.approx(10.0)  # never seen: weighed as if seen once
+    assert np.allclose(weights_from_counts(np.array([100, 25, 400]), 0.0), 1.0)  # the paper's unweighted loss
+
+
 def test_resumed_run_gives_the_same_losses(toy):
-    """S+B fine-tuning with augmentation, interrupted mid-epoch at step 3, then resumed to step 5."""
+    """S+B fine-tuning with augmentation and class weights, interrupted mid-epoch at step 3, then resumed to step 5."""
     common = dict(stage="finetune", init=str(toy["pre_sparse"]), semantic_data=[toy["semantic"]],
                   pseudo_data=[toy["pseudo"]], pretrain_data=[toy["binary"]], binary_data="b", epochs=2,
-                  **{**TINY, "batch_size": 1}, max_steps=5)
+                  class_balance=0.5, **{**TINY, "batch_size": 1}, max_steps=5)
     straight = train(TrainConfig(out=str(toy["root"] / "straight"), **common), show_progress=False)
     part = train(TrainConfig(out=str(toy["root"] / "parts"), stop_after_steps=3, **common), show_progress=False)
     assert not part.finished and part.state.step == 3
@@ -193,6 +218,9 @@ def test_resumed_run_gives_the_same_losses(toy):
     for ra, rb in zip(a, b):
         for key in ("loss", "binary", "binary_b", "semantic", "lr"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), (ra["step"], key)
+    infos = [json.loads(line) for line in (toy["root"] / "straight" / "metrics.jsonl").read_text().splitlines()]
+    weights = next(r["class_weights"] for r in infos if r["kind"] == "info")
+    assert len(weights) == 18 and weights[17] == min(weights)  # free, the commonest class, weighs least
     final_a, final_b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-5) for k in final_a)
 

@@ -87,15 +87,29 @@ def top2_soft_targets(occupancy: np.ndarray | Tensor, top2_labels: np.ndarray | 
     return flat.t().reshape(num_classes, *occupancy.shape).contiguous()
 
 
-def soft_focal_loss(logits: Tensor, soft_target: Tensor, *, gamma: float = 2.0, mask: Tensor | None = None) -> Tensor:
+def soft_focal_loss(logits: Tensor, soft_target: Tensor, *, gamma: float = 2.0, mask: Tensor | None = None,
+                    class_weights: Tensor | None = None) -> Tensor:
     """Focal loss against a distribution over classes:  -sum_k t_k (1 - p_k)^gamma log p_k  per voxel,
     averaged over the voxels (in ``mask``). gamma = 0 is the soft cross-entropy.
+
+    With ``class_weights`` (K,) each term is weighted by w_k and the sum is divided by sum t_k w_k
+    over the voxels, so a one-hot target gives exactly :func:`focal_loss` with the same weights.
 
     logits (B, K, ...); soft_target (B, K, ...) rows summing to 1; mask (B, ...) bool or None.
     """
     log_p = F.log_softmax(logits.float(), dim=1)
-    per_voxel = -(soft_target.to(log_p) * (1.0 - log_p.exp()).clamp(min=0) ** gamma * log_p).sum(1)  # (B, ...)
-    return _masked_mean(per_voxel, mask, logits)
+    target = soft_target.to(log_p)
+    if class_weights is not None:
+        shape = (1, -1) + (1,) * (logits.dim() - 2)
+        target = target * class_weights.to(log_p).view(shape)
+    per_voxel = -(target * (1.0 - log_p.exp()).clamp(min=0) ** gamma * log_p).sum(1)  # (B, ...)
+    if class_weights is None:
+        return _masked_mean(per_voxel, mask, logits)
+    keep = torch.ones_like(per_voxel) if mask is None else mask.to(log_p)  # (B, ...)
+    weight = (target.sum(1) * keep).sum()
+    if not bool(weight > 0):
+        return _zero_like_graph(logits)
+    return (per_voxel * keep).sum() / weight
 
 
 def depth_loss(depth_logits: Tensor, depth_target: Tensor, depth_bins: Tensor | np.ndarray) -> Tensor:

@@ -67,6 +67,9 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global gradient norm (BEVDet's value); 0 disables clipping
     binary_loss_weight: float = 1.0
     semantic_loss_weight: float = 1.0
+    # Class weights of the focal loss, (mean count / count_c) ** class_balance over the training labels:
+    # 0 = unweighted (the paper); 0.5 helps short runs learn the rare classes (b2s_core.train.class_weights).
+    class_balance: float = 0.0
     amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored with a warning on CPU)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     seed: int = 0
@@ -103,7 +106,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "workers", "ckpt_every_steps",
-                     "binary_loss_weight", "semantic_loss_weight"):
+                     "binary_loss_weight", "semantic_loss_weight", "class_balance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:

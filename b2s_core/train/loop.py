@@ -42,6 +42,7 @@ from b2s_core.train.checkpoint import CheckpointError, read_checkpoint, save_che
 from b2s_core.train.config import ConfigError, TrainConfig
 from b2s_core.train.logging import MetricsLog
 from b2s_core.train.model_api import adapt_model_config, make_model_config, run_model
+from b2s_core.train.class_weights import count_labels, weights_from_counts
 from b2s_core.train.objectives import apply_camera_mask, binary_loss, semantic_loss
 from b2s_core.train.strategies import plan_for, select_trainable
 from b2s_core.train.validate import validate
@@ -249,6 +250,11 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
     steps_per_epoch = sampler.samples_per_epoch // per_rank_batch
     if steps_per_epoch == 0:
         raise DataError(f"{main_paths[0]}: {len(train_set)} frames are fewer than one batch of {config.batch_size}")
+    class_weights = None  # (K,) weights of the focal loss; the same on every rank (same files, same frames)
+    if plan.semantic_loss and config.class_balance > 0:
+        counts = count_labels(main_paths, model_config.num_classes, model_config.free_index,
+                              use_camera_mask=config.use_camera_mask)
+        class_weights = torch.from_numpy(weights_from_counts(counts, config.class_balance))
     pretrain_stream = None
     if plan.pretrain_batches:
         pre_set = OccTrainDataset(config.pretrain_data, DataConfig(image_hw=tuple(model_config.image_size),
@@ -313,7 +319,8 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
         config.save_yaml(out / "config.yaml")
         log.log("info", {"step": state.step, "plan": plan.name, "trained_tensors": len(trained_names),
                          "trained_parameters": sum(p.numel() for p in params), "world_size": dist_.world_size,
-                         "device": str(dist_.device), "init": init_report, "model_config": str(model_config.to_dict())})
+                         "device": str(dist_.device), "init": init_report, "model_config": str(model_config.to_dict()),
+                         "class_weights": None if class_weights is None else [round(w, 4) for w in class_weights.tolist()]})
 
     def forward(m, batch, *, up_to_binary: bool):
         return run_model(m, batch, up_to_binary=up_to_binary, offboard=plan.offboard, binary_shape=model_config.binary_shape)
@@ -391,7 +398,8 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
                         parts["binary"] = config.binary_loss_weight * binary_loss(out.binary_logits, batch["binary"])
                         loss = loss + parts["binary"]
                     if plan.semantic_loss:
-                        parts["semantic"] = config.semantic_loss_weight * semantic_loss(out.semantic_logits, batch)
+                        parts["semantic"] = config.semantic_loss_weight * semantic_loss(out.semantic_logits, batch,
+                                                                                        class_weights=class_weights)
                         loss = loss + parts["semantic"]
                 scaler.scale(loss).backward()
 

@@ -58,13 +58,14 @@ def semantic_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], class_we
     Hard labels: ``batch['semantics']`` (B, X, Y, Z). Top2 soft targets: ``top2_labels`` /
     ``top2_probs`` (B, X, Y, Z, 2): the loss is the probability-weighted sum of the focal loss
     towards each of the two classes (with (1, 0) for hard-labelled frames in a mixed batch).
+    class_weights (K,) or None weigh each class's terms (b2s_core.train.class_weights).
     """
     from b2s_core.models import losses
 
     logits = logits.float()
     if "top2_labels" in batch:
         soft, valid = soft_target(batch["top2_labels"], batch["top2_probs"], logits.shape[1])
-        return losses.soft_focal_loss(logits, soft, mask=valid)
+        return losses.soft_focal_loss(logits, soft, mask=valid, class_weights=class_weights)
     return losses.focal_loss(logits, batch["semantics"].long(), class_weights=class_weights)
 
 

@@ -154,8 +154,9 @@ def write_report(cells, scale, work: Path, docs: Path, *, failed: dict[str, str]
         f"K = {scale.semantic_scenes} scenes converted with `b2s convert` + Occ3D labels, {scale.val_scenes} fixed validation "
         f"scenes (Occ3D labels), P = {scale.pseudo_scenes} of the binary scenes auto-labelled in E3. Everything on the "
         f"miniature grid `{scale.grid}` (Occ3D range, 0.8 m voxels). Model preset `{scale.preset}` "
-        f"(overrides {scale.model_overrides}); pre-training {scale.pretrain_epochs} epochs, fine-tuning "
-        f"{scale.finetune_epochs} epochs, batch {scale.batch_size}, AdamW lr {scale.lr:g}, cosine schedule"
+        f"(overrides {scale.model_overrides}); pre-training {scale.pretrain_epochs} epochs over its scenes, every "
+        f"fine-tuning run {scale.finetune_steps} steps whatever its data, batch {scale.batch_size}, AdamW lr {scale.lr:g}, "
+        f"cosine schedule, focal loss with class weights (count) ^ -{scale.class_balance:g}"
         + (f", at most {scale.max_steps} step(s) per run" if scale.max_steps else "") + ". Training and scoring use the "
         "Occ3D camera mask.\n")
     agreement = stats.pop("binary_vs_labels", None)
@@ -294,7 +295,8 @@ def write_report(cells, scale, work: Path, docs: Path, *, failed: dict[str, str]
         rows.append([f"LS, {label}", str(iou), str(miou), paper_label, f"{piou:.2f}", f"{pmiou:.2f}"])
     out.append(f"LS models (semantic loss only, no pre-training) trained on K = {K} GT scenes plus P = {P} scenes whose "
                "labels come from the E2 offboard model of the same seed run over the *build-binary* occupancy of those "
-               "scenes (the real pipeline: only binary data exist for them).\n")
+               "scenes (the real pipeline: only binary data exist for them). Every row trains the same "
+               f"{scale.finetune_steps} steps, so the rows differ in their data only.\n")
     out.append(_table(["Ours", "IoU (ours)", "mIoU (ours)", "Paper row", "IoU (paper)", "mIoU (paper)"], rows) + "\n")
     quality = []
     for mode in ("top1", "top2"):
@@ -335,10 +337,10 @@ def write_report(cells, scale, work: Path, docs: Path, *, failed: dict[str, str]
     claim("E4", "GT binary segmentation raises mIoU (Sparse-LS S+B*, no pre-training)",
           f"Sec. 1: {PAPER_E4[0]} -> {PAPER_E4[1]}", e4_seg[("bstar", 0)], e4_pred[("bstar", 0)])
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
-    bars = [("online, K", online_0), (f"online, N={N} + K", online_n), ("online + GT binary\nqueries (E4)", e4_gt[("b", N)]),
-            ("online + GT binary\nsegmentation (E4)", e4_seg[("b", N)]), ("offboard (E2)", off),
-            ("offboard, GT binary\nsegmentation (E2)", off_seg)]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    bars = [("online,\nK", online_0), (f"online,\nN={N} + K", online_n), ("online +\nGT binary\nqueries (E4)", e4_gt[("b", N)]),
+            ("online +\nGT binary\nsegment. (E4)", e4_seg[("b", N)]), ("offboard\n(E2)", off),
+            ("offboard,\nGT binary\nsegment. (E2)", off_seg)]
     _bars(axes[0], bars, "mIoU (%)", f"E2 / E4: binary input ({scale.name} scale)")
     bars = [(label.replace(" + ", "\n+ "), e3_stats[key][1]) for key, (label, _) in e3.items()]
     _bars(axes[1], bars, "mIoU (%)", f"E3: pseudo-labels ({scale.name} scale)")

@@ -36,6 +36,31 @@ def _write_result(work: Path, cell_id: str, data: dict) -> None:
     temp.replace(path)
 
 
+def _device() -> str:
+    """CUDA when the machine has it (the ``gpu`` scale), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_settings(work: Path, scale) -> None:
+    """Refuse a work folder whose cached cells were trained with other settings (they would be reused)."""
+    from reproduce.world import WorldError
+
+    path = work / "settings.json"
+    key = scale.training_key()
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
+        if changed:
+            raise WorldError(f"{path}: the cached cells were trained with other settings ({', '.join(changed)}); "
+                             "use another --work folder")
+        return
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(key, indent=1))
+    temp.replace(path)
+
+
 # -- one cell ---------------------------------------------------------------------------------------------
 def _train(config_values: dict) -> dict:
     """Train (or resume, or skip when finished) one run; returns its step count."""
@@ -66,7 +91,7 @@ def _score(checkpoint: Path, val: Path, pred_path: Path, *, gt_binary: bool) -> 
     loaded = load_checkpoint(checkpoint)
     model_config = loaded.model_config.replace(offboard=True) if gt_binary else loaded.model_config
     dataset = open_inputs(str(val), model_config)
-    predict_to_file(loaded.model, dataset, pred_path, model_config=model_config, device="cpu")
+    predict_to_file(loaded.model, dataset, pred_path, model_config=model_config, device=_device())
     result = evaluate_files(val, pred_path, EvaluateConfig(rayiou=False))
     pred_path.unlink()
     return {"miou": result.miou, "geometry_iou": result.geometry_iou, "binary_iou": result.binary_iou,
@@ -89,7 +114,7 @@ def _score_segment(checkpoint: Path, val: Path, pred_path: Path) -> dict:
     model_config = loaded.model_config.replace(offboard=True)
     dataset = open_inputs(str(val), model_config)
     autolabel_to_file(loaded.model, dataset, pred_path, model_config=model_config, taxonomy=dataset.occ.taxonomy,
-                      config=AutolabelConfig(mode="top1"))
+                      config=AutolabelConfig(mode="top1", device=_device()))
     result = evaluate_files(val, pred_path, EvaluateConfig(rayiou=False))
     pred_path.unlink()
     return {"miou": result.miou, "geometry_iou": result.geometry_iou,
@@ -121,8 +146,8 @@ def run_cell(cell, world, scale, work: Path) -> dict:
     run_dir = work / "runs" / cell.id
     p = cell.params
     common = dict(out=str(run_dir), preset=scale.preset, model_overrides=dict(scale.model_overrides), batch_size=scale.batch_size,
-                  lr=scale.lr, seed=cell.seed, device="cpu", workers=0, max_steps=scale.max_steps, use_camera_mask=True,
-                  log_every_steps=5, val_every_epochs=1000)
+                  lr=scale.lr, seed=cell.seed, device=_device(), workers=0, max_steps=scale.max_steps, use_camera_mask=True,
+                  log_every_steps=5, val_every_epochs=1000, ckpt_every_steps=50)
     result: dict = {"id": cell.id, "experiment": cell.experiment, "seed": cell.seed, "params": p}
     if cell.kind == "pretrain":
         files = [str(f) for f in world.binary_files(p["scenes"])]
@@ -135,7 +160,7 @@ def run_cell(cell, world, scale, work: Path) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         if not out.is_file():
             report = autolabel(work / "runs" / cell.deps[0] / "checkpoint.pt", [str(f) for f in world.pseudo_binary], out,
-                               AutolabelConfig(mode=p["mode"]))
+                               AutolabelConfig(mode=p["mode"], device=_device()))
             result["bytes_per_frame"] = report.bytes_per_frame
         result["labels"] = str(out)
         # How good the pseudo-labels are against the truth of the same scenes (not used for training).
@@ -143,7 +168,9 @@ def run_cell(cell, world, scale, work: Path) -> dict:
     else:
         files = {"semantic": str(world.semantic), "pseudo_gt": str(world.pseudo_gt)}
         values = {**common, "stage": "finetune", "model": p["variant"], "semantic_data": [files[k] for k in p["semantic"]],
-                  "epochs": scale.finetune_epochs, "offboard": bool(p.get("offboard", False))}
+                  # As many epochs as it takes: the step count ends every fine-tuning run (scales.py).
+                  "epochs": 10**6, "max_steps": min(scale.finetune_steps, scale.max_steps or scale.finetune_steps),
+                  "ckpt_every_epochs": 10**6, "class_balance": scale.class_balance, "offboard": bool(p.get("offboard", False))}
         if not p.get("offboard"):
             values.update(strategy=p["strategy"], binary_data=p["binary_data"])
         if p.get("pretrain_scenes"):

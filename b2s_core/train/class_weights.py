@@ -1,0 +1,63 @@
+"""Class weights of the semantic focal loss, from how often each class occurs in the training labels.
+
+The paper trains with an unweighted focal loss for 24 epochs; a short run (the CPU-sized
+reproduction takes ~100x fewer steps) learns terrain and road first and the rarer classes hardly
+at all. ``TrainConfig.class_balance = p`` weights class c by (mean count / count_c) ** p:
+0 is the paper's unweighted loss, 0.5 the inverse square root of the frequency. Measured on the
+synthetic world (LS from scratch, 150 steps): mIoU 6.1 unweighted, 13.0 with p = 0.5.
+
+Counts come from the labels the run trains on (hard labels, or the most likely class of Top2
+pseudo-labels), inside the camera mask when training uses it, over at most ``max_frames`` frames
+spread evenly over the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def count_labels(paths: Sequence[str | Path], num_classes: int, free_index: int, *, use_camera_mask: bool,
+                 max_frames: int = 256) -> np.ndarray:
+    """Voxels per class over (a sample of) the frames of ``paths`` -> (num_classes,) int64."""
+    from b2s_core.data.dataset import open_occ_dataset
+
+    occ = open_occ_dataset(paths)
+    try:
+        indices = np.unique(np.linspace(0, len(occ) - 1, min(max_frames, len(occ))).round().astype(int))
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for index in indices:
+            frame = occ.read(int(index), fields=("occupancy", "semantics", "mask_camera", "top2"))
+            labels = labels_of_frame(frame, free_index)
+            if labels is None:
+                continue
+            if use_camera_mask and frame.mask_camera is not None:
+                labels = labels[frame.mask_camera]
+            counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]  # 255 (ignore) drops out
+        return counts
+    finally:
+        occ.close()
+
+
+def labels_of_frame(frame, free_index: int) -> np.ndarray | None:
+    """(X, Y, Z) uint8 hard labels of a frame: its semantics, or the first class of its Top2 pairs."""
+    if frame.semantics is not None:
+        return frame.semantics
+    if frame.top2_labels is None or frame.occupancy is None:
+        return None
+    labels = np.full(frame.occupancy.shape, free_index, dtype=np.uint8)
+    labels[frame.occupancy] = frame.top2_labels[:, 0]  # pairs are stored for the occupied voxels in C order
+    return labels
+
+
+def weights_from_counts(counts: np.ndarray, power: float) -> np.ndarray:
+    """(K,) counts -> (K,) float32 weights (mean count / count_c) ** power, scaled to mean 1.
+
+    A class that never occurs gets the weight of a class seen once: it has no voxel to weigh, and
+    an infinite weight would only spoil the mean.
+    """
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    weights = (counts.mean() / counts) ** power
+    return (weights / weights.mean()).astype(np.float32)
