@@ -1,7 +1,7 @@
 """Reproduce the paper's claims in miniature on the synthetic world: one command, tables and plots.
 
     python examples/reproduce_paper.py --scale smoke            # CI: the pipeline, minutes
-    python examples/reproduce_paper.py --scale default --jobs 2 # ~90 min on 2 CPU cores
+    python examples/reproduce_paper.py --scale default --jobs 2 # ~75 min on 2 CPU cores
     python examples/reproduce_paper.py --scale gpu              # bigger world and model
 
 Builds the world with the toolkit's own engine (b2s synth -> build-binary for the binary-only

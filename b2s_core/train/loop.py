@@ -38,11 +38,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from b2s_core.data.dataset import DataConfig, DataError, OccTrainDataset, collate, open_occ_dataset
 from b2s_core.data.sampler import CyclingLoader, EpochSampler
+from b2s_core.train.class_weights import count_labels, weights_from_counts
 from b2s_core.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from b2s_core.train.config import ConfigError, TrainConfig
 from b2s_core.train.logging import MetricsLog
 from b2s_core.train.model_api import adapt_model_config, make_model_config, run_model
-from b2s_core.train.class_weights import count_labels, weights_from_counts
 from b2s_core.train.objectives import apply_camera_mask, binary_loss, semantic_loss
 from b2s_core.train.strategies import plan_for, select_trainable
 from b2s_core.train.validate import validate

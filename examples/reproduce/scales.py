@@ -30,7 +30,8 @@ class Scale:
     preset: str = "tiny"
     # The tiny preset's volumes on the coarse grid, and its image features at stride 8 instead of 16: at
     # 64 x 176 pixels a stride-16 map is 4 x 11 cells and the semantic heads learn little more than
-    # terrain and road (LS from scratch, 300 steps: mIoU 5.6 at stride 16, 10.2 at stride 8; docs/reproduce.md).
+    # terrain and road (LS from scratch, batch 2: mIoU 5.6 after 400 steps at stride 16, 10.2 after 300 at
+    # stride 8; docs/reproduce.md).
     model_overrides: dict = field(default_factory=lambda: {"compact_stride": [4, 4, 2], "binary_stride": [2, 2, 1],
                                                            "feature_strides": [8]})
     dense_pair: bool = False  # also run BEVFormer / Sparse-BEVFormer in E1
@@ -84,10 +85,10 @@ SCALES: dict[str, Scale] = {
     "smoke": Scale(name="smoke", binary_scenes=1, semantic_scenes=1, val_scenes=1, pseudo_scenes=1, frames=2,
                    image_size=(96, 54), pretrain_fractions=(0.0, 1.0), pretrain_epochs=1, finetune_steps=1,
                    batch_size=2, max_steps=1, seeds=(0,)),
-    # ~90 minutes on 2 CPU cores (docs/reproduce.md has the budget).
+    # 74 minutes on 2 idle CPU cores, inside the 90-minute budget (docs/reproduce.md).
     "default": Scale(name="default", binary_scenes=16, semantic_scenes=4, val_scenes=3, pseudo_scenes=8, frames=6,
                      image_size=(176, 99)),
-    # A smaller world and shorter fine-tuning at about a third of the default's cost.
+    # A smaller world and 60 fine-tuning steps: a quicker look (not timed).
     "short": Scale(name="short", binary_scenes=8, semantic_scenes=2, val_scenes=2, pseudo_scenes=4, frames=5,
                    image_size=(176, 99), finetune_steps=60),
     # A GPU machine: more scenes, longer scenes, the small preset, the BEVFormer pair too.
