@@ -45,12 +45,13 @@ def test_pretrain_forwards_options_over_the_config_file(tmp_path, captured):
 def test_finetune_forwards_the_strategy_and_binary_data(tmp_path, captured):
     result = CliRunner().invoke(app, ["finetune", "--init", "pre.pt", "--semantic-data", "s.h5", "--pseudo-data", "p.h5",
                                       "--strategy", "intermediate", "--binary-data", "b", "--pretrain-data", "b.h5",
-                                      "--out", str(tmp_path / "ft")])
+                                      "--class-balance", "0.5", "--out", str(tmp_path / "ft")])
     assert result.exit_code == 0, result.output
     (config, _), = captured
     assert (config.stage, config.init, config.strategy, config.binary_data) == ("finetune", "pre.pt", "intermediate", "b")
     assert config.semantic_data == ["s.h5"] and config.pseudo_data == ["p.h5"] and config.pretrain_data == ["b.h5"]
     assert config.model is None and not config.offboard  # the model comes from --init
+    assert config.class_balance == 0.5
 
 
 def test_bad_input_is_one_line_and_exit_1(tmp_path):

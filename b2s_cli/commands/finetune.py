@@ -32,6 +32,7 @@ def finetune(
     val_data: list[Path] = typer.Option(None, "--val-data", help="Validation file(s) for the periodic IoU / mIoU.", show_default=False),
     camera_mask: bool = typer.Option(None, "--camera-mask/--no-camera-mask", help="Train and validate on mask_camera voxels only (Occ3D). (default: off)", show_default=False),
     lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
+    class_balance: float = typer.Option(None, "--class-balance", help="Focal-loss class weights (count)^-P from the training labels; 0 = unweighted, as the paper; 0.5 helps short runs. (default: 0)", show_default=False),
     amp: str = typer.Option(None, help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. (default: off)", show_default=False),
     device: str = typer.Option(None, help="auto, cpu or cuda. (default: auto)", show_default=False),
@@ -48,7 +49,8 @@ def finetune(
                    pseudo_data=expand_paths(pseudo_data), strategy=strategy, binary_data=binary_data,
                    pretrain_data=expand_paths(pretrain_data), offboard=offboard or None, model=model, preset=preset,
                    epochs=epochs, batch_size=batch_size, out=str(out) if out else None, resume=resume or None,
-                   val_data=expand_paths(val_data), use_camera_mask=camera_mask, lr=lr, amp=amp, sync_bn=sync_bn,
+                   val_data=expand_paths(val_data), use_camera_mask=camera_mask, lr=lr, class_balance=class_balance,
+                   amp=amp, sync_bn=sync_bn,
                    device=device, workers=workers, max_steps=max_steps, seed=seed)
     resolved = resolve_config(config_file=config, options=options, overrides=set_, defaults={"out": "runs/finetune"})
     print_result(launch(resolved, gpus))
