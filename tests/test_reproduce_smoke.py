@@ -123,3 +123,8 @@ def test_cached_cells_of_other_training_settings_are_refused(tmp_path):
     check_settings(tmp_path, replace(smoke, seeds=(0, 1)))  # the seeds are part of the cell ids
     with pytest.raises(WorldError, match="class_balance, finetune_steps"):
         check_settings(tmp_path, replace(smoke, finetune_steps=5, class_balance=0.0))
+    older = tmp_path / "older"  # cells cached before settings were recorded
+    (older / "cells").mkdir(parents=True)
+    (older / "cells" / "e2-offboard-s0.json").write_text("{}")
+    with pytest.raises(WorldError, match="without a record"):
+        check_settings(older, smoke)

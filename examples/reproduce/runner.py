@@ -56,6 +56,9 @@ def check_settings(work: Path, scale) -> None:
             raise WorldError(f"{path}: the cached cells were trained with other settings ({', '.join(changed)}); "
                              "use another --work folder")
         return
+    if any((work / "cells").glob("*.json")):
+        raise WorldError(f"{work / 'cells'}: cached cells without a record of their training settings (an older "
+                         "version of this script); use another --work folder")
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temp.write_text(json.dumps(key, indent=1))
     temp.replace(path)
