@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from converters.convert import SkippedFrame
+from converters.scene_run import SkippedFrame
 from converters.progress import SceneProgress
 
 

@@ -12,7 +12,6 @@ reader, which ego body, which default grid) is decided here.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,14 @@ from b2s_core.occfile import ResumableWriter
 from b2s_core.taxonomy import BINARY
 from converters import open_reader
 from converters.base import SceneReader
-from converters.convert import DEFAULT_GRID, SkippedFrame, check_run_options, parse_shard
+from converters.convert import DEFAULT_GRID
 from converters.errors import ConverterError
 from converters.progress import SceneProgress
+from converters.scene_run import SkippedFrame, check_run_options, open_error_skips, run_scenes, select_scenes
 
 EGO_BODY = {"nuscenes": EGO_BODY_NUSCENES, "nuplan": EGO_BODY_NUPLAN, "openscene": EGO_BODY_NUPLAN}
 
-__all__ = ["BuildBinaryJob", "BuildBinarySummary", "build_binary", "parse_shard"]
+__all__ = ["BuildBinaryJob", "BuildBinarySummary", "build_binary"]
 
 
 @dataclass
@@ -86,43 +86,38 @@ class BuildBinarySummary:
     seconds: float = 0.0
 
 
-def _build_one(reader: SceneReader, writer: ResumableWriter, job: BuildBinaryJob, scene: str,
-               skipped: list[SkippedFrame], on_frame=None) -> int:
-    """Build one scene into its part file; returns the number of frames written."""
-    config = job.core_config(EGO_BODY[job.source])
-    seen_bad: set[str] = set()
+@dataclass
+class _BuildTask:
+    """One build's per-scene work (picklable: it travels to worker processes, converters.scene_run)."""
 
-    def handle(scene_name: str, token: str, err: ConverterError) -> None:
-        if job.on_error == "stop":
-            raise err
-        if token not in seen_bad:  # both passes read the scene; report a bad frame once
-            seen_bad.add(token)
-            skipped.append(SkippedFrame(scene_name, token, str(err)))
+    job: BuildBinaryJob
+    writer: ResumableWriter
 
-    def frames():
-        for frame in build_scene(lambda: reader.read_scene(scene, on_error=handle), config):
-            yield frame
-            if on_frame is not None:
-                on_frame(scene)
+    @property
+    def reader_kwargs(self) -> dict:
+        return self.job.reader_kwargs()
 
-    return writer.write_scene(scene, frames())
+    def run(self, reader: SceneReader, scene: str, on_frame) -> tuple[int, list[SkippedFrame]]:
+        """Build one scene into its part file; returns (frames written, frames skipped)."""
+        job = self.job
+        config = job.core_config(EGO_BODY[job.source])
+        skipped: list[SkippedFrame] = []
+        seen_bad: set[str] = set()
 
+        def handle(scene_name: str, token: str, err: ConverterError) -> None:
+            if job.on_error == "stop":
+                raise err
+            if token not in seen_bad:  # both passes read the scene; report a bad frame once
+                seen_bad.add(token)
+                skipped.append(SkippedFrame(scene_name, token, str(err)))
 
-_WORKER: dict = {}
+        def frames():
+            for frame in build_scene(lambda: reader.read_scene(scene, on_error=handle), config):
+                yield frame
+                if on_frame is not None:
+                    on_frame(scene)
 
-
-def _worker_init(job: BuildBinaryJob, writer_kwargs: dict) -> None:
-    # Under 'fork' the parent's reader is inherited; under 'spawn' each worker opens its own.
-    if "reader" not in _WORKER:
-        _WORKER["reader"] = open_reader(**job.reader_kwargs())
-    _WORKER["job"] = job
-    _WORKER["writer"] = ResumableWriter(job.out, **writer_kwargs)
-
-
-def _worker_scene(scene: str) -> tuple[str, int, list[SkippedFrame]]:
-    skipped: list[SkippedFrame] = []
-    count = _build_one(_WORKER["reader"], _WORKER["writer"], _WORKER["job"], scene, skipped)
-    return scene, count, skipped
+        return self.writer.write_scene(scene, frames()), skipped
 
 
 def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> BuildBinarySummary:
@@ -133,41 +128,15 @@ def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> 
         raise ConverterError(job.out, "output exists; pass --overwrite to replace it")
     reader = open_reader(**job.reader_kwargs())
     config = job.core_config(EGO_BODY[job.source])  # validates the grid before any work
-    skipped: list[SkippedFrame] = []
-    for err in reader.open_errors:
-        if job.on_error == "stop":
-            raise err
-        skipped.append(SkippedFrame("(whole log)", "-", str(err)))
-    index, count = job.shard
-    scenes = reader.scene_names()[index::count]
-    if not scenes:
-        raise ConverterError(job.dataroot, f"no scene selected (shard {index}/{count} of {len(reader.scene_names())})")
+    skipped = open_error_skips(reader, job.on_error)
+    scenes = select_scenes(reader, job.shard, job.dataroot)
     writer_kwargs = dict(grid=config.grid, taxonomy=BINARY, source=job.source, command=job.command,
                          camera_names=reader.camera_names, image_root=str(Path(reader.image_root).resolve()))
     writer = ResumableWriter(job.out, **writer_kwargs)
     done = [s for s in scenes if writer.is_done(s)]
     todo = [s for s in scenes if s not in set(done)]
     progress.start(len(scenes), len(done))
-    frames = 0
-    if job.workers == 1 or len(todo) <= 1:
-        for scene in todo:
-            progress.scene_started(scene)
-            before = len(skipped)
-            n = _build_one(reader, writer, job, scene, skipped, on_frame=progress.frame_done)
-            frames += n
-            progress.scene_done(scene, n, len(skipped) - before)
-    else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        if method == "fork":
-            _WORKER.update(reader=reader)
-        context = multiprocessing.get_context(method)
-        try:
-            with context.Pool(min(job.workers, len(todo)), initializer=_worker_init, initargs=(job, writer_kwargs)) as pool:
-                for scene, n, bad in pool.imap_unordered(_worker_scene, todo):
-                    frames += n
-                    skipped += bad
-                    progress.scene_done(scene, n, len(bad))
-        finally:
-            _WORKER.clear()
+    frames, bad = run_scenes(_BuildTask(job, writer), reader, todo, workers=job.workers, progress=progress)
+    skipped += bad
     writer.finalize(scene_order=scenes)
     return BuildBinarySummary(job.out, len(scenes), len(done), frames, skipped, time.perf_counter() - started)

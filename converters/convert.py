@@ -15,7 +15,6 @@ training comes from ``b2s build-binary``.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
 from converters.progress import SceneProgress
+from converters.scene_run import SkippedFrame, check_run_options, open_error_skips, run_scenes, select_scenes
 
 # The grid of an unlabelled conversion, per source: the grid its usual labels live on.
 DEFAULT_GRID = {"nuscenes": "occ3d", "nuplan": "openscene", "openscene": "openscene"}
@@ -64,13 +64,6 @@ class ConvertConfig:
     def reader_kwargs(self) -> dict:
         return dict(source=self.source, dataroot=self.dataroot, version=self.version, labels=self.labels,
                     scenes=self.scenes, split=self.split, **self.reader_options)
-
-
-@dataclass
-class SkippedFrame:
-    scene: str
-    token: str
-    problem: str  # the one-line message, naming the file
 
 
 @dataclass
@@ -134,19 +127,26 @@ def _camera(cam: Camera, image_root: Path, embed: bool) -> Camera:
 # -- one scene ------------------------------------------------------------------------------------
 @dataclass
 class _Job:
-    """What a worker needs to convert scenes (picklable)."""
+    """One conversion's per-scene work (picklable: it travels to worker processes, converters.scene_run)."""
 
     reader_kwargs: dict
-    writer_kwargs: dict
-    out: Path
+    writer: ResumableWriter
     embed_images: bool
     store_points: bool
     on_error: str
 
+    def run(self, reader: SceneReader, scene: str, on_frame: Callable[[str], None] | None) -> tuple[int, list[SkippedFrame]]:
+        """Convert one scene into its part file; returns (frames written, frames skipped)."""
+        skipped: list[SkippedFrame] = []
+        # The skip list goes next to the part before the part is committed, so a resumed run can report it.
+        log = _skip_log(self.writer, scene)
+        frames = _then_write_skip_log(_scene_frames(reader, self, scene, skipped, on_frame), skipped, log)
+        return self.writer.write_scene(scene, frames), skipped
+
 
 def _scene_frames(reader: SceneReader, job: _Job, scene: str, skipped: list[SkippedFrame],
                   on_frame: Callable[[str], None] | None) -> Iterator[OccFrame]:
-    grid, taxonomy = job.writer_kwargs["grid"], job.writer_kwargs["taxonomy"]
+    grid, taxonomy = job.writer.writer_kwargs["grid"], job.writer.writer_kwargs["taxonomy"]
 
     def handle(scene_name: str, token: str, err: ConverterError) -> None:
         if job.on_error == "stop":
@@ -169,39 +169,10 @@ def _skip_log(writer: ResumableWriter, scene: str) -> Path:
     return writer.part_path(scene).with_suffix(".skipped.json")
 
 
-def convert_scene(reader: SceneReader, writer: ResumableWriter, job: _Job, scene: str,
-                  on_frame: Callable[[str], None] | None = None) -> tuple[int, list[SkippedFrame]]:
-    """Convert one scene into its part file; returns (frames written, frames skipped)."""
-    skipped: list[SkippedFrame] = []
-    # The skip list goes next to the part before the part is committed, so a resumed run can report it.
-    log = _skip_log(writer, scene)
-    frames = _then_write_skip_log(_scene_frames(reader, job, scene, skipped, on_frame), skipped, log)
-    count = writer.write_scene(scene, frames)
-    return count, skipped
-
-
 def _then_write_skip_log(frames: Iterator[OccFrame], skipped: list[SkippedFrame], log: Path) -> Iterator[OccFrame]:
     """Pass the frames through; once they are exhausted, record the skipped ones in ``log``."""
     yield from frames
     log.write_text(json.dumps([asdict(s) for s in skipped]))
-
-
-# -- worker processes -----------------------------------------------------------------------------
-_WORKER: dict = {}
-
-
-def _worker_init(job: _Job) -> None:
-    # Under 'fork' the parent's reader is inherited (no second load of the tables); under 'spawn'
-    # each worker opens its own.
-    if "reader" not in _WORKER:
-        _WORKER["reader"] = open_reader(**job.reader_kwargs)
-    _WORKER["job"] = job
-    _WORKER["writer"] = ResumableWriter(job.out, **job.writer_kwargs)
-
-
-def _worker_scene(scene: str) -> tuple[str, int, list[SkippedFrame]]:
-    count, skipped = convert_scene(_WORKER["reader"], _WORKER["writer"], _WORKER["job"], scene)
-    return scene, count, skipped
 
 
 # -- the whole run --------------------------------------------------------------------------------
@@ -222,20 +193,13 @@ def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> Con
         raise ConverterError(config.out, "output exists; pass --overwrite to replace it")
     reader = open_reader(**config.reader_kwargs())
     grid, taxonomy = output_layout(reader, config)
-    skipped: list[SkippedFrame] = []
-    for err in reader.open_errors:  # e.g. a corrupt OpenScene meta pickle: its log is left out
-        if config.on_error == "stop":
-            raise err
-        skipped.append(SkippedFrame("(whole log)", "-", str(err)))
-    index, count = config.shard
-    scenes = reader.scene_names()[index::count]
-    if not scenes:
-        raise ConverterError(config.dataroot, f"no scene selected (shard {index}/{count} of {len(reader.scene_names())})")
+    skipped = open_error_skips(reader, config.on_error)  # e.g. a corrupt OpenScene meta pickle: its log is left out
+    scenes = select_scenes(reader, config.shard, config.dataroot)
     writer_kwargs = dict(grid=grid, taxonomy=taxonomy, source=config.source, command=config.command,
                          camera_names=reader.camera_names,
                          image_root=None if config.embed_images else str(Path(reader.image_root).resolve()))
     writer = ResumableWriter(config.out, **writer_kwargs)
-    job = _Job(config.reader_kwargs(), writer_kwargs, config.out, config.embed_images, config.store_points, config.on_error)
+    job = _Job(config.reader_kwargs(), writer, config.embed_images, config.store_points, config.on_error)
 
     done = [s for s in scenes if writer.is_done(s)]
     for scene in done:
@@ -246,27 +210,8 @@ def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> Con
         if log.is_file():
             skipped += [SkippedFrame(**row) for row in json.loads(log.read_text())]
     progress.start(len(scenes), len(done))
-    frames = 0
-    if config.workers == 1 or len(todo) <= 1:
-        for scene in todo:
-            progress.scene_started(scene)
-            n, bad = convert_scene(reader, writer, job, scene, on_frame=progress.frame_done)
-            frames += n
-            skipped += bad
-            progress.scene_done(scene, n, len(bad))
-    else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        if method == "fork":
-            _WORKER.update(reader=reader, job=job)
-        context = multiprocessing.get_context(method)
-        try:
-            with context.Pool(min(config.workers, len(todo)), initializer=_worker_init, initargs=(job,)) as pool:
-                for scene, n, bad in pool.imap_unordered(_worker_scene, todo):
-                    frames += n
-                    skipped += bad
-                    progress.scene_done(scene, n, len(bad))
-        finally:
-            _WORKER.clear()  # never hand this run's reader to a later run's workers
+    frames, bad = run_scenes(job, reader, todo, workers=config.workers, progress=progress)
+    skipped += bad
     merge_started = time.perf_counter()
     writer.finalize(scene_order=scenes)
     finished = time.perf_counter()
@@ -284,27 +229,4 @@ def _check_part_matches(part: Path, writer_kwargs: dict) -> None:
                                           "--embed-images differ); delete it or choose another --out")
 
 
-def check_run_options(on_error: str, workers: int, shard: tuple[int, int]) -> None:
-    """The options every scene-by-scene driver shares (convert, build-binary)."""
-    if on_error not in ("skip", "stop"):
-        raise ConverterError(on_error, "--on-error must be 'skip' or 'stop'")
-    if workers < 1:
-        raise ConverterError(str(workers), "--workers must be at least 1")
-    index, count = shard
-    if not (count >= 1 and 0 <= index < count):
-        raise ConverterError(f"{index}/{count}", "--shard must be i/N with 0 <= i < N")
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/N' -> (i, N); None -> (0, 1)."""
-    if not text:
-        return (0, 1)
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ConverterError(text, "--shard must look like i/N, e.g. 0/4") from None
-    return index, count
-
-
-__all__ = ["ConvertConfig", "ConvertSummary", "SkippedFrame", "convert", "occ_frame_of",
-           "parse_shard"]
+__all__ = ["ConvertConfig", "ConvertSummary", "convert", "occ_frame_of"]

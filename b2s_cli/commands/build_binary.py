@@ -12,7 +12,8 @@ from rich.console import Console
 
 from b2s_cli.errors import cli_errors
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
-from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build, parse_shard
+from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
+from converters.scene_run import parse_shard
 
 _console = Console(highlight=False)
 

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from b2s_cli.errors import cli_errors
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
-from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert, parse_shard
+from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert
+from converters.scene_run import parse_shard
 
 _console = Console(highlight=False)
 
