@@ -43,13 +43,14 @@ def count_labels(paths: Sequence[str | Path], num_classes: int, free_index: int,
 
 def labels_of_frame(frame, free_index: int) -> np.ndarray | None:
     """(X, Y, Z) uint8 hard labels of a frame: its semantics, or the first class of its Top2 pairs."""
+    from b2s_core.data.targets import dense_top2
+
     if frame.semantics is not None:
         return frame.semantics
-    if frame.top2_labels is None or frame.occupancy is None:
+    if frame.top2_labels is None or frame.top2_logits is None or frame.occupancy is None:
         return None
-    labels = np.full(frame.occupancy.shape, free_index, dtype=np.uint8)
-    labels[frame.occupancy] = frame.top2_labels[:, 0]  # pairs are stored for the occupied voxels in C order
-    return labels
+    labels, _ = dense_top2(frame.occupancy, frame.top2_labels, frame.top2_logits, free_index)  # as training sees them
+    return labels[..., 0]
 
 
 def weights_from_counts(counts: np.ndarray, power: float) -> np.ndarray:
