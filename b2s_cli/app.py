@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from b2s_cli.commands import autolabel
@@ -40,7 +42,13 @@ app.command("autolabel")(autolabel.autolabel)
 app.command("visualize")(visualize.visualize)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Library warnings as one line each, like the errors (no source path or code line)."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
+    warnings.formatwarning = _one_line_warning
     app()
 
 

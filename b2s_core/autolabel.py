@@ -1,22 +1,27 @@
 """``b2s autolabel``: an offboard model labels binary-only data; the labels are written as pseudo-labels.
 
-The offboard model takes the ground-truth binary grid as input (free space is known), so only the
-occupied voxels need a class. The pseudo-label file is the unified format with the data file's
-grid, scenes, poses, cameras (and visibility masks), the model's taxonomy, and per frame:
+The offboard model takes the ground-truth binary grid as input; its output is certain free outside
+that occupied set (on the model's binary grid) and its own choice, free included, inside it. The
+pseudo-label file is the unified format with the data file's grid, scenes, poses, cameras (and
+visibility masks), the model's taxonomy, and per frame one of two forms:
 
-* Top1: ``semantics`` = the best non-free class of each occupied voxel (the format stores one
-  byte per occupied voxel; free elsewhere).
-* Top2: as Top1, plus ``top2_labels`` / ``top2_logits`` (M, 2): the two best non-free classes of
-  the M occupied voxels (C order) and their logits (float16), best first. Training turns them into
-  soft targets (softmax over the two logits, ``b2s_core.data.targets.dense_top2``).
+* ``paper`` (default; the paper's App. D): Top1 is the class of highest probability over *all*
+  classes, free included, so the file's geometry is the model's. Top2 keeps the two highest, free
+  included, for every voxel the model could label (``top2_support``: the given occupied set on the
+  binary grid, painted on the file grid), with their logits; elsewhere the voxel is free for sure.
+* ``given-geometry`` (an option, not the paper): the occupied voxels of the given binary grid keep
+  their geometry and get the best non-free class(es), so Top1 and Top2 share the GT geometry.
 
-Free is excluded from the choice because the binary input already says these voxels are occupied
-(and the format requires ``semantics != free`` exactly on the occupied voxels).
-Optional test-time augmentation averages the logits of the four BEV flips.
+Either way ``semantics`` holds the Top1 label and ``occupancy`` is ``semantics != free``; Top2 adds
+``top2_labels`` / ``top2_logits`` (M, 2) for the M voxels of the support (C order), best first,
+logits as float16. Training turns them into soft targets (softmax over the two logits,
+``b2s_core.data.targets.dense_top2``). Optional test-time augmentation averages the logits of the
+four BEV flips.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +31,13 @@ import numpy as np
 import torch
 
 from b2s_core.errors import B2SError
+from b2s_core.models.occupied_set import upsample_occupancy
 from b2s_core.predict import ALL_FLIPS, NO_FLIP, Progress, check_grid, copy_frame, given_occupancy_of, iterate_batches, open_inputs, run_model
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import TAXONOMIES, Taxonomy, get_taxonomy
 
 MODES = ("top1", "top2")
+FORMS = ("paper", "given-geometry")
 
 
 class AutolabelError(B2SError):
@@ -40,6 +47,7 @@ class AutolabelError(B2SError):
 @dataclass(frozen=True)
 class AutolabelConfig:
     mode: str = "top2"  # 'top1' (best class) or 'top2' (two best classes and their logits)
+    form: str = "paper"  # 'paper' (free among the candidates: the model's geometry) or 'given-geometry'
     tta: bool = False  # average the logits of the four BEV flips
     batch_size: int = 1
     device: str = "cpu"
@@ -49,6 +57,8 @@ class AutolabelConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise AutolabelError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.form not in FORMS:
+            raise AutolabelError(f"pseudo-label form must be one of {', '.join(FORMS)}, got '{self.form}'")
         if self.batch_size < 1:
             raise AutolabelError(f"batch size must be >= 1, got {self.batch_size}")
 
@@ -57,33 +67,50 @@ class AutolabelConfig:
 class AutolabelReport:
     path: Path
     mode: str
+    form: str
     frames: int
     occupied_voxels: int  # over all frames
     bytes_per_frame: dict[str, float] = field(default_factory=dict)  # see pseudo_label_bytes
 
 
+@dataclass
+class PseudoLabels:
+    """One frame's pseudo-labels on the file grid (X, Y, Z)."""
+
+    semantics: np.ndarray  # (X, Y, Z) uint8, the Top1 label (free where unoccupied)
+    occupancy: np.ndarray  # (X, Y, Z) bool, semantics != free
+    top2_labels: np.ndarray | None = None  # (M, 2) uint8, best first, for the M voxels of the support
+    top2_logits: np.ndarray | None = None  # (M, 2) float16
+    top2_support: np.ndarray | None = None  # (X, Y, Z) bool; None: the support is ``occupancy``
+
+
 # -- the labelling itself (pure) -----------------------------------------------------------------------
-def pseudo_labels(
-    semantic_logits: torch.Tensor, occupancy: np.ndarray, free_index: int, mode: str
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def pseudo_labels(semantic_logits: torch.Tensor, *, given: np.ndarray, labelled: np.ndarray, free_index: int,
+                  mode: str, form: str = "paper") -> PseudoLabels:
     """One frame's pseudo-labels.
 
-    semantic_logits: (K, X, Y, Z) float; occupancy: (X, Y, Z) bool, the given binary grid.
-    Returns semantics (X, Y, Z) uint8 (best non-free class where occupied, free elsewhere) and, for
-    'top2', top2_labels (M, 2) uint8 and top2_logits (M, 2) float16 of the M occupied voxels in C order.
+    semantic_logits: (K, X, Y, Z) float, the offboard model's output; given: (X, Y, Z) bool, the
+    given binary grid; labelled: (X, Y, Z) bool, the voxels the model labels (the given set on the
+    model's binary grid, painted on the file grid: outside it the output is certain free).
+    paper: top-k over all K classes on ``labelled``; given-geometry: top-k over the non-free classes
+    on ``given``.
     """
     K = semantic_logits.shape[0]
-    flat = torch.from_numpy(np.flatnonzero(occupancy)).to(semantic_logits.device)  # (M,)
+    paper = form == "paper"
+    voxels = labelled if paper else given
+    flat = torch.from_numpy(np.flatnonzero(voxels)).to(semantic_logits.device)  # (M,) C order
     logits = semantic_logits.reshape(K, -1)[:, flat].float()  # (K, M)
-    logits[free_index] = -torch.inf  # occupied is given: free is not a candidate
+    if not paper:
+        logits[free_index] = -torch.inf  # the given geometry stays: free is not a candidate
     values, labels = torch.topk(logits, k=2, dim=0)  # (2, M) each, best first
-    semantics = np.full(occupancy.shape, free_index, dtype=np.uint8)
+    semantics = np.full(voxels.shape, free_index, dtype=np.uint8)
     semantics.reshape(-1)[flat.cpu().numpy()] = labels[0].to(torch.uint8).cpu().numpy()
-    if mode == "top1":
-        return semantics, None, None
-    top2_labels = labels.T.to(torch.uint8).cpu().numpy()  # (M, 2)
-    top2_logits = values.T.to(torch.float16).cpu().numpy()  # (M, 2)
-    return semantics, top2_labels, top2_logits
+    out = PseudoLabels(semantics=semantics, occupancy=semantics != free_index)
+    if mode == "top2":
+        out.top2_labels = labels.T.to(torch.uint8).cpu().numpy()  # (M, 2)
+        out.top2_logits = values.T.to(torch.float16).cpu().numpy()  # (M, 2)
+        out.top2_support = voxels.copy() if paper else None
+    return out
 
 
 def model_taxonomy(model_config, train_config, override: str | None) -> Taxonomy:
@@ -128,13 +155,16 @@ def autolabel_to_file(
     taxonomy: Taxonomy,
     config: AutolabelConfig = AutolabelConfig(),
     command: str = "",
+    labeller: str = "",
     progress: Progress | None = None,
 ) -> AutolabelReport:
     """Label every frame of ``dataset`` (an OccTrainDataset over the binary data) and write ``out_path``.
 
     Long runs resume: each scene is written to its own part file under ``<out>.parts/`` as soon as
     it is labelled, a rerun of the same command skips the scenes already there, and the parts are
-    merged into ``out_path`` (atomically) at the end.
+    merged into ``out_path`` (atomically) at the end. ``labeller`` names the model (``autolabel``
+    passes the checkpoint's identity): a rerun with another model, other data or other settings is
+    refused rather than mixed with the finished scenes.
     """
     from b2s_core.occfile import ResumableWriter
 
@@ -156,14 +186,17 @@ def autolabel_to_file(
             logits = run_model(model, batch, occ.grid, given_occupancy=given, flips=flips, device=config.device)
             if logits.semantic is None:
                 raise AutolabelError("the model returned no semantic logits")
+            labelled = upsample_occupancy(given, model_config.output_from_binary).cpu().numpy()  # (B, X, Y, Z)
             for b, index in enumerate(frame_ids):
                 source = occ.read(index, fields=("mask_camera", "mask_lidar", "points", "cameras"), images="embedded")
                 frame = copy_frame(source)
                 frame.mask_camera, frame.mask_lidar = source.mask_camera, source.mask_lidar
-                frame.occupancy = np.asarray(source.occupancy, dtype=bool)
-                frame.semantics, frame.top2_labels, frame.top2_logits = pseudo_labels(
-                    logits.semantic[b], frame.occupancy, taxonomy.free_index, config.mode
-                )
+                labels = pseudo_labels(logits.semantic[b], given=np.asarray(source.occupancy, dtype=bool),
+                                       labelled=labelled[b], free_index=taxonomy.free_index, mode=config.mode,
+                                       form=config.form)
+                frame.occupancy, frame.semantics = labels.occupancy, labels.semantics
+                frame.top2_labels, frame.top2_logits = labels.top2_labels, labels.top2_logits
+                frame.top2_support = labels.top2_support
                 yield frame
             done += len(frame_ids)
             if progress is not None:
@@ -171,38 +204,52 @@ def autolabel_to_file(
 
     writer = ResumableWriter(out_path, grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
                              camera_names=occ.camera_names, image_root=image_root)
+    data = [str(Path(path).resolve()) for path in occ.paths]
+    _check_resume_settings(writer.parts_dir, {"mode": config.mode, "form": config.form, "tta": config.tta,
+                                              "labeller": labeller, "data": data})
     for scene in occ.scenes:
         if writer.is_done(scene.name):
-            _check_part_mode(writer.part_path(scene.name), config.mode)
             done += len(scene)
             continue
         writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
     path = writer.finalize(scene_order=[scene.name for scene in occ.scenes])
     sizes = pseudo_label_bytes(path)
-    return AutolabelReport(path=path, mode=config.mode, frames=total,
+    return AutolabelReport(path=path, mode=config.mode, form=config.form, frames=total,
                            occupied_voxels=int(round(sizes["labels_raw"] * total)), bytes_per_frame=sizes)
 
 
-def _check_part_mode(part: Path, mode: str) -> None:
-    """A scene finished by an interrupted earlier run is reused only if it was labelled the same way."""
-    from b2s_core.occfile import FLAG_TOP2, OccDataset
+_SETTINGS_NAME = "labelling.json"
 
-    dataset = OccDataset(part)
-    with_top2 = dataset.count_flag(FLAG_TOP2)
-    dataset.close()
-    if with_top2 != (len(dataset) if mode == "top2" else 0):
-        raise AutolabelError(
-            f"{part.parent}: scenes left by an earlier {'top1' if mode == 'top2' else 'top2'} run; "
-            f"delete that folder or label with the same mode"
-        )
+
+def _check_resume_settings(parts_dir: Path, settings: dict) -> None:
+    """Scenes finished by an interrupted earlier run are reused only if they were labelled the same
+    way: the first run records its settings beside its parts; a rerun with others is refused."""
+    record = parts_dir / _SETTINGS_NAME
+    if record.is_file():
+        try:
+            earlier = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            earlier = None
+        if earlier != settings:
+            if isinstance(earlier, dict):
+                described = ", ".join(f"{k} {earlier.get(k, '(none)')}" for k in settings if earlier.get(k) != settings[k])
+            else:
+                described = "unreadable settings"
+            raise AutolabelError(f"{parts_dir}: scenes left by an earlier run with other settings ({described}); "
+                                 "delete that folder or label with the same settings")
+        return
+    temp = record.with_name(f".{record.name}.tmp")
+    temp.write_text(json.dumps(settings, sort_keys=True))
+    temp.replace(record)
 
 
 def pseudo_label_bytes(path: str | os.PathLike) -> dict[str, float]:
     """Storage per frame of a pseudo-label file, in bytes.
 
     ``labels`` / ``top2``: the compressed bytes of the per-voxel classes (Top1) and of the Top2
-    classes + logits on disk; ``labels_raw`` / ``top2_raw``: the same before compression (1 and
-    6 bytes per occupied voxel); ``file``: the whole file (grids, cameras, images) per frame.
+    classes + logits (+ the support grid of paper-form Top2) on disk; ``labels_raw`` / ``top2_raw``:
+    the classes and logits before compression (1 byte per occupied voxel, 6 per voxel of the Top2
+    support); ``file``: the whole file (grids, cameras, images) per frame.
     """
     import h5py
 
@@ -220,7 +267,7 @@ def pseudo_label_bytes(path: str | os.PathLike) -> dict[str, float]:
         out = {
             "labels": stored("labels") / frames,
             "labels_raw": raw("labels") / frames,
-            "top2": stored("top2_labels", "top2_logits") / frames,
+            "top2": (stored("top2_labels", "top2_logits") + h5["frames/top2_support"].id.get_storage_size()) / frames,
             "top2_raw": raw("top2_labels", "top2_logits") / frames,
         }
     out["file"] = path.stat().st_size / frames
@@ -240,6 +287,9 @@ def autolabel(
     loaded = load_checkpoint(checkpoint, map_location=config.device)
     taxonomy = model_taxonomy(loaded.model_config, loaded.train_config, config.taxonomy)
     dataset = open_inputs(data_path, loaded.model_config)
-    command = f"b2s autolabel --checkpoint {checkpoint} --data {data_path} --{config.mode} --out {out_path}" + (" --tta" if config.tta else "")
+    command = (f"b2s autolabel --checkpoint {checkpoint} --data {data_path} --{config.mode} --form {config.form} "
+               f"--out {out_path}" + (" --tta" if config.tta else ""))
+    stat = Path(checkpoint).stat()
+    labeller = f"{Path(checkpoint).resolve()} ({stat.st_size} bytes, modified {stat.st_mtime_ns})"
     return autolabel_to_file(loaded.model, dataset, out_path, model_config=loaded.model_config, taxonomy=taxonomy,
-                             config=config, command=command, progress=progress)
+                             config=config, command=command, labeller=labeller, progress=progress)

@@ -53,11 +53,13 @@ FLAG_MASK_CAMERA = 4
 FLAG_TOP2 = 8
 FLAG_BINARY_PRED = 16
 FLAG_POINTS = 32
+FLAG_TOP2_SUPPORT = 64
 _PACKED_FIELDS = {  # field -> flag, for the bit-packed (N, P) grids
     "occupancy": 0,
     "mask_lidar": FLAG_MASK_LIDAR,
     "mask_camera": FLAG_MASK_CAMERA,
     "binary_pred": FLAG_BINARY_PRED,
+    "top2_support": FLAG_TOP2_SUPPORT,
 }
 # What OccDataset.read can decode; pass a subset to skip the rest.
 FIELDS = ("occupancy", "semantics", "mask_lidar", "mask_camera", "binary_pred", "top2", "points", "cameras")
@@ -267,12 +269,16 @@ class OccWriter:
             ds.resize(i + 1, axis=0)
             ds[i] = np.packbits(bits)  # the rows of absent fields are never allocated: no space used
         top2_range = (h5["ragged/top2_labels"].shape[0], 0)
+        if frame.top2_support is not None and frame.top2_labels is None:
+            raise OccFormatError(f"{self.path}: {where} has a top2_support grid but no top2 arrays")
         if frame.top2_labels is not None:
-            num_occupied = int(occupancy.sum())
+            support = occupancy if frame.top2_support is None else np.asarray(frame.top2_support, dtype=bool)
+            rows = int(support.sum())
             top2_labels = np.asarray(frame.top2_labels, dtype=np.uint8)
             top2_logits = np.asarray(frame.top2_logits, dtype=np.float16)
-            if top2_labels.shape != (num_occupied, 2) or top2_logits.shape != (num_occupied, 2):
-                raise OccFormatError(f"{self.path}: {where} top2 arrays must be ({num_occupied}, 2), one row per occupied voxel")
+            if top2_labels.shape != (rows, 2) or top2_logits.shape != (rows, 2):
+                what = "occupied voxel" if frame.top2_support is None else "voxel of top2_support"
+                raise OccFormatError(f"{self.path}: {where} top2 arrays must be ({rows}, 2), one row per {what}")
             top2_range = self._append(h5["ragged/top2_labels"], top2_labels)
             self._append(h5["ragged/top2_logits"], top2_logits)
             flags |= FLAG_TOP2
@@ -357,7 +363,7 @@ class OccWriter:
     def _encode_grids(self, frame: OccFrame, occupancy: np.ndarray, where: str) -> dict[str, np.ndarray]:
         """The bit-packed grids of a frame, masks relative to their references (see _encode_xor)."""
         shape = self.grid.shape
-        grids = {name: getattr(frame, name) for name in ("mask_lidar", "mask_camera", "binary_pred")}
+        grids = {name: getattr(frame, name) for name in ("mask_lidar", "mask_camera", "binary_pred", "top2_support")}
         for name, grid in grids.items():
             if grid is not None and np.shape(grid) != shape:
                 raise OccFormatError(f"{self.path}: {where} {name} has shape {np.shape(grid)}, the file's grid is {shape}")
@@ -373,6 +379,11 @@ class OccWriter:
             out["mask_camera"] = _encode_reordered(np.asarray(grids["mask_camera"], dtype=bool), reference)
         if grids["binary_pred"] is not None:
             out["binary_pred"] = _encode_xor(np.asarray(grids["binary_pred"], dtype=bool), occupancy).reshape(-1)
+        if grids["top2_support"] is not None:
+            support = np.asarray(grids["top2_support"], dtype=bool)
+            if np.any(occupancy & ~support):
+                raise OccFormatError(f"{self.path}: {where} top2_support must contain every occupied voxel")
+            out["top2_support"] = _encode_xor(support, occupancy).reshape(-1)
         return out
 
     def _write_cameras(self, cameras: list[Camera], where: str) -> None:
@@ -723,6 +734,8 @@ class OccDataset:
             frame.mask_camera = _decode_reordered(_unpack(ds("frames/mask_camera")[i], shape).reshape(-1), reference)
         if "binary_pred" in fields and flags & FLAG_BINARY_PRED:
             frame.binary_pred = np.logical_xor(_unpack(ds("frames/binary_pred")[i], shape), occupancy)
+        if "top2" in fields and flags & FLAG_TOP2_SUPPORT:
+            frame.top2_support = np.logical_xor(_unpack(ds("frames/top2_support")[i], shape), occupancy)
         if "top2" in fields and flags & FLAG_TOP2:
             start, count = shard.top2_range[i]
             frame.top2_labels = ds("ragged/top2_labels")[start:start + count]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from b2s_core.errors import B2SError
+from b2s_core.models.occupied_set import given_occupancy, upsample_occupancy
 from b2s_core.records import OccFrame
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
@@ -102,16 +103,13 @@ def binary_on_grid(binary_logits: torch.Tensor, shape: tuple[int, int, int], thr
     X, Y, Z = shape
     if X % Xb or Y % Yb or Z % Zb:
         raise PredictError(f"binary decoder grid {(Xb, Yb, Zb)} does not divide the file grid {shape}")
-    occupied = occupied.repeat_interleave(X // Xb, 1).repeat_interleave(Y // Yb, 2).repeat_interleave(Z // Zb, 3)
-    return occupied.cpu().numpy()
+    return upsample_occupancy(occupied, (X // Xb, Y // Yb, Z // Zb)).cpu().numpy()
 
 
 def given_occupancy_of(batch: dict[str, torch.Tensor], binary_shape: tuple[int, int, int]) -> torch.Tensor:
-    """The ground-truth binary grid of a batch pooled to the model's binary grid: (B, Xb, Yb, Zb) bool."""
-    from b2s_core.train.objectives import pool_binary_target
-
-    occupied, _ = pool_binary_target(batch["binary"], binary_shape)
-    return occupied > 0
+    """The ground-truth binary grid of a batch pooled to the model's binary grid: (B, Xb, Yb, Zb) bool
+    (``b2s_core.models.occupied_set.given_occupancy``, the same call as in training)."""
+    return given_occupancy(batch["binary"], binary_shape)
 
 
 def iterate_batches(dataset, indices: Sequence[int], batch_size: int, num_workers: int = 0) -> Iterator[tuple[list[int], dict]]:

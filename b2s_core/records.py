@@ -100,7 +100,8 @@ class OccFrame:
 
     ``occupancy`` is always present. ``semantics`` (uint8, the file's taxonomy) when the frame is
     labelled; its free voxels are exactly the non-occupied ones. ``top2_labels`` / ``top2_logits``
-    (M, 2) are soft pseudo-labels of the M occupied voxels in C order (``np.flatnonzero``).
+    (M, 2) are soft pseudo-labels of the M voxels of ``top2_support`` in C order (``np.flatnonzero``);
+    without a support grid they belong to the M occupied voxels.
     """
 
     scene: str
@@ -114,6 +115,7 @@ class OccFrame:
     mask_camera: np.ndarray | None = None  # (X, Y, Z) bool
     top2_labels: np.ndarray | None = None  # (M, 2) uint8, best class first
     top2_logits: np.ndarray | None = None  # (M, 2) float16
+    top2_support: np.ndarray | None = None  # (X, Y, Z) bool, contains occupancy; None: the pairs are the occupied voxels'
     binary_pred: np.ndarray | None = None  # (X, Y, Z) bool, a prediction file's binary-decoder output
     points: np.ndarray | None = None  # (N, 3) float32 key-frame LiDAR points in the ego frame
     lidar_origin: np.ndarray | None = None  # (3,) float32 LiDAR centre in the ego frame

@@ -95,6 +95,10 @@ class StandInConfig:
     def binary_shape(self) -> tuple[int, int, int]:
         return tuple(s // f for s, f in zip(self.output_grid.shape, self.binary_stride))
 
+    @property
+    def output_from_binary(self) -> tuple[int, int, int]:
+        return self.binary_stride
+
 
 @dataclass
 class StandInOutput:

@@ -17,13 +17,14 @@ from b2s_core.taxonomy import OCC3D
 OFFBOARD = StandInConfig(offboard=True)
 
 
-def reference_pseudo_labels(logits: np.ndarray, occupancy: np.ndarray, free: int):
-    """Plain per-voxel loop: the two best non-free classes of each occupied voxel, C order."""
-    semantics = np.full(occupancy.shape, free, np.uint8)
+def reference_pseudo_labels(logits: np.ndarray, voxels: np.ndarray, free: int, with_free: bool):
+    """Plain per-voxel loop: the two best classes of each voxel of ``voxels`` (free among them
+    when ``with_free``: the paper's form), C order; free elsewhere."""
+    semantics = np.full(voxels.shape, free, np.uint8)
     labels, values = [], []
-    for flat in np.flatnonzero(occupancy):
-        i, j, k = np.unravel_index(flat, occupancy.shape)
-        scores = [(logits[c, i, j, k], c) for c in range(logits.shape[0]) if c != free]
+    for flat in np.flatnonzero(voxels):
+        i, j, k = np.unravel_index(flat, voxels.shape)
+        scores = [(logits[c, i, j, k], c) for c in range(logits.shape[0]) if with_free or c != free]
         scores.sort(key=lambda s: -s[0])
         semantics[i, j, k] = scores[0][1]
         labels.append([scores[0][1], scores[1][1]])
@@ -35,18 +36,33 @@ def test_pseudo_labels_match_per_voxel_loop():
     rng = np.random.default_rng(0)
     shape = (6, 5, 4)
     logits = rng.standard_normal((18, *shape)).astype(np.float32)
-    logits[17] += 5.0  # the model would say "free" almost everywhere: occupied voxels still get a class
-    occupancy = rng.random(shape) < 0.4
-    semantics, top2_labels, top2_logits = pseudo_labels(torch.from_numpy(logits), occupancy, 17, "top2")
-    ref_semantics, ref_labels, ref_logits = reference_pseudo_labels(logits, occupancy, 17)
-    np.testing.assert_array_equal(semantics, ref_semantics)
-    np.testing.assert_array_equal(top2_labels, ref_labels)
-    np.testing.assert_array_equal(top2_logits, ref_logits)
-    assert top2_logits.dtype == np.float16 and top2_labels.shape == (occupancy.sum(), 2)
-    assert np.array_equal(semantics != 17, occupancy)
-    top1 = pseudo_labels(torch.from_numpy(logits), occupancy, 17, "top1")
-    np.testing.assert_array_equal(top1[0], ref_semantics)
-    assert top1[1] is None and top1[2] is None
+    logits[17] += 1.0  # the model says "free" for many voxels
+    given = rng.random(shape) < 0.3
+    labelled = given | (rng.random(shape) < 0.3)  # the given set on a coarser grid covers more voxels
+    torch_logits = torch.from_numpy(logits)
+
+    # given-geometry (an option): the given voxels keep their geometry and get the best non-free classes
+    labels = pseudo_labels(torch_logits, given=given, labelled=labelled, free_index=17, mode="top2", form="given-geometry")
+    ref_semantics, ref_labels, ref_logits = reference_pseudo_labels(logits, given, 17, with_free=False)
+    np.testing.assert_array_equal(labels.semantics, ref_semantics)
+    np.testing.assert_array_equal(labels.top2_labels, ref_labels)
+    np.testing.assert_array_equal(labels.top2_logits, ref_logits)
+    assert labels.top2_logits.dtype == np.float16 and labels.top2_support is None
+    assert np.array_equal(labels.occupancy, given)
+
+    # the paper's form (App. D, the default): free is a candidate, so the geometry is the model's
+    labels = pseudo_labels(torch_logits, given=given, labelled=labelled, free_index=17, mode="top2")
+    ref_semantics, ref_labels, ref_logits = reference_pseudo_labels(logits, labelled, 17, with_free=True)
+    np.testing.assert_array_equal(labels.semantics, ref_semantics)
+    np.testing.assert_array_equal(labels.top2_labels, ref_labels)
+    np.testing.assert_array_equal(labels.top2_logits, ref_logits)
+    np.testing.assert_array_equal(labels.top2_support, labelled)
+    assert np.array_equal(labels.occupancy, labels.semantics != 17)
+    assert not np.array_equal(labels.occupancy, given)  # free won some given voxels, others won outside it
+    assert (labels.top2_labels == 17).any(axis=1).sum() > 0  # free kept as one of the two
+    top1 = pseudo_labels(torch_logits, given=given, labelled=labelled, free_index=17, mode="top1")
+    np.testing.assert_array_equal(top1.semantics, ref_semantics)
+    assert top1.top2_labels is None and top1.top2_logits is None and top1.top2_support is None
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +74,18 @@ def binary_data(tmp_path_factory):
     return write_file(root / "binary.h5", scenes), scenes
 
 
-def label_file(path, data_path, mode, tta=False, model=None):
+def label_file(path, data_path, mode, tta=False, model=None, form="paper"):
     dataset = open_inputs(data_path, OFFBOARD)
     model = model or StandInModel(OFFBOARD)
     return autolabel_to_file(model, dataset, path, model_config=OFFBOARD, taxonomy=OCC3D,
-                             config=AutolabelConfig(mode=mode, tta=tta, batch_size=2))
+                             config=AutolabelConfig(mode=mode, form=form, tta=tta, batch_size=2))
+
+
+def labelled_region(occupancy: np.ndarray) -> np.ndarray:
+    """The given occupancy on the stand-in's binary grid (2 x 2 x 1 blocks), painted back on the file grid."""
+    X, Y, Z = occupancy.shape
+    coarse = occupancy.reshape(X // 2, 2, Y // 2, 2, Z).any(axis=(1, 3))
+    return coarse.repeat(2, 0).repeat(2, 1)
 
 
 def expected_logits(data_path, flips=((False, False),)):
@@ -76,31 +99,43 @@ def expected_logits(data_path, flips=((False, False),)):
     return out
 
 
+@pytest.mark.parametrize("form", ["paper", "given-geometry"])
 @pytest.mark.parametrize("mode", ["top1", "top2"])
-def test_pseudo_label_file_round_trip(tmp_path, binary_data, mode):
+def test_pseudo_label_file_round_trip(tmp_path, binary_data, mode, form):
     data_path, scenes = binary_data
-    report = label_file(tmp_path / f"{mode}.h5", data_path, mode)
+    report = label_file(tmp_path / f"{mode}.h5", data_path, mode, form=form)
     frames = [f for name in scenes for f in scenes[name]]
     labels = OccDataset(report.path)
     assert labels.taxonomy.name == "occ3d" and [s.name for s in labels.scenes] == ["s0", "s1"]
-    assert report.frames == 3 and report.occupied_voxels == sum(int(f.occupancy.sum()) for f in frames)
+    assert report.frames == 3 and report.form == form
+    paper = form == "paper"
+    occupied, support_voxels = 0, 0
     for i, (truth, logits) in enumerate(zip(frames, expected_logits(data_path))):
         frame = labels.read(i, images=True)
         assert frame.token == truth.token
-        np.testing.assert_array_equal(frame.occupancy, truth.occupancy)
         np.testing.assert_array_equal(frame.mask_camera, truth.mask_camera)
-        semantics, top2_labels, top2_logits = reference_pseudo_labels(logits, truth.occupancy, 17)
+        voxels = labelled_region(truth.occupancy) if paper else truth.occupancy
+        semantics, top2_labels, top2_logits = reference_pseudo_labels(logits, voxels, 17, with_free=paper)
         np.testing.assert_array_equal(frame.semantics, semantics)
+        np.testing.assert_array_equal(frame.occupancy, semantics != 17)
+        if not paper:
+            np.testing.assert_array_equal(frame.occupancy, truth.occupancy)
         if mode == "top2":
             np.testing.assert_array_equal(frame.top2_labels, top2_labels)
             np.testing.assert_array_equal(frame.top2_logits, top2_logits)
+            if paper:
+                np.testing.assert_array_equal(frame.top2_support, voxels)
+            else:
+                assert frame.top2_support is None
         else:
-            assert frame.top2_labels is None
+            assert frame.top2_labels is None and frame.top2_support is None
         assert frame.cameras[0].image_bytes == truth.cameras[0].image_bytes  # the file trains on its own
-    occupied = report.occupied_voxels / report.frames
+        occupied += int(frame.occupancy.sum())
+        support_voxels += int(voxels.sum())
+    assert report.occupied_voxels == occupied
     sizes = report.bytes_per_frame
-    assert sizes["labels_raw"] == pytest.approx(occupied, abs=0.1)
-    assert sizes["top2_raw"] == (pytest.approx(6 * occupied, abs=0.1) if mode == "top2" else 0)
+    assert sizes["labels_raw"] == pytest.approx(occupied / 3, abs=0.1)
+    assert sizes["top2_raw"] == (pytest.approx(6 * support_voxels / 3, abs=0.1) if mode == "top2" else 0)
     assert 0 < sizes["labels"] and sizes["file"] > sizes["labels"] + sizes["top2"]
 
 
@@ -154,6 +189,10 @@ def test_top2_soft_targets_train(tmp_path, binary_data):
     probs = batch["top2_probs"]
     occupied = batch["binary"] == 1
     assert torch.all(probs[occupied][:, 0] >= probs[occupied][:, 1])  # best class first
+    # paper form: the pairs cover the whole labelled region, free among the candidates
+    support = torch.from_numpy(np.stack([dataset.occ.read(i, fields=("top2",)).top2_support for i in range(3)]))
+    assert torch.all(probs[~support][:, 0] == 1) and torch.all(batch["top2_labels"][~support] == 17)
+    assert (probs[support][:, 1] > 0).all() and torch.all(support[occupied])  # occupied voxels lie in the support
     torch.manual_seed(0)
     logits = torch.nn.Parameter(0.01 * torch.randn(3, 18, *SMALL.shape))
     optimiser = torch.optim.Adam([logits], lr=0.1)
@@ -192,9 +231,14 @@ def test_interrupted_run_resumes(tmp_path, binary_data):
     with pytest.raises(RuntimeError, match="killed"):  # dies in scene s1, after scene s0 (2 frames) is done
         autolabel_to_file(CountingModel(OFFBOARD, fail_after=2), dataset, out, model_config=OFFBOARD, taxonomy=OCC3D, config=one_at_a_time)
     assert not out.exists() and len(list(Path(str(out) + ".parts").glob("*.h5"))) == 1
-    with pytest.raises(AutolabelError, match="earlier top2 run"):
+    for other, named in ((AutolabelConfig(mode="top1"), "mode top2"),
+                         (AutolabelConfig(mode="top2", form="given-geometry"), "form paper")):
+        with pytest.raises(AutolabelError, match=f"earlier run with other settings \\({named}\\)"):
+            autolabel_to_file(CountingModel(OFFBOARD), dataset, out, model_config=OFFBOARD, taxonomy=OCC3D,
+                              config=other)
+    with pytest.raises(AutolabelError, match="earlier run with other settings \\(labeller"):  # another model
         autolabel_to_file(CountingModel(OFFBOARD), dataset, out, model_config=OFFBOARD, taxonomy=OCC3D,
-                          config=AutolabelConfig(mode="top1"))
+                          config=one_at_a_time, labeller="another checkpoint")
     model = CountingModel(OFFBOARD)
     report = autolabel_to_file(model, dataset, out, model_config=OFFBOARD, taxonomy=OCC3D, config=one_at_a_time)
     assert model.frames == 1  # only the unfinished scene ran again

@@ -95,16 +95,21 @@ def test_cli_autolabel_from_checkpoint(tmp_path, semantic_data):
     _, data = semantic_data
     checkpoint = save_tiny_checkpoint(tmp_path / "offboard.pt", offboard=True)
     runner = CliRunner()
-    for mode in ("top1", "top2"):
-        out = tmp_path / f"{mode}.h5"
-        result = runner.invoke(app, ["autolabel", "--checkpoint", str(checkpoint), "--data", str(data),
-                                     f"--{mode}", "--out", str(out), "--tta"])
+    for mode, form in (("top1", "paper"), ("top2", "paper"), ("top2", "given-geometry")):
+        out = tmp_path / f"{mode}-{form}.h5"
+        args = ["autolabel", "--checkpoint", str(checkpoint), "--data", str(data), f"--{mode}", "--out", str(out), "--tta"]
+        result = runner.invoke(app, args + ([] if form == "paper" else ["--form", form]))
         assert result.exit_code == 0, result.output
-        assert "bytes per frame" in result.output and "Top1 classes" in result.output
+        assert "bytes per frame" in result.output and "Top1 classes" in result.output and f"{form} form" in result.output
         assert ("Top2 classes" in result.output) == (mode == "top2")
         labels, truth = OccDataset(out), OccDataset(data)
         frame = labels.read(0, fields=("semantics", "top2"))
-        np.testing.assert_array_equal(frame.occupancy, truth.read(0, fields=()).occupancy)
+        given = truth.read(0, fields=()).occupancy
+        if form == "given-geometry":
+            np.testing.assert_array_equal(frame.occupancy, given)
+        else:  # the model's geometry, inside the given set on the binary grid (2 x 2 x 1 here)
+            coarse = given.reshape(8, 2, 8, 2, 8).any(axis=(1, 3)).repeat(2, 0).repeat(2, 1)
+            assert not np.any(frame.occupancy & ~coarse)
         assert (frame.top2_labels is not None) == (mode == "top2")
     both = runner.invoke(app, ["autolabel", "--checkpoint", str(checkpoint), "--data", str(data), "--top1", "--top2",
                                "--out", str(tmp_path / "z.h5")])

@@ -4,6 +4,8 @@ projection, splat, heads, losses. Whole-model tests live in test_models_model.py
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +21,8 @@ from b2s_core.models.deformable import (DeformableAttention3D, deform_attn_3d, d
                                         ms_deform_attn_reference)
 from b2s_core.models.fpn import FPN, ImageEncoder
 from b2s_core.models.heads import BinaryDecoder, SemanticHead, Upsample3D
-from b2s_core.models.lift_splat import DepthNet, LiftSplat, project_lidar_depth, splat, splat_reference
-from b2s_core.models.losses import (binary_occupancy_loss, depth_loss, focal_loss, soft_focal_loss,
-                                    top2_soft_targets)
+from b2s_core.models.lift_splat import DepthNet, LiftSplat, splat, splat_reference
+from b2s_core.models.losses import binary_occupancy_loss, depth_loss, focal_loss, soft_focal_loss
 from b2s_core.models.resnet import BackboneWeightsError, ResNet, load_backbone_weights
 from b2s_core.models.spatial_cross_attention import CameraViews, SpatialCrossAttention, project_to_images
 from b2s_core.models.sparse_transformer import SparseOutput, SparseTransformer, select_queries
@@ -111,7 +112,8 @@ def test_backbone_weights_load_and_mismatches_are_named(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
     target = ResNet(18)
-    assert load_backbone_weights(target, path) == ["fc.bias", "fc.weight"]
+    report = load_backbone_weights(target, path)
+    assert report.skipped == ["fc.bias", "fc.weight"] and report.prefix == "" and report.filled == []
     assert torch.equal(target.layer3[1].conv2.weight, source.layer3[1].conv2.weight)
 
     broken = dict(state)
@@ -128,6 +130,49 @@ def test_backbone_weights_load_and_mismatches_are_named(tmp_path):
         load_backbone_weights(ResNet(18), tmp_path / "junk.pth")
     with pytest.raises(B2SError, match="not found"):
         load_backbone_weights(ResNet(18), tmp_path / "absent.pth")
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["B2S_TEST_MARKER"]),))
+
+
+def test_backbone_weights_naming_other_globals_are_refused_in_one_line(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("B2S_TEST_MARKER", str(marker))
+    path = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": _RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(BackboneWeightsError, match=r"evil\.pth: not a readable torch checkpoint \(refused: it names the Python global 'getattr'") as err:
+        load_backbone_weights(ResNet(18), path)
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_backbone_weights_from_detector_checkpoints_and_old_torchvision_files(tmp_path):
+    """The layouts users start from, built as their code saves them:
+    - mmcv's ``save_checkpoint`` (mmcv/runner/checkpoint.py) writes {'meta', 'state_dict', 'optimizer'};
+      mmdetection3d detectors (BEVDet, mmdet3d/models/detectors/bevdet.py) name the image backbone
+      ``img_backbone`` and its neck ``img_neck``; mmdetection's single-stage detectors name it ``backbone``;
+    - torchvision's original ImageNet files (resnet18-5c106cde.pth, 2017) predate ``num_batches_tracked``."""
+    source = ResNet(18)
+    backbone = source.state_dict()
+    others = {"img_neck.lateral_convs.0.conv.weight": torch.zeros(256, 256, 1, 1),
+              "pts_bbox_head.cls.weight": torch.zeros(10, 256)}
+    for prefix in ("img_backbone.", "backbone."):
+        state = {**{prefix + k: v for k, v in backbone.items()}, **others}
+        torch.save({"meta": {"epoch": 24}, "state_dict": state, "optimizer": {}}, tmp_path / "det.pth")
+        target = ResNet(18)
+        report = load_backbone_weights(target, tmp_path / "det.pth")
+        assert report.prefix == prefix and report.skipped == sorted(others) and report.loaded == len(backbone)
+        assert torch.equal(target.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
+    old = {k: v for k, v in backbone.items() if not k.endswith("num_batches_tracked")}
+    torch.save({**old, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}, tmp_path / "old.pth")
+    report = load_backbone_weights(ResNet(18), tmp_path / "old.pth")
+    assert len(report.filled) == sum(k.endswith("num_batches_tracked") for k in backbone) > 0
+    # a detector whose backbone has extra layers (e.g. deformable convolutions) is named, not half-loaded
+    dcn = {**{f"img_backbone.{k}": v for k, v in backbone.items()}, "img_backbone.layer4.0.conv2.conv_offset.weight": torch.zeros(1)}
+    torch.save({"state_dict": dcn}, tmp_path / "dcn.pth")
+    with pytest.raises(BackboneWeightsError, match="1 unexpected .*img_backbone.layer4.0.conv2.conv_offset.weight"):
+        load_backbone_weights(ResNet(18), tmp_path / "dcn.pth")
 
 
 def test_image_encoder_pads_to_a_multiple_of_32_and_returns_every_level():
@@ -310,11 +355,15 @@ def test_padded_image_rows_are_not_lifted():
 
 
 def test_lidar_depth_targets_keep_the_nearest_return_per_cell():
+    from b2s_core.data.targets import lidar_depth_target
+
     views = _views(1, 2, hw=(64, 96), levels=((4, 6),))
-    points = torch.tensor([[10.0, 0.0, 1.5], [7.0, 0.0, 1.5], [-5.0, 0.0, 1.5], [0.0, 0.0, 20.0]])
-    target = project_lidar_depth([points], views, (4, 6))
-    assert target.shape == (1, 2, 4, 6)
-    assert target[0, 0, 2, 3] == pytest.approx(7.0) and target[0, 1, 2, 3] == pytest.approx(5.0)
+    # (the point behind sits 0.3 m to the side: on the optical axis it would lie on a cell boundary)
+    points = np.array([[10.0, 0.0, 1.5], [7.0, 0.0, 1.5], [-5.0, 0.3, 1.5], [0.0, 0.0, 20.0]])
+    target = lidar_depth_target(points, views.img_from_cam[0].numpy(), views.ego_from_cam[0].numpy(),
+                                image_hw=(64, 96), padded_hw=views.padded_hw, feature_hw=(4, 6))
+    assert target.shape == (2, 4, 6)
+    assert target[0, 2, 3] == pytest.approx(7.0) and target[1, 2, 3] == pytest.approx(5.0)
     assert (target > 0).sum() == 2
 
 
@@ -410,16 +459,28 @@ def test_binary_loss_respects_the_observed_mask():
 
 
 def test_top2_soft_targets_and_soft_focal_loss():
+    """Top2 pairs -> the training data path's distribution (dense_top2, then soft_target) -> the soft focal loss."""
+    from b2s_core.data.targets import dense_top2
+    from b2s_core.train.objectives import soft_target
+
     occupancy = np.zeros((2, 2, 1), dtype=bool)
     occupancy[0, 1, 0] = occupancy[1, 1, 0] = True
-    soft = top2_soft_targets(occupancy, np.array([[1, 2], [0, 0]]), np.array([[0.0, 0.0], [1.0, 2.0]], np.float16),
-                             num_classes=4, free_index=3)
-    assert soft.shape == (4, 2, 2, 1)
+    labels, probs = dense_top2(occupancy, np.array([[1, 2], [0, 0]], np.uint8),
+                               np.array([[0.0, 0.0], [1.0, 2.0]], np.float16), free_index=3)
+    soft, valid = soft_target(torch.from_numpy(labels)[None], torch.from_numpy(probs)[None], num_classes=4)
+    soft = soft[0]
+    assert soft.shape == (4, 2, 2, 1) and bool(valid.all())
     torch.testing.assert_close(soft[:, 0, 1, 0], torch.tensor([0.0, 0.5, 0.5, 0.0]))
     torch.testing.assert_close(soft[:, 1, 1, 0], torch.tensor([1.0, 0.0, 0.0, 0.0]))  # one class named twice
     torch.testing.assert_close(soft[:, 0, 0, 0], torch.tensor([0.0, 0.0, 0.0, 1.0]))  # free elsewhere
+    support = occupancy | np.array([[[True], [False]], [[False], [False]]])  # paper form: one more voxel
+    labels, probs = dense_top2(occupancy, np.array([[3, 1], [1, 2], [0, 0]], np.uint8),
+                               np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 2.0]], np.float16), free_index=3, support=support)
+    assert labels[0, 0, 0].tolist() == [3, 1] and probs[0, 0, 0].tolist() == [0.5, 0.5]  # free is one of the two
     with pytest.raises(ValueError, match="2 occupied"):
-        top2_soft_targets(occupancy, np.zeros((3, 2)), np.zeros((3, 2)), 4, 3)
+        dense_top2(occupancy, np.zeros((3, 2), np.uint8), np.zeros((3, 2), np.float16), 3)
+    with pytest.raises(ValueError, match="3 voxels in its Top2 support"):
+        dense_top2(occupancy, np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.float16), 3, support=support)
     logits = torch.randn(1, 4, 2, 2, 1)
     expected = -(soft[None] * logits.log_softmax(1)).sum(1).mean()
     torch.testing.assert_close(soft_focal_loss(logits, soft[None], gamma=0.0), expected)

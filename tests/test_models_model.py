@@ -12,7 +12,10 @@ from b2s_core.models.losses import binary_occupancy_loss, focal_loss
 
 torch.set_num_threads(1)
 
-GRID = "-12.8,-12.8,-1,12.8,12.8,2.2:0.4"  # 64 x 64 x 8 output; tiny preset: binary 16 x 16 x 4, compact 8 x 8 x 2
+GRID = "-12.8,-12.8,-1,12.8,12.8,2.2:0.4"  # 64 x 64 x 8 output; here binary 16 x 16 x 4, compact 8 x 8 x 2
+# Coarser volumes than the tiny preset's (which would be 32 x 32 x 8 / 16 x 16 x 4 here): these tests
+# are about shapes and gradients, and eight times fewer voxels keep them quick.
+STRIDES = dict(compact_stride=(8, 8, 4), binary_stride=(4, 4, 2))
 CASES = [("sparse-ls", "intermediate", False), ("sparse-bevformer", "intermediate", False),
          ("sparse-ls", "intermediate", True), ("sparse-bevformer", "intermediate", True),
          ("ls", "multi-head", False), ("ls", "replace-head", False),
@@ -20,7 +23,7 @@ CASES = [("sparse-ls", "intermediate", False), ("sparse-bevformer", "intermediat
 
 
 def _config(variant: str, arrangement: str | None = None, offboard: bool = False, **overrides) -> ModelConfig:
-    return model_config(variant, "tiny", grid=GRID, arrangement=arrangement, offboard=offboard, **overrides)
+    return model_config(variant, "tiny", grid=GRID, arrangement=arrangement, offboard=offboard, **{**STRIDES, **overrides})
 
 
 def _inputs(cfg: ModelConfig, batch: int = 1, cams: int = 2, seed: int = 0):

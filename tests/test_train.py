@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import json
 import os
 import subprocess
@@ -66,8 +67,13 @@ def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="not a b2s checkpoint"):
         read_checkpoint(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match="not a readable") as err:
         read_checkpoint(tmp_path / "junk.pt")
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value) and "weights_only" not in str(err.value)
+    torch.save({"format": "b2s-checkpoint", "version": 1, "extra": fractions.Fraction(1, 3)}, tmp_path / "global.pt")
+    with pytest.raises(CheckpointError, match=r"global\.pt: not a readable b2s checkpoint \(refused: it names the "
+                                              r"Python global 'fractions\.Fraction'"):
+        read_checkpoint(tmp_path / "global.pt")
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "missing.pt")
 
@@ -161,7 +167,9 @@ def test_finetuning_strategy_trains_what_it_should_on_the_data_it_should(toy, na
                                pseudo_data=[toy["pseudo"]], pretrain_data=[toy["binary"]], out=str(out),
                                epochs=1, max_steps=2, **TINY, **options), show_progress=False)
     records = read_metrics(out / "metrics.jsonl")
-    assert {k for k in records[-1] if k not in ("kind", "step", "epoch", "lr", "loss", "grad_norm", "samples_per_s")} == losses
+    fixed = ("kind", "step", "epoch", "lr", "loss", "grad_norm", "samples_per_s", "dropped_queries")
+    assert {k for k in records[-1] if k not in fixed} == losses
+    assert ("dropped_queries" in records[-1]) == result.model.config.is_sparse
     state = read_checkpoint(result.checkpoint)
     # S+B draws one pre-training batch per step; the other strategies none
     assert state["progress"]["pretrain_batches"] == (2 if "binary_b" in losses else 0)
@@ -200,6 +208,19 @@ def test_class_weights_count_the_training_labels(toy):
     assert weights[1] / weights[0] == pytest.approx(2.0) and weights[0] / weights[3] == pytest.approx(2.0)
     assert weights[2] / weights[0] == pytest.approx(10.0)  # never seen: weighed as if seen once
     assert np.allclose(weights_from_counts(np.array([100, 25, 400]), 0.0), 1.0)  # the paper's unweighted loss
+
+
+def test_binary_pos_weight_counts_the_decoder_grid(toy):
+    from b2s_core.occfile import OccDataset
+    from b2s_core.train.class_weights import binary_pos_weight
+
+    occupied = free = 0
+    data = OccDataset(toy["binary"])
+    for i in range(len(data)):  # the toy grid 32 x 32 x 8 pooled 2 x 2 x 2 onto 16 x 16 x 4
+        grid = data.read(i, fields=()).occupancy.reshape(16, 2, 16, 2, 4, 2).any(axis=(1, 3, 5))
+        occupied, free = occupied + int(grid.sum()), free + int((~grid).sum())
+    assert binary_pos_weight([toy["binary"]], (16, 16, 4), 17, 0.5, use_camera_mask=False) == pytest.approx((free / occupied) ** 0.5)
+    assert binary_pos_weight([toy["binary"]], (16, 16, 4), 17, 0.0, use_camera_mask=False) == 1.0
 
 
 def test_resumed_run_gives_the_same_losses(toy):

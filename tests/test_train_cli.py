@@ -54,6 +54,21 @@ def test_finetune_forwards_the_strategy_and_binary_data(tmp_path, captured):
     assert config.class_balance == 0.5
 
 
+def test_offboard_forwards_backbone_weights_and_the_paper_defaults(tmp_path, captured):
+    assert "--backbone-weights" in CliRunner().invoke(app, ["finetune", "--help"]).output
+    result = CliRunner().invoke(app, ["finetune", "--offboard", "--model", "sparse-ls", "--semantic-data", "s.h5",
+                                      "--backbone-weights", "r50.pth", "--frozen-stages", "1", "--norm-eval",
+                                      "--binary-balance", "0.5", "--out", str(tmp_path / "off")])
+    assert result.exit_code == 0, result.output
+    (config, _), = captured
+    assert config.offboard and config.epochs == 64  # section 4.2
+    assert (config.backbone_weights, config.frozen_stages, config.norm_eval) == ("r50.pth", 1, True)
+    assert config.binary_balance == 0.5
+    refused = CliRunner().invoke(app, ["finetune", "--init", "pre.pt", "--semantic-data", "s.h5",
+                                       "--backbone-weights", "r50.pth", "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 1 and "--init already brings" in refused.output
+
+
 def test_bad_input_is_one_line_and_exit_1(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "r")])

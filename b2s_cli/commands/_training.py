@@ -28,7 +28,7 @@ def print_result(result: TrainResult | Path, console: Console | None = None) -> 
     table.add_row("epochs", f"{result.state.epoch} of {result.config.epochs}")
     for key, value in result.state.metrics.items():
         if key != "step" and not key.startswith("iou/"):
-            table.add_row(f"val {key}", f"{value:.2f}")
+            table.add_row(f"val {key}", f"{value:,}" if isinstance(value, int) else f"{value:.2f}")
     table.add_row("checkpoint", str(result.checkpoint))
     table.add_row("metrics", str(Path(result.config.out) / "metrics.jsonl"))
     console.print(table)

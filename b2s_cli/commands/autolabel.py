@@ -21,6 +21,7 @@ def autolabel(
     out: Path = typer.Option(..., "--out", help="Pseudo-label file to write (unified .h5).", show_default=False),
     top1: bool = typer.Option(False, "--top1", help="Store the best class of each occupied voxel (1 byte per voxel)."),
     top2: bool = typer.Option(False, "--top2", help="Store the two best classes and their logits (soft targets)."),
+    form: str = typer.Option("paper", "--form", help="paper: Top-k over all classes, free included (the model's geometry, App. D); given-geometry: the given occupied voxels keep their geometry and get the best non-free classes."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the logits of the four BEV flips."),
     taxonomy: Optional[str] = typer.Option(None, "--taxonomy", help="Label set of the model (default: inferred from the checkpoint)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Frames per model batch."),
@@ -33,21 +34,21 @@ def autolabel(
     """
     if top1 == top2:
         raise AutolabelError("give exactly one of --top1 and --top2")
-    config = AutolabelConfig(mode="top1" if top1 else "top2", tta=tta, batch_size=batch_size, device=device,
+    config = AutolabelConfig(mode="top1" if top1 else "top2", form=form, tta=tta, batch_size=batch_size, device=device,
                              num_workers=workers, taxonomy=taxonomy)
     console = Console()
     columns = (TextColumn("labelling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("labelling", total=None)
         report = run_autolabel(checkpoint, data, out, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    table = Table(title=f"{report.mode} pseudo-labels · {report.frames} frames", show_header=True)
+    table = Table(title=f"{report.mode} pseudo-labels ({report.form} form) · {report.frames} frames", show_header=True)
     table.add_column("bytes per frame")
     table.add_column("compressed", justify="right")
     table.add_column("raw", justify="right")
     b = report.bytes_per_frame
     table.add_row("Top1 classes (1 per occupied voxel)", f"{b['labels']:,.0f}", f"{b['labels_raw']:,.0f}")
     if report.mode == "top2":
-        table.add_row("Top2 classes + logits (6 per occupied voxel)", f"{b['top2']:,.0f}", f"{b['top2_raw']:,.0f}")
+        table.add_row("Top2 classes + logits (6 per labelled voxel)", f"{b['top2']:,.0f}", f"{b['top2_raw']:,.0f}")
     table.add_row("whole file", f"{b['file']:,.0f}", "")
     console.print(table)
     console.print(f"occupied voxels per frame: {report.occupied_voxels / max(report.frames, 1):,.0f}")

@@ -24,14 +24,18 @@ def pretrain(
     config: Path = typer.Option(None, "--config", help="YAML or TOML file of training settings (options given here win).", show_default=False),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     val_data: list[Path] = typer.Option(None, "--val-data", help="Validation file(s) for the periodic binary IoU.", show_default=False),
+    camera_mask: bool = typer.Option(None, "--camera-mask/--no-camera-mask", help="Train and validate on mask_camera voxels only (every file must carry it). (default: off)", show_default=False),
     lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
+    binary_balance: float = typer.Option(None, "--binary-balance", help="Weigh the BCE's occupied voxels by (free / occupied)^P over the training data; 0 = unweighted, as the paper; 0.5 helps short runs learn what stands on the ground. (default: 0)", show_default=False),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. (default: 1e-2)", show_default=False),
     amp: str = typer.Option(None, help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. (default: off)", show_default=False),
     device: str = typer.Option(None, help="auto, cpu or cuda. (default: auto)", show_default=False),
     workers: int = typer.Option(None, help="DataLoader workers per process. (default: 2)", show_default=False),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (shortens the schedule).", show_default=False),
-    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local torchvision-layout ResNet weights (never downloaded).", show_default=False),
+    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local ImageNet (torchvision layout) or detector checkpoint (backbone. / img_backbone. keys) for the image backbone; never downloaded.", show_default=False),
+    frozen_stages: int = typer.Option(None, "--frozen-stages", help="Backbone stages kept frozen: -1 none, 0 the stem, n the stem and stages 1..n. (default: -1)", show_default=False),
+    norm_eval: bool = typer.Option(None, "--norm-eval/--no-norm-eval", help="Keep the backbone's BatchNorm statistics frozen. (default: off)", show_default=False),
     seed: int = typer.Option(None, help="Random seed. (default: 0)", show_default=False),
     set_: list[str] = typer.Option(None, "--set", help="Any other setting as key=value (YAML value), e.g. --set warmup_steps=100.", show_default=False),
 ) -> None:
@@ -41,9 +45,11 @@ def pretrain(
     """
     options = dict(stage="pretrain", data=expand_paths(data), model=model, preset=preset, epochs=epochs,
                    batch_size=batch_size, out=str(out) if out else None, resume=resume or None,
-                   val_data=expand_paths(val_data), lr=lr, weight_decay=weight_decay, amp=amp, sync_bn=sync_bn,
+                   val_data=expand_paths(val_data), use_camera_mask=camera_mask, lr=lr, binary_balance=binary_balance,
+                   weight_decay=weight_decay, amp=amp, sync_bn=sync_bn,
                    device=device, workers=workers, max_steps=max_steps,
-                   backbone_weights=str(backbone_weights) if backbone_weights else None, seed=seed)
+                   backbone_weights=str(backbone_weights) if backbone_weights else None, frozen_stages=frozen_stages,
+                   norm_eval=norm_eval, seed=seed)
     resolved = resolve_config(config_file=config, options=options, overrides=set_,
                               defaults={"out": "runs/pretrain", **({} if resume else {"model": "sparse-ls"})})
     print_result(launch(resolved, gpus))

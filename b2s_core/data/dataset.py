@@ -10,6 +10,8 @@ lazily in each DataLoader worker) and turns one frame into model inputs and targ
     semantics     (X, Y, Z)    uint8   labels (255 ignore); only on labelled frames
     top2_labels   (X, Y, Z, 2) uint8 and top2_probs (X, Y, Z, 2) float32: Top2 pseudo-labels
     mask_camera   (X, Y, Z)    bool    when the file has it
+    depth         (N, Hf, Wf)  float32 with ``DataConfig.depth_stride``: the nearest LiDAR return per
+                                       cell of the lifted feature map, 0 where none (frames without points: all 0)
     index         ()           int64   frame index in the dataset
 
 Keys (what a sampler yields) are ``(epoch, index)`` pairs: the augmentation of a sample is drawn
@@ -38,8 +40,10 @@ from b2s_core.data.augment import (
     flip_grid,
     warp_image,
 )
-from b2s_core.data.targets import binary_from_occupancy, binary_from_semantics, dense_top2, hard_as_top2
+from b2s_core.data.targets import (binary_from_occupancy, binary_from_semantics, dense_top2, hard_as_top2,
+                                   lidar_depth_target)
 from b2s_core.errors import B2SError
+from b2s_core.models.fpn import ImageEncoder
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -57,6 +61,8 @@ class DataConfig:
     bev_aug: BevAugConfig = field(default_factory=BevAugConfig)
     seed: int = 0
     need_semantics: bool = False  # every frame must carry semantics (or Top2 pseudo-labels)
+    # Stride of the Lift-Splat feature map that the depth loss supervises; None: no depth targets.
+    depth_stride: int | None = None
 
 
 def open_occ_dataset(paths: Sequence[str | Path]):
@@ -84,6 +90,31 @@ class OccTrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.occ)
 
+    def files_without_points(self) -> list[str]:
+        """The files none of whose frames carry LiDAR points (no depth supervision from them)."""
+        from b2s_core.occfile import FLAG_POINTS
+
+        out = []
+        for path in self.paths:
+            occ = open_occ_dataset([path])
+            if occ.count_flag(FLAG_POINTS) == 0:
+                out.append(path)
+            occ.close()
+        return out
+
+    def require_camera_mask(self) -> None:
+        """Raise DataError naming the first file whose frames do not all carry mask_camera (linear in files)."""
+        from b2s_core.occfile import FLAG_MASK_CAMERA
+
+        for path in self.paths:
+            occ = open_occ_dataset([path])
+            missing = len(occ) - occ.count_flag(FLAG_MASK_CAMERA)
+            occ.close()
+            if missing:
+                raise DataError(f"{path}: {missing} of {len(occ)} frames have no mask_camera, which camera-mask "
+                                "training needs on every frame (train without --camera-mask, or use data from "
+                                "b2s build-binary or Occ3D labels)")
+
     # -- one sample ---------------------------------------------------------------------------
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         if isinstance(key, (tuple, list)):
@@ -92,8 +123,11 @@ class OccTrainDataset(torch.utils.data.Dataset):
         else:
             index, rng = int(key), None
         fields = ("occupancy", "semantics", "mask_camera", "top2", "cameras")
+        if self.config.depth_stride:
+            fields += ("points",)
         frame = self.occ.read(index, fields=fields)
         images, img_from_cam, ego_from_cam = self._cameras(frame, index, rng)
+        depth = self._depth_target(frame, img_from_cam, ego_from_cam) if self.config.depth_stride else None
         bev = draw_bev_aug(rng, self.config.bev_aug)
         bev_from_ego = bev_from_ego_matrix(bev, self.grid)
         ego_from_cam = bev_from_ego[None] @ ego_from_cam  # (N, 4, 4): the model sees the flipped world
@@ -104,6 +138,8 @@ class OccTrainDataset(torch.utils.data.Dataset):
             "ego_from_cam": torch.from_numpy(ego_from_cam.astype(np.float32)),
             "index": torch.tensor(index, dtype=torch.int64),
         }
+        if depth is not None:
+            sample["depth"] = torch.from_numpy(depth)
         if frame.semantics is not None:
             binary = binary_from_semantics(frame.semantics, self.free_index)
             sample["semantics"] = torch.from_numpy(flip_grid(frame.semantics, bev))
@@ -111,7 +147,8 @@ class OccTrainDataset(torch.utils.data.Dataset):
             binary = binary_from_occupancy(frame.occupancy)
         sample["binary"] = torch.from_numpy(flip_grid(binary, bev))
         if frame.top2_labels is not None and frame.top2_logits is not None:
-            labels, probs = dense_top2(frame.occupancy, frame.top2_labels, frame.top2_logits, self.free_index)
+            labels, probs = dense_top2(frame.occupancy, frame.top2_labels, frame.top2_logits, self.free_index,
+                                       frame.top2_support)
             sample["top2_labels"] = torch.from_numpy(flip_grid(labels, bev))
             sample["top2_probs"] = torch.from_numpy(flip_grid(probs, bev))
         if self.config.need_semantics and "semantics" not in sample and "top2_labels" not in sample:
@@ -150,6 +187,17 @@ class OccTrainDataset(torch.utils.data.Dataset):
             intrinsics.append(aug_from_img @ np.asarray(camera.intrinsic, dtype=np.float64))
             extrinsics.append(np.asarray(camera.ego_from_cam, dtype=np.float64))
         return np.stack(images), np.stack(intrinsics), np.stack(extrinsics)
+
+    def _depth_target(self, frame, img_from_cam: np.ndarray, ego_from_cam: np.ndarray) -> np.ndarray:
+        """(N, Hf, Wf) depth targets on the lifted feature map (before the BEV flip, which moves
+        points and cameras alike); all 0 for a frame without LiDAR points."""
+        H, W = self.config.image_hw
+        Hp, Wp = ImageEncoder.padded_size((H, W))
+        stride = self.config.depth_stride
+        feature_hw = (Hp // stride, Wp // stride)
+        if frame.points is None or not len(frame.points):
+            return np.zeros((len(img_from_cam), *feature_hw), dtype=np.float32)
+        return lidar_depth_target(frame.points, img_from_cam, ego_from_cam, (H, W), (Hp, Wp), feature_hw)
 
     def _where(self, index: int) -> str:
         return f"{', '.join(self.paths)} frame {index}"

@@ -121,31 +121,4 @@ class LiftSplat(nn.Module):
         return volume.reshape(B, X, Y, Z, C).permute(0, 4, 1, 2, 3).contiguous(), depth_logits
 
 
-def project_lidar_depth(points_ego: list[Tensor], views: CameraViews, feature_hw: tuple[int, int]) -> Tensor:
-    """Depth targets for the depth loss: the nearest LiDAR return per feature cell, 0 where none.
-
-    points_ego: per sample (P_b, 3) ego-frame points; returns (B, N, Hf, Wf) metres.
-    """
-    Hf, Wf = feature_hw
-    Hp, Wp = views.padded_hw
-    H, W = views.image_hw
-    B, N = views.img_from_cam.shape[:2]
-    out = views.img_from_cam.new_zeros(B, N, Hf * Wf)
-    cam_from_ego = torch.linalg.inv(views.ego_from_cam)
-    for b, points in enumerate(points_ego):  # per sample: point counts differ
-        x_cam = torch.einsum("nij,pj->npi", cam_from_ego[b, :, :3, :3], points.to(out)) + cam_from_ego[b, :, None, :3, 3]
-        pixels_h = torch.einsum("nij,npj->npi", views.img_from_cam[b], x_cam)  # (N, P, 3)
-        depth = pixels_h[..., 2]
-        edge = pixels_h[..., :2] / depth.clamp(min=1e-3)[..., None] + 0.5
-        ok = (depth > 0.1) & (edge[..., 0] >= 0) & (edge[..., 0] < W) & (edge[..., 1] >= 0) & (edge[..., 1] < H)
-        col = (edge[..., 0] * Wf / Wp).long().clamp(0, Wf - 1)
-        row = (edge[..., 1] * Hf / Hp).long().clamp(0, Hf - 1)
-        cell = torch.where(ok, row * Wf + col, torch.full_like(col, Hf * Wf))  # Hf*Wf = dropped
-        nearest = out.new_full((N, Hf * Wf + 1), float("inf"))
-        nearest.scatter_reduce_(1, cell, torch.where(ok, depth, torch.full_like(depth, float("inf"))), reduce="amin")
-        nearest = nearest[:, : Hf * Wf]
-        out[b] = torch.where(torch.isinf(nearest), torch.zeros_like(nearest), nearest)
-    return out.reshape(B, N, Hf, Wf)
-
-
-__all__ = ["LiftSplat", "DepthNet", "splat", "splat_reference", "project_lidar_depth"]
+__all__ = ["LiftSplat", "DepthNet", "splat", "splat_reference"]

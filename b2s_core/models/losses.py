@@ -62,31 +62,6 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, class_weig
     return (loss * weight).sum() / weight.sum().clamp(min=torch.finfo(loss.dtype).tiny)
 
 
-def top2_soft_targets(occupancy: np.ndarray | Tensor, top2_labels: np.ndarray | Tensor, top2_logits: np.ndarray | Tensor,
-                      num_classes: int, free_index: int) -> Tensor:
-    """Dense soft targets from Top2 pseudo-labels.
-
-    occupancy (X, Y, Z) bool with M True voxels; top2_labels (M, 2) and top2_logits (M, 2) for those
-    voxels in C order. The two logits are turned into probabilities by a softmax over the pair and
-    placed at their two classes; unoccupied voxels are free with probability 1. -> (K, X, Y, Z) float32.
-    """
-    occupancy = torch.as_tensor(np.asarray(occupancy), dtype=torch.bool)
-    labels = torch.as_tensor(np.asarray(top2_labels)).long()
-    logits = torch.as_tensor(np.asarray(top2_logits, dtype=np.float32))
-    M = int(occupancy.sum())
-    if labels.shape != (M, 2) or logits.shape != (M, 2):
-        raise ValueError(f"top2 arrays must be ({M}, 2) for {M} occupied voxels, "
-                         f"got {tuple(labels.shape)} and {tuple(logits.shape)}")
-    flat = torch.zeros(occupancy.numel(), num_classes)
-    flat[:, free_index] = 1.0
-    rows = occupancy.reshape(-1).nonzero().squeeze(1)
-    probs = logits.softmax(-1)  # (M, 2)
-    flat[rows] = 0.0
-    # accumulate, so that a pair naming one class twice still puts probability 1 on it
-    flat.index_put_((rows[:, None].expand(M, 2), labels), probs, accumulate=True)
-    return flat.t().reshape(num_classes, *occupancy.shape).contiguous()
-
-
 def soft_focal_loss(logits: Tensor, soft_target: Tensor, *, gamma: float = 2.0, mask: Tensor | None = None,
                     class_weights: Tensor | None = None) -> Tensor:
     """Focal loss against a distribution over classes:  -sum_k t_k (1 - p_k)^gamma log p_k  per voxel,

@@ -14,7 +14,8 @@ Which stages do work depends on the variant (layer counts of the paper, sec. 4.1
 (BEVFormer's image-to-3D *is* its dense layers' spatial cross-attention, filling learned queries.)
 In the sparse variants the semantic head reads [B', scattered sparse features]; in the dense
 baselines it reads B' directly, beside the binary decoder. Offboard models have no binary decoder:
-the occupied set is an input.
+the occupied set is an input, and their output is free wherever that set says free (the voxels
+of an occupied coarse voxel are still the model's to label, free included).
 
 Training strategies and the parameters they train (see docs/models.md):
     pretrain (stage 1, every variant): ``binary_path_parameters()``; loss BCE on binary_logits;
@@ -41,7 +42,8 @@ from b2s_core.models.dense_transformer import DenseTransformer, TransformerLayer
 from b2s_core.models.fpn import FPN, ImageEncoder
 from b2s_core.models.heads import BinaryDecoder, SemanticHead, Upsample3D, VolumeBlock
 from b2s_core.models.lift_splat import DepthNet, LiftSplat
-from b2s_core.models.resnet import ResNet, load_backbone_weights
+from b2s_core.models.occupied_set import free_outside
+from b2s_core.models.resnet import BackboneWeightsReport, ResNet, load_backbone_weights
 from b2s_core.models.spatial_cross_attention import CameraViews
 from b2s_core.models.sparse_transformer import SparseOutput, SparseTransformer
 from b2s_core.models.volume import LearnedQueries
@@ -58,6 +60,7 @@ class ModelOutput:
     binary_logits:       (B, Xb, Yb, Zb) binary-decoder logits at the binary resolution; None offboard.
                          (replace-head: the pre-trained head, which that fine-tuning does not train.)
     semantic_logits:     (B, K, X, Y, Z) at the output resolution; None when run_semantic=False.
+                         Offboard: certain free outside the given occupied set.
     aux_binary_logits:   multi-head only: the binary head that sits beside the semantic head (the
                          same tensor as binary_logits, under the name the strategy code asks for).
     depth_logits:        (B, N, D, Hf, Wf) Lift-Splat depth distribution logits; None for BEVFormer.
@@ -153,6 +156,9 @@ class OccupancyModel(nn.Module):
             sparse = None
         # semantic head on [B', scattered sparse features] (sparse variants) or on B' (dense baselines)
         semantic_logits = self.semantic_head(binary_volume, sparse)
+        if cfg.offboard:
+            # The occupancy was given: whatever lies outside it is free (docs/models.md, "offboard output").
+            semantic_logits = free_outside(semantic_logits, occupied, cfg.free_index)
         return ModelOutput(
             binary_logits=binary_logits,
             semantic_logits=semantic_logits,
@@ -212,8 +218,8 @@ class OccupancyModel(nn.Module):
         """Re-initialise the semantic head (a new head for Replacing-Head / Multi-Head fine-tuning)."""
         self.semantic_head.reset_parameters()
 
-    def load_backbone_weights(self, path: str | Path) -> list[str]:
-        """Load a torchvision-layout ResNet checkpoint into the image backbone (never downloads)."""
+    def load_backbone_weights(self, path: str | Path) -> BackboneWeightsReport:
+        """Load ImageNet (torchvision layout) or detector backbone weights into the image backbone (never downloads)."""
         return load_backbone_weights(self.image_encoder.backbone, path)
 
     def num_parameters(self) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from b2s_core.errors import B2SError
+from b2s_core.torch_files import UnreadableTorchFile, load_weights_only
 
 CHECKPOINT_FORMAT = "b2s-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -63,10 +63,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable b2s checkpoint ({first[:200]})") from None
+        state = load_weights_only(path, map_location=map_location)
+    except UnreadableTorchFile as err:
+        raise CheckpointError(f"{path}: not a readable b2s checkpoint ({err})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a b2s checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     if state.get("version") != CHECKPOINT_VERSION:

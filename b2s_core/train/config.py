@@ -39,7 +39,11 @@ class TrainConfig:
     model: str | None = None  # variant: sparse-ls, sparse-bevformer, ls, bevformer (fine-tuning: from --init)
     preset: str = "small"  # 'paper' for the paper's sizes; small / tiny for CPU
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to change, e.g. {image_hw: [128, 352]}
-    backbone_weights: str | None = None  # local torchvision-compatible ResNet weights (never downloaded)
+    # Local ImageNet (torchvision layout) or detector checkpoint (backbone. / img_backbone. keys) for
+    # the image backbone of a model trained from scratch; never downloaded. None: random init.
+    backbone_weights: str | None = None
+    frozen_stages: int = -1  # backbone stages kept frozen: -1 none, 0 the stem, n the stem + stages 1..n
+    norm_eval: bool = False  # keep the backbone's BatchNorm statistics frozen while training
 
     # -- data -------------------------------------------------------------------------------------
     data: list[str] = field(default_factory=list)  # pre-training (binary) shards
@@ -57,7 +61,8 @@ class TrainConfig:
     offboard: bool = False  # auto-labelling model: GT binary as input, semantic (focal) loss only
 
     # -- optimisation (paper, section 4.1) ------------------------------------------------------------
-    epochs: int = 24
+    # None: the paper's 24 (section 4.1), or 64 for the offboard auto-labelling model (section 4.2).
+    epochs: int | None = None
     batch_size: int = 8  # global batch over all processes (the paper's 8); must divide by the process count
     lr: float = 2e-4
     weight_decay: float = 1e-2
@@ -67,9 +72,15 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global gradient norm (BEVDet's value); 0 disables clipping
     binary_loss_weight: float = 1.0
     semantic_loss_weight: float = 1.0
+    # LiDAR depth supervision of the Lift-Splat depth distribution, as in the paper's code base (COTR,
+    # after BEVDet: loss_depth_weight 0.05), on frames that carry LiDAR points; 0 turns it off.
+    depth_loss_weight: float = 0.05
     # Class weights of the focal loss, (mean count / count_c) ** class_balance over the training labels:
     # 0 = unweighted (the paper); 0.5 helps short runs learn the rare classes (b2s_core.train.class_weights).
     class_balance: float = 0.0
+    # The BCE's weight of occupied voxels, (free / occupied) ** binary_balance over the training data's
+    # binary targets: 0 = unweighted (the paper); 0.5 helps short runs learn what stands on the ground.
+    binary_balance: float = 0.0
     amp: str = "none"  # none | bf16 | fp16 (CUDA only; ignored with a warning on CPU)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     seed: int = 0
@@ -86,6 +97,8 @@ class TrainConfig:
     resume: bool = False  # continue from <out>/checkpoint.pt exactly where it stopped
 
     def __post_init__(self) -> None:
+        if self.epochs is None:
+            self.epochs = self.default_epochs(self.offboard)
         for name in ("data", "semantic_data", "pseudo_data", "pretrain_data", "val_data"):
             value = getattr(self, name)
             setattr(self, name, [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value or []])
@@ -106,11 +119,14 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "workers", "ckpt_every_steps",
-                     "binary_loss_weight", "semantic_loss_weight", "class_balance"):
+                     "binary_loss_weight", "semantic_loss_weight", "depth_loss_weight", "class_balance",
+                     "binary_balance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+        if not -1 <= self.frozen_stages <= 4:
+            raise ConfigError(f"frozen_stages must lie in -1..4 (-1: train every stage), got {self.frozen_stages}")
         if self.resume:
             return  # the data settings come from the run's saved config
         if self.stage == "pretrain" and not self.data:
@@ -120,6 +136,14 @@ class TrainConfig:
                 raise ConfigError("fine-tuning needs semantic data (--semantic-data FILE.h5) or pseudo-labels (--pseudo-data)")
             if self.binary_data == "b" and not self.pretrain_data and not self.offboard and self.strategy != "replace-head":
                 raise ConfigError("--binary-data b adds pre-training batches: give them with --pretrain-data FILE.h5")
+            if self.init and self.backbone_weights:
+                raise ConfigError("--backbone-weights initialises the backbone of a model trained from scratch; "
+                                  "--init already brings a trained one: give one of the two")
+
+    @staticmethod
+    def default_epochs(offboard: bool) -> int:
+        """The paper's training length: 24 epochs (section 4.1), 64 for the offboard model (section 4.2)."""
+        return 64 if offboard else 24
 
     # -- serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

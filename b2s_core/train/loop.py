@@ -38,12 +38,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from b2s_core.data.dataset import DataConfig, DataError, OccTrainDataset, collate, open_occ_dataset
 from b2s_core.data.sampler import CyclingLoader, EpochSampler
-from b2s_core.train.class_weights import count_labels, weights_from_counts
+from b2s_core.train.class_weights import binary_pos_weight, count_labels, weights_from_counts
 from b2s_core.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from b2s_core.train.config import ConfigError, TrainConfig
 from b2s_core.train.logging import MetricsLog
 from b2s_core.train.model_api import adapt_model_config, make_model_config, run_model
-from b2s_core.train.objectives import apply_camera_mask, binary_loss, semantic_loss
+from b2s_core.train.objectives import binary_loss, depth_loss, loss_targets, semantic_loss
 from b2s_core.train.strategies import plan_for, select_trainable
 from b2s_core.train.validate import validate
 
@@ -232,19 +232,28 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
     if not model_config.output_grid.same_geometry(grid):
         raise DataError(f"{main_paths[0]}: data grid {grid.shape} differs from the model's {model_config.output_shape}")
     model = build_model(model_config)
-    if config.backbone_weights and init_state is None and resume_state is None:
-        model.load_backbone_weights(config.backbone_weights)
+    backbone_from = _init_backbone(model, config, init_state=init_state, resume_state=resume_state,
+                                   is_main=dist_.is_main)
     init_report = ""
     if init_state is not None:
         loaded, fresh = _load_matching(model, init_state["model"], str(config.init))
         if init_state["train_config"].get("stage") == "pretrain":
             model.reset_semantic_head()  # a new semantic head (Fig. 4); pre-training never trained it
         init_report = f"loaded {loaded} tensors from {config.init}; new: {len(fresh)}"
-    trained_names = select_trainable(model, plan)
+    select_trainable(model, plan)
+    model.image_encoder.backbone.set_training_policy(frozen_stages=config.frozen_stages, norm_eval=config.norm_eval)
+    trained_names = [name for name, p in model.named_parameters() if p.requires_grad]
+    if not trained_names:
+        raise ConfigError(f"strategy '{plan.name}' with frozen_stages {config.frozen_stages} leaves nothing to train")
 
+    # LiDAR depth supervision of the Lift-Splat depth distribution (the stride it lifts).
+    depth_stride = model_config.feature_strides[0] if model_config.uses_lift_splat and config.depth_loss_weight > 0 else None
+    depth_bins = model_config.depth_bins
     data_config = DataConfig(image_hw=tuple(model_config.image_size), augment=config.augment, seed=config.seed,
-                             need_semantics=config.stage == "finetune")
+                             need_semantics=config.stage == "finetune", depth_stride=depth_stride)
     train_set = OccTrainDataset(main_paths, data_config)
+    if config.use_camera_mask:
+        train_set.require_camera_mask()
     loader, sampler = _make_loader(train_set, batch_size=per_rank_batch, dist_=dist_, seed=config.seed, shuffle=True,
                                    workers=config.workers, drop_last=True)
     steps_per_epoch = sampler.samples_per_epoch // per_rank_batch
@@ -255,18 +264,35 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
         counts = count_labels(main_paths, model_config.num_classes, model_config.free_index,
                               use_camera_mask=config.use_camera_mask)
         class_weights = torch.from_numpy(weights_from_counts(counts, config.class_balance))
+    pos_weight = None  # the BCE's weight of occupied voxels; the same for the S+B extra batch
+    if (plan.binary_loss or plan.pretrain_batches) and config.binary_balance > 0:
+        pos_weight = binary_pos_weight(main_paths, model_config.binary_shape, model_config.free_index,
+                                       config.binary_balance, use_camera_mask=config.use_camera_mask)
     pretrain_stream = None
     if plan.pretrain_batches:
         pre_set = OccTrainDataset(config.pretrain_data, DataConfig(image_hw=tuple(model_config.image_size),
-                                                                     augment=config.augment, seed=config.seed + 1))
+                                                                     augment=config.augment, seed=config.seed + 1,
+                                                                     depth_stride=depth_stride))
         if not pre_set.grid.same_geometry(grid):
             raise DataError(f"{config.pretrain_data[0]}: grid {pre_set.grid.shape} differs from the semantic data's {grid.shape}")
+        if config.use_camera_mask:
+            pre_set.require_camera_mask()  # one mask policy for every binary loss of the run
         pre_loader, _ = _make_loader(pre_set, batch_size=per_rank_batch, dist_=dist_, seed=config.seed + 1, shuffle=True,
                                      workers=config.workers, drop_last=True)
         pretrain_stream = CyclingLoader(pre_loader, per_rank_batch)
+    if depth_stride:
+        files = train_set.paths + (pre_set.paths if plan.pretrain_batches else [])
+        without = train_set.files_without_points() + (pre_set.files_without_points() if plan.pretrain_batches else [])
+        if without and dist_.is_main:
+            warnings.warn(f"{', '.join(without)}: no LiDAR points, so no depth supervision from these frames "
+                          "(b2s convert keeps points unless --no-points; b2s build-binary needs --points)")
+        if len(without) == len(files):
+            depth_stride = None  # nothing to supervise: no depth term at all
     val_loader = None
     if config.val_data and dist_.is_main:
         val_set = OccTrainDataset(config.val_data, DataConfig(image_hw=tuple(model_config.image_size), augment=False))
+        if config.use_camera_mask:
+            val_set.require_camera_mask()
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=per_rank_batch, shuffle=False, collate_fn=collate,
                                                  num_workers=min(config.workers, 2))
 
@@ -317,10 +343,12 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
     if dist_.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config.save_yaml(out / "config.yaml")
-        log.log("info", {"step": state.step, "plan": plan.name, "trained_tensors": len(trained_names),
+        log.log("info", {"step": state.step, "plan": plan.name, "backbone": backbone_from,
+                         "trained_tensors": len(trained_names),
                          "trained_parameters": sum(p.numel() for p in params), "world_size": dist_.world_size,
                          "device": str(dist_.device), "init": init_report, "model_config": str(model_config.to_dict()),
-                         "class_weights": None if class_weights is None else [round(w, 4) for w in class_weights.tolist()]})
+                         "class_weights": None if class_weights is None else [round(w, 4) for w in class_weights.tolist()],
+                         "binary_pos_weight": None if pos_weight is None else round(pos_weight, 3)})
 
     def forward(m, batch, *, up_to_binary: bool):
         return run_model(m, batch, up_to_binary=up_to_binary, offboard=plan.offboard, binary_shape=model_config.binary_shape)
@@ -366,6 +394,9 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
     ddp_model.train()
     stopped_early = False
     tic, samples_since = time.perf_counter(), 0
+    # Occupied voxels the sparse query cap (ModelConfig.max_sparse_queries) left out, since the last log.
+    dropped_since = torch.zeros((), dtype=torch.long, device=dist_.device)
+    warned_dropped = False
     with progress_bar:
         while state.epoch < config.epochs and state.step < total_steps:
             sampler.start_at(state.epoch, state.batch_in_epoch * per_rank_batch)
@@ -375,8 +406,7 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
                 # -- schedule: the LambdaLR has set this step's learning rate.
                 lr = optimizer.param_groups[0]["lr"]
                 batch = {k: v.to(dist_.device, non_blocking=True) for k, v in batch.items()}
-                if config.use_camera_mask:
-                    batch = apply_camera_mask(batch)
+                targets = loss_targets(batch, use_camera_mask=config.use_camera_mask)  # inputs stay unmasked
                 parts: dict[str, torch.Tensor] = {}
 
                 # -- steps. S+B first: the extra pre-training batch goes through the binary path only,
@@ -384,23 +414,35 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
                 # passes' gradients (every trained parameter is used by that full pass).
                 if pretrain_stream is not None:
                     extra = {k: v.to(dist_.device, non_blocking=True) for k, v in pretrain_stream.next().items()}
+                    extra_targets = loss_targets(extra, use_camera_mask=config.use_camera_mask)
                     sync_off = ddp_model.no_sync() if dist_.enabled else contextlib.nullcontext()
                     with sync_off:
                         with autocast_context(config.amp, dist_.device):
                             out_b = forward(ddp_model, extra, up_to_binary=True)
-                            loss_b = config.binary_loss_weight * binary_loss(out_b.binary_logits, extra["binary"])
+                            loss_b = config.binary_loss_weight * binary_loss(out_b.binary_logits,
+                                                                             extra_targets["binary"], pos_weight)
+                            parts["binary_b"] = loss_b.detach()
+                            if depth_stride:
+                                depth_b = config.depth_loss_weight * depth_loss(out_b.depth_logits, extra, depth_bins)
+                                parts["depth_b"] = depth_b.detach()
+                                loss_b = loss_b + depth_b
                         scaler.scale(loss_b).backward()
-                    parts["binary_b"] = loss_b.detach()
                 with autocast_context(config.amp, dist_.device):
                     out = forward(ddp_model, batch, up_to_binary=plan.up_to_binary)
                     loss = torch.zeros((), device=dist_.device)
                     if plan.binary_loss:
-                        parts["binary"] = config.binary_loss_weight * binary_loss(out.binary_logits, batch["binary"])
+                        parts["binary"] = config.binary_loss_weight * binary_loss(out.binary_logits, targets["binary"],
+                                                                                    pos_weight)
                         loss = loss + parts["binary"]
                     if plan.semantic_loss:
-                        parts["semantic"] = config.semantic_loss_weight * semantic_loss(out.semantic_logits, batch,
+                        parts["semantic"] = config.semantic_loss_weight * semantic_loss(out.semantic_logits, targets,
                                                                                         class_weights=class_weights)
                         loss = loss + parts["semantic"]
+                    if depth_stride:
+                        parts["depth"] = config.depth_loss_weight * depth_loss(out.depth_logits, batch, depth_bins)
+                        loss = loss + parts["depth"]
+                if out.num_dropped_queries is not None:
+                    dropped_since += out.num_dropped_queries.detach().sum()
                 scaler.scale(loss).backward()
 
                 # -- clip (on unscaled gradients), then the optimiser step.
@@ -422,14 +464,25 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
                     if dist_.enabled:
                         dist.all_reduce(values)
                         values /= dist_.world_size
+                        dist.all_reduce(dropped_since)  # a count: summed over ranks
                     elapsed = time.perf_counter() - tic
                     record = {"step": state.step, "epoch": state.epoch, "lr": lr, "loss": float(values[0])}
                     record.update({k: float(v) for k, v in zip(parts, values[1:-1])})
                     record["grad_norm"] = float(values[-1])
                     record["samples_per_s"] = samples_since / max(elapsed, 1e-9)
+                    if model_config.is_sparse:
+                        record["dropped_queries"] = int(dropped_since)
                     log.log("train", record)
+                    if record.get("dropped_queries") and not warned_dropped and dist_.is_main:
+                        warnings.warn(f"the sparse query cap ({model_config.max_sparse_queries} per sample) left out "
+                                      f"{record['dropped_queries']} occupied voxels in the last {config.log_every_steps} "
+                                      "steps; they get no sparse refinement (raise max_sparse_queries with "
+                                      "--set model_overrides=...; counts per log step in metrics.jsonl, "
+                                      "'dropped_queries')")
+                        warned_dropped = True
                     progress_bar.update(state.step, record["loss"])
                     tic, samples_since = time.perf_counter(), 0
+                    dropped_since.zero_()
                 else:
                     progress_bar.update(state.step, None)
 
@@ -456,6 +509,23 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
     return TrainResult(path, state, config, finished=not stopped_early, model=model)
 
 
+def _init_backbone(model, config: TrainConfig, *, init_state, resume_state, is_main: bool) -> str:
+    """Load --backbone-weights into a model trained from scratch; returns where its backbone comes
+    from (for metrics.jsonl), and says once when that is a random initialisation."""
+    if resume_state is not None:
+        return f"resumed from {config.out}"
+    if init_state is not None:
+        return f"from --init {config.init}"
+    if config.backbone_weights:
+        report = model.load_backbone_weights(config.backbone_weights)
+        where = f" under '{report.prefix}'" if report.prefix else ""
+        return f"{config.backbone_weights}: {report.loaded} tensors{where}, {len(report.skipped)} other keys left out"
+    if is_main:
+        warnings.warn("the image backbone starts from a random initialisation (no --backbone-weights); the paper "
+                      "starts from ImageNet / detection weights (docs/training.md, 'Backbone weights')")
+    return "random initialisation"
+
+
 def _explicit_changes(given: TrainConfig, saved: TrainConfig) -> dict[str, Any]:
     """Settings a resuming caller may change: the length of the run and how it is run, not what it learns."""
     allowed = ("epochs", "max_steps", "stop_after_steps", "workers", "log_every_steps", "ckpt_every_steps",
@@ -464,7 +534,7 @@ def _explicit_changes(given: TrainConfig, saved: TrainConfig) -> dict[str, Any]:
     changes: dict[str, Any] = {"stop_after_steps": given.stop_after_steps}  # never inherited: it ended the last part
     for name in allowed:
         value = getattr(given, name)
-        default = defaults[name].default
+        default = TrainConfig.default_epochs(given.offboard) if name == "epochs" else defaults[name].default
         if value != default and value != getattr(saved, name):
             changes[name] = value
     return changes

@@ -14,7 +14,7 @@ import torch
 
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
 from b2s_core.taxonomy import Taxonomy
-from b2s_core.train.objectives import pool_binary_target
+from b2s_core.models.occupied_set import given_occupancy
 
 
 def grid_spec(grid: VoxelGrid) -> str:
@@ -46,10 +46,8 @@ def adapt_model_config(base, *, grid: VoxelGrid, taxonomy: Taxonomy, arrangement
 
 
 def run_model(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, up_to_binary: bool, offboard: bool, binary_shape):
-    """Forward pass. Offboard: the GT binary, pooled to the binary grid, is the occupied set."""
-    given = None
-    if offboard:
-        target, valid = pool_binary_target(batch["binary"], tuple(binary_shape))
-        given = (target > 0) & valid  # (B, Xb, Yb, Zb) bool
+    """Forward pass. Offboard: the GT binary of the *unmasked* batch, pooled to the binary grid, is
+    the occupied set, exactly as at inference (``b2s_core.predict``)."""
+    given = given_occupancy(batch["binary"], tuple(binary_shape)) if offboard else None  # (B, Xb, Yb, Zb)
     return model(batch["images"], batch["img_from_cam"], batch["ego_from_cam"], given_occupancy=given,
                  run_semantic=not up_to_binary)

@@ -3,37 +3,31 @@
 Pure functions of (model outputs, batch): the loop decides which of them a strategy uses.
 
 Resolutions: semantic targets live on the output grid (X, Y, Z); the binary decoder predicts on
-a coarser grid (Xb, Yb, Zb) that divides it (e.g. 100 x 100 x 16 for 200 x 200 x 16). A coarse
-voxel is occupied when any of its fine voxels is, and ignored only when all of them are.
+a coarser grid (Xb, Yb, Zb) that divides it (``b2s_core.models.occupied_set.pool_binary_target``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from b2s_core.models import losses
+from b2s_core.models.occupied_set import pool_binary_target
 from b2s_core.taxonomy import IGNORE_INDEX
 
 
-def pool_binary_target(binary: torch.Tensor, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, X, Y, Z) uint8 (0 / 1 / 255) -> target (B, Xb, Yb, Zb) float 0/1 and valid (B, Xb, Yb, Zb) bool."""
-    B, X, Y, Z = binary.shape
-    Xb, Yb, Zb = shape
-    if (X, Y, Z) == (Xb, Yb, Zb):
-        valid = binary != IGNORE_INDEX
-        return (binary == 1).float(), valid
-    if X % Xb or Y % Yb or Z % Zb:
-        raise ValueError(f"binary decoder grid {shape} does not divide the label grid {(X, Y, Z)}")
-    kernel = (X // Xb, Y // Yb, Z // Zb)
-    occupied = F.max_pool3d((binary == 1).float().unsqueeze(1), kernel)  # (B, 1, Xb, Yb, Zb)
-    known = F.max_pool3d((binary != IGNORE_INDEX).float().unsqueeze(1), kernel)
-    return occupied.squeeze(1), known.squeeze(1) > 0
+def loss_targets(batch: dict[str, torch.Tensor], *, use_camera_mask: bool) -> dict[str, torch.Tensor]:
+    """The targets every loss of a run sees: one mask policy for the main batch, the S+B extra
+    batch and validation alike. The model's inputs (images, the offboard occupied set) always come
+    from the unmasked batch: a mask limits what a loss counts, never what the model is given."""
+    return apply_camera_mask(batch) if use_camera_mask else batch
 
 
 def apply_camera_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Mark voxels outside ``mask_camera`` as ignored in every target (Occ3D camera-visible training)."""
     if "mask_camera" not in batch:
-        return batch
+        # The run's data were checked for mask_camera on every frame before training (loop.py);
+        # a batch without it would silently train on unobserved voxels.
+        raise ValueError("camera-mask training on a batch without mask_camera")
     hidden = ~batch["mask_camera"]
     out = dict(batch)
     for key in ("binary", "semantics"):
@@ -44,12 +38,17 @@ def apply_camera_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def binary_loss(logits: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
-    """BCE of the binary decoder. logits (B, Xb, Yb, Zb); binary (B, X, Y, Z) uint8 on the label grid."""
-    from b2s_core.models import losses
-
+def binary_loss(logits: torch.Tensor, binary: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
+    """BCE of the binary decoder. logits (B, Xb, Yb, Zb); binary (B, X, Y, Z) uint8 on the label grid;
+    pos_weight weighs the occupied voxels' terms (None: unweighted, the paper)."""
     target, valid = pool_binary_target(binary, tuple(logits.shape[1:]))
-    return losses.binary_occupancy_loss(logits.float(), target, valid)
+    return losses.binary_occupancy_loss(logits.float(), target, valid, pos_weight=pos_weight)
+
+
+def depth_loss(depth_logits: torch.Tensor, batch: dict[str, torch.Tensor], depth_bins) -> torch.Tensor:
+    """Cross-entropy of the Lift-Splat depth distribution (B, N, D, Hf, Wf) on the LiDAR depth bin of
+    each feature cell (``batch['depth']`` (B, N, Hf, Wf), 0 = no return: not counted)."""
+    return losses.depth_loss(depth_logits.float(), batch["depth"], depth_bins)
 
 
 def semantic_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,8 +59,6 @@ def semantic_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], class_we
     towards each of the two classes (with (1, 0) for hard-labelled frames in a mixed batch).
     class_weights (K,) or None weigh each class's terms (b2s_core.train.class_weights).
     """
-    from b2s_core.models import losses
-
     logits = logits.float()
     if "top2_labels" in batch:
         soft, valid = soft_target(batch["top2_labels"], batch["top2_probs"], logits.shape[1])

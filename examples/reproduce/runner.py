@@ -122,7 +122,7 @@ def _score_segment(checkpoint: Path, val: Path, pred_path: Path) -> dict:
 
     The validation labels' binary grid is the occupied set, and the output keeps it exactly: each
     GT-occupied voxel gets the model's best non-free class, every other voxel is free. This is what
-    ``b2s autolabel`` writes (Top1), so the same function produces it.
+    ``b2s autolabel --form given-geometry`` writes (Top1), so the same function produces it.
     """
     from b2s_core.autolabel import AutolabelConfig, autolabel_to_file
     from b2s_core.evaluate import EvaluateConfig, evaluate_files
@@ -133,7 +133,7 @@ def _score_segment(checkpoint: Path, val: Path, pred_path: Path) -> dict:
     model_config = loaded.model_config.replace(offboard=True)
     dataset = open_inputs(str(val), model_config)
     autolabel_to_file(loaded.model, dataset, pred_path, model_config=model_config, taxonomy=dataset.occ.taxonomy,
-                      config=AutolabelConfig(mode="top1", device=_device()))
+                      config=AutolabelConfig(mode="top1", form="given-geometry", device=_device()))
     result = evaluate_files(val, pred_path, EvaluateConfig(rayiou=False))
     pred_path.unlink()
     return {"miou": result.miou, "geometry_iou": result.geometry_iou,

@@ -28,10 +28,10 @@ class Scale:
     pretrain_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)  # of N, the x axis of Fig. 5
     # -- the model ------------------------------------------------------------------------------------
     preset: str = "tiny"
-    # The tiny preset's volumes on the coarse grid, and its image features at stride 8 instead of 16: at
-    # 64 x 176 pixels a stride-16 map is 4 x 11 cells and the semantic heads learn little more than
-    # terrain and road (LS from scratch, batch 2: mIoU 5.6 after 400 steps at stride 16, 10.2 after 300 at
-    # stride 8; docs/reproduce.md).
+    # The tiny preset's volume strides and stride-8 image features, spelled out (the preset itself moved to
+    # them after docs/demo.md's curves): at 64 x 176 pixels a stride-16 map is 4 x 11 cells and the semantic
+    # heads learn little more than terrain and road (LS from scratch, batch 2: mIoU 5.6 after 400 steps at
+    # stride 16, 10.2 after 300 at stride 8; docs/reproduce.md).
     model_overrides: dict = field(default_factory=lambda: {"compact_stride": [4, 4, 2], "binary_stride": [2, 2, 1],
                                                            "feature_strides": [8]})
     dense_pair: bool = False  # also run BEVFormer / Sparse-BEVFormer in E1
