@@ -27,13 +27,26 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
     return _codecs.encode(text, encoding, errors)
 
 
-def _numpy_global(module: str, name: str) -> Any:
-    import importlib
+# numpy's own core modules, both spellings: numpy 2 pickles name numpy._core, numpy 1 numpy.core.
+_CORE_SPELLINGS = {"numpy.core.multiarray": ("numpy.core.multiarray", "numpy._core.multiarray"),
+                   "numpy._core.multiarray": ("numpy._core.multiarray", "numpy.core.multiarray"),
+                   "numpy.core.numeric": ("numpy.core.numeric", "numpy._core.numeric"),
+                   "numpy._core.numeric": ("numpy._core.numeric", "numpy.core.numeric")}
 
-    # numpy 2 pickles name numpy._core, numpy 1 pickles numpy.core: accept either on either numpy.
-    for spelling in (module, module.replace("numpy._core", "numpy.core"), module.replace("numpy.core", "numpy._core")):
+
+def _numpy_global(module: str, name: str) -> Any:
+    """One of the allowed numpy globals. Only called after the (module, name) pair passed the
+    allow-list, so the modules imported here are numpy's own, never one a file names."""
+    import importlib
+    import warnings
+
+    if module == "numpy":
+        return getattr(np, name)
+    for spelling in _CORE_SPELLINGS[module]:
         try:
-            return getattr(importlib.import_module(spelling), name)
+            with warnings.catch_warnings():  # numpy 2 warns on numpy.core: the pickle's spelling, not ours
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return getattr(importlib.import_module(spelling), name)
         except (ImportError, AttributeError):
             continue
     raise pickle.UnpicklingError(f"numpy global '{module}.{name}' is not available")
@@ -50,12 +63,21 @@ _NUMPY_GLOBALS = {
     ("numpy._core.multiarray", "scalar"),
     ("numpy._core.numeric", "_frombuffer"),
 }
+# numpy >= 1.25 may name a dtype class (numpy.dtypes.Float64DType) when pickling dtypes: exactly the
+# classes of numpy.dtypes, read from the numpy we run (nothing a file names is imported to check it).
+_dtypes = getattr(np, "dtypes", None)
+_DTYPE_CLASSES = {name: cls for name, cls in vars(_dtypes).items()
+                  if isinstance(cls, type) and issubclass(cls, np.dtype)} if _dtypes else {}
 _BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "complex": complex,
              "bytearray": bytearray}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain containers, scalars and numpy arrays; refuses every other global."""
+    """Unpickles plain containers, scalars and numpy arrays; refuses every other global.
+
+    Every accepted global is an exact (module, name) pair; a refused one is refused before any
+    module is imported (a check that imported the named module first would run its top-level code).
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if module in ("builtins", "__builtin__") and name in _BUILTINS:
@@ -68,11 +90,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _latin1_encode
         if (module, name) in _NUMPY_GLOBALS:
             return _numpy_global(module, name)
-        if module.startswith("numpy") and name.endswith("DType"):
-            # numpy >= 1.25 may name a dtype class (numpy.dtypes.Float64DType) when pickling dtypes.
-            obj = _numpy_global(module, name)
-            if isinstance(obj, type) and issubclass(obj, np.dtype):
-                return obj
+        if module == "numpy.dtypes" and name in _DTYPE_CLASSES:
+            return _DTYPE_CLASSES[name]
         raise pickle.UnpicklingError(f"refused to load global '{module}.{name}' (only containers, scalars and numpy arrays are allowed)")
 
 

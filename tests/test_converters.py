@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from converters import safe_pickle
 from converters.errors import ConverterError
 from converters.labels import LabelSpec, read_occ3d, read_openoccupancy, read_openscene
 from converters.pcd import read_pcd, read_pcd_bytes, write_pcd
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # -- restricted unpickler ---------------------------------------------------------------------------
@@ -44,6 +48,45 @@ def test_safe_pickle_refuses_code_and_never_runs_it(tmp_path, payload):
     with pytest.raises(ConverterError, match=r"meta\.pkl: unsafe or corrupt pickle: refused to load global"):
         safe_pickle.load(path)
     assert not marker.exists()
+
+
+# Hostile pickles by hand (protocol 2 GLOBAL opcodes): each names a global that is not on the
+# allow-list; some name modules whose import alone runs code ('this' prints, numpy.f2py.__main__
+# runs f2py's command line). Each must be refused without importing the module it names.
+HOSTILE_GLOBALS = [
+    ("numpy.f2py.__main__", "XDType"),  # the old rule imported any numpy* module ending in DType
+    ("this", "XDType"),
+    ("numpy.dtypes", "__builtins__"),
+    ("numpy", "load"),
+    ("numpy.testing", "run_module_suite"),
+    ("os", "system"),
+    ("subprocess", "Popen"),
+    ("builtins", "eval"),
+    ("builtins", "getattr"),
+    ("builtins", "__import__"),
+    ("collections", "namedtuple"),
+    ("_codecs", "decode"),
+]
+
+
+@pytest.mark.parametrize("module,name", HOSTILE_GLOBALS)
+def test_safe_pickle_refuses_hostile_globals_before_importing_them(module, name):
+    script = f"""
+import sys
+from converters import safe_pickle
+from converters.errors import ConverterError
+before = set(sys.modules)
+try:
+    safe_pickle.loads(b"\\x80\\x02c{module}\\n{name}\\n)R.", source="meta.pkl")
+except ConverterError as err:
+    print("refused:", err)
+print("imported:", sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("this", "numpy", "os", "subprocess")))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].startswith(f"refused: meta.pkl: unsafe or corrupt pickle: refused to load global '{module}.{name}'")
+    assert lines[-1] == "imported: []" and len(lines) == 2  # nothing imported, nothing printed on import
 
 
 def test_safe_pickle_corrupt_file_names_it(tmp_path):
