@@ -13,15 +13,17 @@ point leaves either the previous file or nothing, never a half-written file unde
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import uuid
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the Zstd filter with HDF5 for both writing and reading)
@@ -29,6 +31,7 @@ import numpy as np
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import GridError, VoxelGrid
+from b2s_core.paths import inside, relative_path_problem
 from b2s_core.records import Camera, OccFrame
 from b2s_core.taxonomy import Taxonomy, get_taxonomy
 
@@ -572,26 +575,39 @@ def _load_shard(path: Path) -> _Shard:
         try:
             grid = VoxelGrid.from_dict(json.loads(attrs["grid"]))
             taxonomy = get_taxonomy(attrs["taxonomy"])
-        except (KeyError, json.JSONDecodeError, GridError, B2SError) as err:
+        except (KeyError, TypeError, ValueError, GridError, B2SError) as err:  # ValueError: JSONDecodeError too
             raise OccFormatError(f"{path}: bad grid / taxonomy attributes: {err}") from None
-        try:
-            frames = h5["frames"]
-            scenes = h5["scenes"]
-            names = [n.decode() if isinstance(n, bytes) else n for n in scenes["name"][:]]
-            ranges = np.stack([scenes["start"][:], scenes["stop"][:]], axis=1) if names else np.zeros((0, 2), np.int64)
-            shard = _Shard(
-                path=path, grid=grid, taxonomy=taxonomy, attrs=attrs, num_frames=int(frames["flags"].shape[0]),
-                scene_names=names, scene_ranges=ranges, flags=frames["flags"][:],
-                labels_range=frames["labels_range"][:], top2_range=frames["top2_range"][:],
-                points_range=frames["points_range"][:], scene_index=frames["scene_index"][:],
-                camera_names=json.loads(attrs.get("camera_names", "[]")),
-            )
-        except KeyError as err:
-            raise OccFormatError(f"{path}: missing dataset {err}") from None
+        camera_names = _json_attr(path, attrs, "camera_names", [])
+        if not isinstance(camera_names, list) or not all(isinstance(c, str) for c in camera_names):
+            raise OccFormatError(f"{path}: bad camera_names attribute (expected a JSON list of names)")
+        frames = _group(h5, path, "frames")
+        scenes = _group(h5, path, "scenes")
+        names = [_text(n) for n in _whole(path, scenes, "scenes/name")]
+        ranges = (np.stack([_whole(path, scenes, "scenes/start"), _whole(path, scenes, "scenes/stop")], axis=1)
+                  if names else np.zeros((0, 2), np.int64))
+        flags = _whole(path, frames, "frames/flags")
+        shard = _Shard(
+            path=path, grid=grid, taxonomy=taxonomy, attrs=attrs, num_frames=int(flags.shape[0]),
+            scene_names=names, scene_ranges=ranges, flags=flags,
+            labels_range=_whole(path, frames, "frames/labels_range"), top2_range=_whole(path, frames, "frames/top2_range"),
+            points_range=_whole(path, frames, "frames/points_range"), scene_index=_whole(path, frames, "frames/scene_index"),
+            camera_names=camera_names,
+        )
+        for name in ("labels_range", "top2_range", "points_range"):
+            if getattr(shard, name).shape != (shard.num_frames, 2):
+                raise OccFormatError(f"{path}: frames/{name} has shape {getattr(shard, name).shape}, expected ({shard.num_frames}, 2)")
+        if shard.scene_index.shape != (shard.num_frames,):
+            raise OccFormatError(f"{path}: frames/scene_index has shape {shard.scene_index.shape}, expected ({shard.num_frames},)")
         P = (grid.num_voxels + 7) // 8
-        if frames["occupancy"].shape[1:] != (P,):
-            raise OccFormatError(f"{path}: occupancy rows hold {frames['occupancy'].shape[1:]} bytes, grid needs {P}")
-        if shard.num_frames != int(attrs.get("num_frames", shard.num_frames)):
+        if "occupancy" not in frames:
+            raise OccFormatError(f"{path}: missing dataset frames/occupancy")
+        if frames["occupancy"].shape != (shard.num_frames, P):
+            raise OccFormatError(f"{path}: frames/occupancy has shape {frames['occupancy'].shape}, expected ({shard.num_frames}, {P}) for the grid")
+        try:
+            declared = int(attrs.get("num_frames", shard.num_frames))
+        except (TypeError, ValueError):
+            raise OccFormatError(f"{path}: bad num_frames attribute {attrs.get('num_frames')!r}") from None
+        if shard.num_frames != declared:
             raise OccFormatError(f"{path}: {shard.num_frames} frames stored, header says {attrs['num_frames']}")
         if len(ranges) and (ranges[-1, 1] != shard.num_frames or np.any(ranges[1:, 0] != ranges[:-1, 1])):
             raise OccFormatError(f"{path}: scene ranges do not tile the frames")
@@ -600,9 +616,100 @@ def _load_shard(path: Path) -> _Shard:
     return shard
 
 
+def _json_attr(path: Path, attrs: dict, name: str, default):
+    try:
+        return json.loads(attrs[name]) if name in attrs else default
+    except (TypeError, ValueError):  # JSONDecodeError is a ValueError
+        raise OccFormatError(f"{path}: attribute {name} is not valid JSON") from None
+
+
+def _group(h5: h5py.File, path: Path, name: str) -> h5py.Group:
+    if not isinstance(h5.get(name), h5py.Group):
+        raise OccFormatError(f"{path}: missing group /{name}")
+    return h5[name]
+
+
+def _whole(path: Path, group: h5py.Group, name: str) -> np.ndarray:
+    """One small per-frame (or per-scene) table read whole at open, its faults named."""
+    key = name.split("/")[-1]
+    if not isinstance(group.get(key), h5py.Dataset):
+        raise OccFormatError(f"{path}: missing dataset {name}")
+    try:
+        return group[key][:]
+    except OSError as err:  # h5py: a chunk whose compressed bytes do not decode
+        raise OccFormatError(f"{path}: {name} cannot be decoded (corrupt or truncated data: {_h5_reason(err)})") from None
+
+
+def _h5_reason(err: OSError) -> str:
+    # h5py's messages repeat the call chain ("Can't synchronously read data (...)"): keep the innermost part.
+    text = str(err)
+    return text[text.rfind("(") + 1:].rstrip(")") if "(" in text else text
+
+
 def validate_file(path: str | os.PathLike) -> dict:
     """Check a file and return its header attributes; raises OccFormatError naming the problem."""
     return dict(_load_shard(Path(path)).attrs)
+
+
+def check_frames(path: str | os.PathLike) -> Iterator[OccFormatError]:
+    """Decode every stored chunk of every frame of one file (grids, ragged rows, embedded images);
+    yields one :class:`OccFormatError` per damaged frame, in frame order. A file that does not open
+    raises. Linear time: reads the whole file (images referenced by path are not read)."""
+    dataset = OccDataset(path)
+    try:
+        for index in range(len(dataset)):
+            try:
+                dataset.read(index, images="embedded")
+            except OccFormatError as err:
+                yield err
+    finally:
+        dataset.close()
+
+
+class _FrameDamage(Exception):
+    """What is wrong with one frame's stored data; ``OccDataset.read`` adds the file and frame."""
+
+
+def _row(shard: "_Shard", name: str, i: int) -> np.ndarray:
+    """Row ``i`` of a per-frame dataset; a missing dataset or an undecodable chunk is frame damage."""
+    try:
+        return shard.ds(name)[i]
+    except KeyError:
+        raise _FrameDamage(f"missing dataset {name}") from None
+    except OSError as err:  # h5py: the chunk's compressed bytes do not decode
+        raise _FrameDamage(f"{name} cannot be decoded (corrupt or truncated data: {_h5_reason(err)})") from None
+    except IndexError:
+        raise _FrameDamage(f"{name} has no row {i}") from None
+
+
+def _ragged(shard: "_Shard", name: str, range_name: str, start_count, expected: int | None = None, what: str = "") -> np.ndarray:
+    """The rows ``[start, start + count)`` of a ragged dataset, checked against its length and,
+    when ``expected`` is given, against the number of rows the frame needs."""
+    start, count = (int(v) for v in start_count)
+    if expected is not None and count != expected:
+        raise _FrameDamage(f"{range_name} count {count} does not match the frame's {expected} {what}")
+    try:
+        dataset = shard.ds(name)
+    except KeyError:
+        raise _FrameDamage(f"missing dataset {name}") from None
+    if start < 0 or count < 0 or start + count > dataset.shape[0]:
+        raise _FrameDamage(f"{range_name} ({start}, {count}) lies outside {name} ({dataset.shape[0]} rows)")
+    try:
+        return dataset[start:start + count]
+    except OSError as err:
+        raise _FrameDamage(f"{name} rows {start}..{start + count} cannot be decoded (corrupt or truncated data: {_h5_reason(err)})") from None
+
+
+def _frame_label(shard: "_Shard", i: int) -> str:
+    """" (scene S, token T)" of a frame, as far as those can still be read."""
+    try:
+        scene = shard.scene_names[int(shard.scene_index[i])]
+    except (IndexError, ValueError):
+        return ""
+    try:
+        return f" (scene {scene}, token {_text(shard.ds('frames/token')[i])})"
+    except (KeyError, OSError, IndexError):
+        return f" (scene {scene})"
 
 
 class OccDataset:
@@ -628,7 +735,7 @@ class OccDataset:
         self.grid: VoxelGrid = first.grid
         self.taxonomy: Taxonomy = first.taxonomy
         self.source: str = first.attrs.get("source", "")
-        self.camera_names: list[str] = json.loads(first.attrs.get("camera_names", "[]"))
+        self.camera_names: list[str] = list(first.camera_names)
         self._image_root_override = image_root
         self._offsets = np.cumsum([0] + [s.num_frames for s in self._shards])
         self.scenes: list[SceneInfo] = []
@@ -676,7 +783,10 @@ class OccDataset:
         """Every frame's token, in frame order, without decoding any grid (linear time)."""
         out: list[str] = []
         for shard in self._shards:
-            out.extend(_text(t) for t in shard.ds("frames/token")[:])
+            try:
+                out.extend(_text(t) for t in shard.ds("frames/token")[:])
+            except (KeyError, OSError) as err:
+                raise OccFormatError(f"{shard.path}: frames/token cannot be read ({err})") from None
         return out
 
     def scene_of(self, index: int) -> str:
@@ -701,58 +811,75 @@ class OccDataset:
 
     def read(self, index: int, fields: Sequence[str] = FIELDS, images: bool | str = False) -> OccFrame:
         """One frame; ``fields`` limits what is decoded. ``images``: False (paths only), True
-        (bytes of every image, embedded or read from image_root) or "embedded" (embedded ones only)."""
+        (bytes of every image, embedded or read from image_root) or "embedded" (embedded ones only).
+        A frame whose stored data are damaged raises :class:`OccFormatError` naming the file, the
+        frame and what is wrong."""
         unknown = set(fields) - set(FIELDS)
         if unknown:
             raise OccFormatError(f"unknown fields {sorted(unknown)}; choose from {FIELDS}")
         shard, i = self._locate(index)
-        ds = shard.ds
+        try:
+            return self._decode(shard, i, fields, images)
+        except _FrameDamage as damage:
+            raise OccFormatError(f"{shard.path}: frame {i}{_frame_label(shard, i)}: {damage}") from None
+
+    def _decode(self, shard: "_Shard", i: int, fields: Sequence[str], images: bool | str) -> OccFrame:
+        row = functools.partial(_row, shard)
         flags = int(shard.flags[i])
         shape = shard.grid.shape
-        occupancy = _unpack(ds("frames/occupancy")[i], shape)  # always: it locates the stored labels
+        occupancy = _unpack(row("frames/occupancy", i), shape)  # always: it locates the stored labels
+        scene_index = int(shard.scene_index[i])
+        if not 0 <= scene_index < len(shard.scene_names):
+            raise _FrameDamage(f"frames/scene_index {scene_index} names no scene (the file has {len(shard.scene_names)})")
+        try:
+            source_tokens = json.loads(_text(row("frames/source_tokens", i)) or "{}")
+        except ValueError:
+            raise _FrameDamage("frames/source_tokens is not valid JSON") from None
         frame = OccFrame(
-            scene=shard.scene_names[int(shard.scene_index[i])],
-            token=_text(ds("frames/token")[i]),
-            timestamp=int(ds("frames/timestamp")[i]),
-            global_from_ego=ds("frames/global_from_ego")[i],
+            scene=shard.scene_names[scene_index],
+            token=_text(row("frames/token", i)),
+            timestamp=int(row("frames/timestamp", i)),
+            global_from_ego=row("frames/global_from_ego", i),
             cameras=self._cameras(shard, i, images) if "cameras" in fields else [],
             occupancy=occupancy,
-            source_tokens=json.loads(_text(ds("frames/source_tokens")[i]) or "{}"),
+            source_tokens=source_tokens,
         )
         if "semantics" in fields and flags & FLAG_SEMANTICS:
-            start, count = shard.labels_range[i]
+            labels = _ragged(shard, "ragged/labels", "frames/labels_range", shard.labels_range[i], int(occupancy.sum()), "occupied voxels")
             semantics = np.full(shape, shard.taxonomy.free_index, dtype=np.uint8)
-            semantics.reshape(-1)[occupancy.reshape(-1)] = ds("ragged/labels")[start:start + count]
+            semantics.reshape(-1)[occupancy.reshape(-1)] = labels
             frame.semantics = semantics
         mask_lidar = None
         if flags & FLAG_MASK_LIDAR and {"mask_lidar", "mask_camera"} & set(fields):
-            mask_lidar = np.logical_xor(_unpack(ds("frames/mask_lidar")[i], shape), occupancy)
+            mask_lidar = np.logical_xor(_unpack(row("frames/mask_lidar", i), shape), occupancy)
             if "mask_lidar" in fields:
                 frame.mask_lidar = mask_lidar
         if "mask_camera" in fields and flags & FLAG_MASK_CAMERA:
             reference = mask_lidar if mask_lidar is not None else occupancy
-            frame.mask_camera = _decode_reordered(_unpack(ds("frames/mask_camera")[i], shape).reshape(-1), reference)
+            frame.mask_camera = _decode_reordered(_unpack(row("frames/mask_camera", i), shape).reshape(-1), reference)
         if "binary_pred" in fields and flags & FLAG_BINARY_PRED:
-            frame.binary_pred = np.logical_xor(_unpack(ds("frames/binary_pred")[i], shape), occupancy)
+            frame.binary_pred = np.logical_xor(_unpack(row("frames/binary_pred", i), shape), occupancy)
         if "top2" in fields and flags & FLAG_TOP2_SUPPORT:
-            frame.top2_support = np.logical_xor(_unpack(ds("frames/top2_support")[i], shape), occupancy)
+            frame.top2_support = np.logical_xor(_unpack(row("frames/top2_support", i), shape), occupancy)
         if "top2" in fields and flags & FLAG_TOP2:
-            start, count = shard.top2_range[i]
-            frame.top2_labels = ds("ragged/top2_labels")[start:start + count]
-            frame.top2_logits = ds("ragged/top2_logits")[start:start + count]
+            support = frame.top2_support if flags & FLAG_TOP2_SUPPORT and frame.top2_support is not None else occupancy
+            voxels = int(support.sum())
+            frame.top2_labels = _ragged(shard, "ragged/top2_labels", "frames/top2_range", shard.top2_range[i], voxels, "Top2 voxels")
+            frame.top2_logits = _ragged(shard, "ragged/top2_logits", "frames/top2_range", shard.top2_range[i], voxels, "Top2 voxels")
         if "points" in fields and flags & FLAG_POINTS:
-            start, count = shard.points_range[i]
-            frame.points = ds("ragged/points")[start:start + count]
-        origin = ds("frames/lidar_origin")[i]
+            frame.points = _ragged(shard, "ragged/points", "frames/points_range", shard.points_range[i])
+        origin = row("frames/lidar_origin", i)
         frame.lidar_origin = origin if np.isfinite(origin).all() else None
         return frame
 
     def _cameras(self, shard: _Shard, i: int, images: bool) -> list[Camera]:
-        cams = lambda name: shard.ds(f"cameras/{name}")  # noqa: E731
+        cams = lambda name: _row(shard, f"cameras/{name}", i)  # noqa: E731
         names = shard.camera_names
-        width, height = cams("width")[i], cams("height")[i]
-        intrinsic, ego_from_cam = cams("intrinsic")[i], cams("ego_from_cam")[i]
-        stamps, paths, ranges = cams("timestamp")[i], cams("image_path")[i], cams("image_range")[i]
+        width, height = cams("width"), cams("height")
+        intrinsic, ego_from_cam = cams("intrinsic"), cams("ego_from_cam")
+        stamps, paths, ranges = cams("timestamp"), cams("image_path"), cams("image_range")
+        if len(width) < len(names):
+            raise _FrameDamage(f"cameras/width has {len(width)} slots, camera_names lists {len(names)}")
         out = []
         for c, name in enumerate(names):
             if width[c] == 0:
@@ -765,14 +892,17 @@ class OccDataset:
         return out
 
     def _image_bytes(self, shard: _Shard, path, image_range) -> bytes:
-        start, count = int(image_range[0]), int(image_range[1])
-        if count:
-            return shard.ds("ragged/images")[start:start + count].tobytes()
+        if int(image_range[1]):
+            return _ragged(shard, "ragged/images", "cameras/image_range", image_range).tobytes()
         path = _text(path)
         if not path:
             raise OccFormatError(f"{shard.path}: frame has neither an embedded image nor an image path")
+        # The path comes from the file: it must stay inside image_root (b2s_core.paths has the rule).
+        problem = relative_path_problem(path)
+        if problem:
+            raise OccFormatError(f"{shard.path}: image path {path!r} {problem}; it must stay inside the image root")
         root = self._image_root_override or shard.attrs.get("image_root", "")
-        full = Path(root) / path if root else Path(path)
+        full = inside(Path(root), path) if root else Path(posixpath.normpath(path))
         try:
             return full.read_bytes()
         except OSError:
@@ -783,7 +913,10 @@ class OccDataset:
         shard, i = self._locate(index)
         names = shard.camera_names
         c = names.index(camera) if isinstance(camera, str) else int(camera)
-        return self._image_bytes(shard, shard.ds("cameras/image_path")[i, c], shard.ds("cameras/image_range")[i, c])
+        try:
+            return self._image_bytes(shard, _row(shard, "cameras/image_path", i)[c], _row(shard, "cameras/image_range", i)[c])
+        except _FrameDamage as damage:
+            raise OccFormatError(f"{shard.path}: frame {i}{_frame_label(shard, i)}: {damage}") from None
 
     # -- file facts -------------------------------------------------------------------------------
     def attrs(self, shard: int = 0) -> dict:

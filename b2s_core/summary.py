@@ -13,6 +13,7 @@ from b2s_core.occfile import (
     FLAG_SEMANTICS,
     FLAG_TOP2,
     OccDataset,
+    OccFormatError,
 )
 
 
@@ -69,8 +70,13 @@ def summarize(path: str | os.PathLike) -> FileSummary:
     try:
         attrs = dataset.attrs()
         h5 = dataset.h5()
-        image_range = h5["cameras/image_range"][:]  # (N, C, 2)
-        image_path = h5["cameras/image_path"][:]  # (N, C)
+        try:
+            image_range = h5["cameras/image_range"][:]  # (N, C, 2)
+            image_path = h5["cameras/image_path"][:]  # (N, C)
+            image_bytes = int(h5["ragged/images"].id.get_storage_size())
+            point_bytes = int(h5["ragged/points"].id.get_storage_size())
+        except (KeyError, OSError) as err:  # a missing table or a chunk that does not decode: one line naming the file
+            raise OccFormatError(f"{path}: camera or ragged tables cannot be read ({err})") from None
         embedded = int((image_range[..., 1] > 0).any(axis=1).sum()) if len(image_range) else 0
         with_paths = int((image_path != b"").any(axis=1).sum()) if len(image_path) else 0
         return FileSummary(
@@ -95,8 +101,8 @@ def summarize(path: str | os.PathLike) -> FileSummary:
             with_embedded_images=embedded,
             with_image_paths=with_paths,
             bytes_on_disk=Path(path).stat().st_size,
-            image_bytes=int(h5["ragged/images"].id.get_storage_size()),
-            point_bytes=int(h5["ragged/points"].id.get_storage_size()),
+            image_bytes=image_bytes,
+            point_bytes=point_bytes,
         )
     finally:
         dataset.close()

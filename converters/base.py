@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from b2s_core.grids import VoxelGrid
+from b2s_core.paths import inside, relative_path_problem
 from b2s_core.records import SensorFrame
 from b2s_core.taxonomy import IGNORE_INDEX, Taxonomy, TaxonomyError
 from converters.errors import ConverterError
@@ -90,12 +92,57 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-def load_float32_bin(path: Path, columns: int) -> np.ndarray:
-    """A raw little-endian float32 point file of ``columns`` values per point -> (N, columns) float32."""
+def dataset_file(root: Path, relative: object, what: str, source: object) -> Path:
+    """The file a dataset table names by a path relative to ``root`` (b2s_core.paths has the rule).
+
+    A path that is absolute or climbs out of ``root`` is refused with a :class:`ConverterError`
+    naming ``source`` (the table and record that hold it), so the frame is skipped and nothing
+    outside the dataset is read; a missing file is refused naming the file.
+    """
+    problem = relative_path_problem(relative)
+    if problem:
+        raise ConverterError(source, f"{what} path {relative!r} {problem}; it must stay inside {root}")
+    return require_file(inside(root, str(relative)), what)
+
+
+# Image files the datasets hold. Only the header is parsed (a few KB): decoding every image to find a
+# truncated tail would cost ~10 ms per 1600x900 JPEG, more than the rest of a frame.
+IMAGE_FORMATS = ("JPEG", "PNG")
+
+
+def image_size(path: Path, what: str) -> tuple[int, int]:
+    """(width, height) from the header of a JPEG / PNG; anything else is a :class:`ConverterError`."""
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
+            size = image.size
+            image.verify()  # PNG: chunk checksums; JPEG: the markers parsed by open
+    except FileNotFoundError:
+        raise ConverterError(path, f"{what} not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        raise ConverterError(path, f"{what} is not a readable {' or '.join(IMAGE_FORMATS)} image ({err})") from None
+    return int(size[0]), int(size[1])
+
+
+def count_float32_points(path: Path, columns: int) -> int:
+    """Points in a raw float32 point file, from its size alone: a missing, empty or truncated file
+    is a :class:`ConverterError` before any point is read."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ConverterError(path, "LiDAR file not found") from None
+    except OSError as err:
+        raise ConverterError(path, f"LiDAR file unreadable ({err.strerror or err})") from None
     if size % (4 * columns):
         raise ConverterError(path, f"truncated LiDAR file: {size} bytes is not a whole number of {columns} x float32 points")
-    return np.fromfile(path, dtype="<f4").reshape(-1, columns)
+    if size == 0:
+        raise ConverterError(path, "empty LiDAR file (0 points)")
+    return size // (4 * columns)
+
+
+def load_float32_bin(path: Path, columns: int) -> np.ndarray:
+    """A raw little-endian float32 point file of ``columns`` values per point -> (N, columns) float32."""
+    count = count_float32_points(path, columns)
+    try:
+        return np.fromfile(path, dtype="<f4", count=count * columns).reshape(count, columns)
+    except (OSError, ValueError) as err:
+        raise ConverterError(path, f"LiDAR file unreadable ({err})") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
+from b2s_core.paths import name_problem
 from b2s_core.records import SemanticLabels
 from b2s_core.taxonomy import IGNORE_INDEX, OCC3D, OPENOCCUPANCY, OPENSCENE, Taxonomy, get_taxonomy
 from converters.errors import ConverterError
@@ -118,8 +119,10 @@ def read_openscene(path: str | Path, grid: VoxelGrid | None = None) -> SemanticL
     flat, label = rows[:, 0], rows[:, 1]
     if len(flat) and (flat.min() < 0 or flat.max() >= X * Y * Z):
         raise ConverterError(path, f"OpenScene flat index outside the {grid.shape} grid")
-    if len(label) and (label.min() < 0 or label.max() > 255):
-        raise ConverterError(path, "OpenScene label outside 0..255")
+    # Labels must be classes of the taxonomy or 255 (invalid): e.g. 77 is refused here, not in a later training step.
+    bad = np.unique(label[((label < 0) | (label >= OPENSCENE.num_labels)) & (label != IGNORE_INDEX)])
+    if len(bad):
+        raise ConverterError(path, f"label values {bad.tolist()[:10]} are not in the openscene taxonomy (0..{OPENSCENE.num_labels - 1}, 255 invalid)")
     semantics = np.full(grid.shape, OPENSCENE.free_index, dtype=np.uint8)
     # The file's flat index runs x fastest: flat = x + X * y + X * Y * z.
     semantics[flat % X, (flat // X) % Y, flat // (X * Y)] = label.astype(np.uint8)
@@ -136,9 +139,18 @@ def _check_values(path: Path, semantics: np.ndarray, taxonomy: Taxonomy) -> None
 def occ3d_path(root: Path, scene: str, sample_token: str) -> Path:
     """``<root>/gts/<scene>/<sample_token>/labels.npz`` (``root`` may also be the ``gts`` folder itself)."""
     base = root / "gts" if (root / "gts").is_dir() else root
-    return base / scene / sample_token / "labels.npz"
+    return base / _folder_name(scene, "scene name", root) / _folder_name(sample_token, "sample token", root) / "labels.npz"
 
 
 def openoccupancy_path(root: Path, scene_token: str, lidar_token: str) -> Path:
     """``<root>/scene_<scene_token>/occupancy/<lidar_sample_data_token>.npy``."""
-    return root / f"scene_{scene_token}" / "occupancy" / f"{lidar_token}.npy"
+    scene_folder = "scene_" + _folder_name(scene_token, "scene token", root)
+    return root / scene_folder / "occupancy" / f"{_folder_name(lidar_token, 'sample_data token', root)}.npy"
+
+
+def _folder_name(value: str, what: str, root: Path) -> str:
+    # Names from the dataset tables become folders under the label root: one name each, never a path out of it.
+    problem = name_problem(value)
+    if problem:
+        raise ConverterError(root, f"{what} {value!r} {problem}, so it cannot name a label file under this folder")
+    return value

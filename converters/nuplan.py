@@ -27,9 +27,9 @@ import numpy as np
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 from b2s_core.taxonomy import OPENSCENE
 from converters import safe_pickle
-from converters.base import FrameErrorHandler, SceneReader, quaternion_matrix, report, require_file, transform, yaw_matrix
+from converters.base import FrameErrorHandler, SceneReader, dataset_file, image_size, quaternion_matrix, report, transform, yaw_matrix
 from converters.errors import ConverterError
-from converters.pcd import read_pcd
+from converters.pcd import check_pcd_file, read_pcd
 
 CAMERA_ORDER = ("CAM_F0", "CAM_L0", "CAM_R0", "CAM_L1", "CAM_R1", "CAM_L2", "CAM_R2", "CAM_B0")
 KEY_FRAME_PERIOD_US = 500_000
@@ -74,9 +74,21 @@ def load_pcd_points(path: str) -> np.ndarray:
     cloud = read_pcd(path)
     if not all(c in cloud.columns for c in ("x", "y", "z")):
         raise ConverterError(path, f"PCD has no x, y, z fields (fields: {' '.join(cloud.columns)})")
+    if len(cloud.points) == 0:
+        raise ConverterError(path, "LiDAR file holds no points")
     order = [cloud.columns.index(c) for c in ("x", "y", "z")]
     order += [i for i in range(len(cloud.columns)) if i not in order]
     return np.ascontiguousarray(cloud.points[:, order])
+
+
+def check_lidar_pcd(path: Path) -> Path:
+    """``path`` when its header is sound, it promises points and the file holds them all (header and
+    size only: a bad cloud is found when its frame is listed, so the frame is skipped, whichever
+    command loads the points later)."""
+    header = check_pcd_file(path)
+    if header.num_points == 0:
+        raise ConverterError(path, "LiDAR file holds no points")
+    return path
 
 
 @dataclass
@@ -218,7 +230,7 @@ class _Log:
     def sweep(self, row: tuple, is_key_frame: bool) -> LidarSweep:
         token, timestamp, filename, ego_pose_token, lidar_token = row
         referrer = f"lidar_pc {hex_token(token)}"
-        path = require_file(self.reader.sensor_root / filename, "LiDAR file")
+        path = check_lidar_pcd(dataset_file(self.reader.sensor_root, filename, "LiDAR file", f"{self.db} ({referrer} filename)"))
         return LidarSweep(self.ego_from_lidar(lidar_token, referrer), self.global_from_ego(ego_pose_token, referrer),
                           int(timestamp), is_key_frame, functools.partial(load_pcd_points, str(path)), str(path))
 
@@ -254,7 +266,9 @@ class _Log:
         if nearest is None or abs(int(stamps[nearest]) - timestamp) > MAX_IMAGE_GAP_US:
             raise ConverterError(self.db, f"no {channel} image within {MAX_IMAGE_GAP_US // 1000} ms of lidar_pc at {timestamp}")
         image_time, filename, ego_pose_token = rows[nearest]
-        require_file(self.reader.image_root / filename, f"{channel} image")
+        path = dataset_file(self.reader.image_root, filename, f"{channel} image", f"{self.db} (image filename_jpg)")
+        image_size(path, f"{channel} image")
+        filename = str(path.relative_to(self.reader.image_root))  # normalised: what was checked is what is opened later
         if self.reader.compensate_ego_motion:
             global_from_cam_ego = self.global_from_ego(ego_pose_token, f"image {filename}")
             ego_from_cam = np.linalg.inv(global_from_key_ego) @ global_from_cam_ego @ ego_from_cam

@@ -20,7 +20,9 @@ import numpy as np
 
 from b2s_core.records import Box, Camera, LidarSweep, SemanticLabels, SensorFrame
 from b2s_core.taxonomy import OCC3D
-from converters.base import FrameErrorHandler, SceneReader, load_float32_bin, quaternion_matrix, report, require_file, transform
+from b2s_core.paths import name_problem
+from converters.base import (FrameErrorHandler, SceneReader, count_float32_points, dataset_file, image_size, load_float32_bin,
+                             quaternion_matrix, report, transform)
 from converters.errors import ConverterError
 from converters.labels import LabelSpec, occ3d_path, openoccupancy_path, read_occ3d, read_openoccupancy
 
@@ -48,6 +50,9 @@ def open_devkit(dataroot: Path, version: str):
     """``NuScenes(version, dataroot)`` with the devkit's asserts and KeyErrors turned into one clear message."""
     from nuscenes.nuscenes import NuScenes
 
+    problem = name_problem(version)
+    if problem:  # the version names a folder under the dataroot, never a path out of it
+        raise ConverterError(version, f"nuScenes version {problem}; give the name of a folder under {dataroot}, e.g. v1.0-mini")
     table_root = dataroot / version
     if not table_root.is_dir():
         found = sorted(p.name for p in dataroot.iterdir() if p.is_dir() and (p / "scene.json").is_file()) if dataroot.is_dir() else []
@@ -179,7 +184,8 @@ class NuScenesReader(SceneReader):
 
     def _sweep(self, sd: dict) -> LidarSweep:
         global_from_ego, ego_from_sensor = self._pose(sd)
-        path = require_file(self.dataroot / sd["filename"], "LiDAR file")
+        path = self._file(sd, "LiDAR file")
+        count_float32_points(path, POINT_COLUMNS)  # a missing, empty or truncated sweep skips its frame now, whoever loads it later
         return LidarSweep(ego_from_sensor, global_from_ego, int(sd["timestamp"]), bool(sd["is_key_frame"]),
                           functools.partial(load_lidar_bin, str(path)), str(path))
 
@@ -205,9 +211,15 @@ class NuScenesReader(SceneReader):
         global_from_cam_ego, ego_from_cam = self._pose(sd)
         if self.compensate_ego_motion:
             ego_from_cam = np.linalg.inv(global_from_key_ego) @ global_from_cam_ego @ ego_from_cam
-        require_file(self.dataroot / sd["filename"], f"{channel} image")
+        path = self._file(sd, f"{channel} image")
+        image_size(path, f"{channel} image")
         return Camera(channel, intrinsic, ego_from_cam, int(sd["width"]), int(sd["height"]),
-                      image_path=sd["filename"], timestamp=int(sd["timestamp"]))
+                      image_path=str(path.relative_to(self.dataroot)), timestamp=int(sd["timestamp"]))
+
+    def _file(self, sd: dict, what: str) -> Path:
+        """The file of a sample_data record: inside the dataroot, else the frame is refused (b2s_core.paths)."""
+        table = self.dataroot / self.version / "sample_data.json"
+        return dataset_file(self.dataroot, sd["filename"], what, f"{table} (sample_data {sd['token']} filename)")
 
     def _box(self, ann_token: str, sample_token: str) -> Box:
         ann = self._get("sample_annotation", ann_token, "sample", sample_token)

@@ -20,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-from PIL import Image
+import posixpath
 
+import numpy as np
+
+from b2s_core.paths import inside, name_problem, relative_path_problem
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 from b2s_core.taxonomy import OPENSCENE
 from converters import safe_pickle
-from converters.base import FrameErrorHandler, SceneReader, quaternion_matrix, report, transform, yaw_matrix
+from converters.base import FrameErrorHandler, SceneReader, image_size, quaternion_matrix, report, transform, yaw_matrix
 from converters.errors import ConverterError
 from converters.labels import LabelSpec, read_openscene
-from converters.nuplan import CAMERA_ORDER, load_pcd_points
+from converters.nuplan import CAMERA_ORDER, check_lidar_pcd, load_pcd_points
 
 
 @dataclass
@@ -71,6 +73,8 @@ class OpenSceneReader(SceneReader):
 
     def _find_metas(self, split: str | None) -> list[_LogRef]:
         meta_root = self.dataroot / "meta_datas"
+        if split and name_problem(split):  # the split names a folder under meta_datas, never a path out of it
+            raise ConverterError(split, f"OpenScene split {name_problem(split)}; give a folder name under {meta_root}, e.g. mini")
         if not meta_root.is_dir():
             raise ConverterError(meta_root, "OpenScene meta_datas folder not found")
         splits = [split] if split else sorted(p.name for p in meta_root.iterdir() if p.is_dir())
@@ -133,12 +137,17 @@ class OpenSceneReader(SceneReader):
             raise ConverterError(ref.meta, f"frame {meta.get('token')} '{key}' has {value.size} numbers, expected {size}")
         return value
 
-    def _sensor_path(self, rel: str, ref: _LogRef) -> Path:
-        """A ``lidar_path`` / ``data_path`` -> an existing file path (relative to ``sensor_blobs/<split>``)."""
+    def _sensor_path(self, rel: object, ref: _LogRef, what: str) -> Path:
+        """A ``lidar_path`` / ``data_path`` -> the file path (relative to ``sensor_blobs/<split>``; also
+        tried under ``sensor_blobs`` and the dataroot). A path that is absolute or climbs out of its
+        folder is refused (b2s_core.paths), so nothing outside the dataroot is ever opened."""
+        problem = relative_path_problem(rel)
+        if problem:
+            raise ConverterError(ref.meta, f"{what} {rel!r} {problem}; it must stay inside {self.dataroot / 'sensor_blobs' / ref.split}")
         for base in (self.dataroot / "sensor_blobs" / ref.split, self.dataroot / "sensor_blobs", self.dataroot):
-            if (base / rel).is_file():
-                return base / rel
-        return self.dataroot / "sensor_blobs" / ref.split / rel
+            if inside(base, str(rel)).is_file():
+                return inside(base, str(rel))
+        return inside(self.dataroot / "sensor_blobs" / ref.split, str(rel))
 
     def _frame(self, scene: str, meta: dict, ref: _LogRef) -> SensorFrame:
         where = f"{ref.meta} (frame {meta.get('token')})"
@@ -148,9 +157,7 @@ class OpenSceneReader(SceneReader):
                                    self._field(meta, "lidar2ego_translation", ref, 3))
         token = str(meta.get("token"))
         timestamp = int(meta.get("timestamp", 0))
-        lidar_path = self._sensor_path(str(meta.get("lidar_path", "")), ref)
-        if not lidar_path.is_file():
-            raise ConverterError(lidar_path, "LiDAR file not found")
+        lidar_path = check_lidar_pcd(self._sensor_path(meta.get("lidar_path", ""), ref, f"frame {token} lidar_path"))
         lidar = LidarSweep(ego_from_lidar, global_from_ego, timestamp, True,
                            functools.partial(load_pcd_points, str(lidar_path)), str(lidar_path))
         cams = meta.get("cams") or {}
@@ -167,14 +174,8 @@ class OpenSceneReader(SceneReader):
         lidar_from_cam = transform(self._field({**cam, **where}, "sensor2lidar_rotation", ref, 9).reshape(3, 3),
                                    self._field({**cam, **where}, "sensor2lidar_translation", ref, 3))
         intrinsic = self._field({**cam, **where}, "cam_intrinsic", ref, 9).reshape(3, 3)
-        path = self._sensor_path(str(cam.get("data_path", "")), ref)
-        try:
-            with Image.open(path) as image:  # reads the header only
-                width, height = image.size
-        except FileNotFoundError:
-            raise ConverterError(path, f"{channel} image not found") from None
-        except OSError as err:
-            raise ConverterError(path, f"{channel} image unreadable ({err})") from None
+        path = self._sensor_path(cam.get("data_path", ""), ref, f"frame {token} {channel} data_path")
+        width, height = image_size(path, f"{channel} image")
         return Camera(channel, intrinsic, ego_from_lidar @ lidar_from_cam, int(width), int(height),
                       image_path=str(path.relative_to(self.dataroot)), timestamp=int(cam.get("timestamp", 0) or 0))
 
@@ -197,14 +198,18 @@ class OpenSceneReader(SceneReader):
         rel = meta.get("occ_gt_final_path")
         if not rel:
             raise ConverterError(ref.meta, f"frame {meta.get('token')} has no occ_gt_final_path (no occupancy label)")
-        rel_path = Path(str(rel))
-        if rel_path.is_absolute() and rel_path.is_file():
-            return rel_path
-        # The stored path is relative to wherever the authors kept the data: try it under the label
-        # root with fewer and fewer leading folders.
-        parts = rel_path.parts
+        # The stored path is relative to wherever the authors kept the data (or is one of their
+        # absolute paths): try it under the label root with fewer and fewer leading folders. Only
+        # files under the label root are opened: the path is normalised and its root and leading
+        # '..' dropped first, so no candidate can climb out of the root.
+        text = str(rel)
+        if "\0" in text:
+            raise ConverterError(ref.meta, f"frame {meta.get('token')} occ_gt_final_path {text!r} holds a NUL byte")
+        parts = Path(posixpath.normpath("/" + text.lstrip("/"))).parts[1:]  # [1:]: without the root "/"
+        if not parts:
+            raise ConverterError(ref.meta, f"frame {meta.get('token')} occ_gt_final_path {text!r} names no file")
         for start in range(len(parts)):
             candidate = labels.root.joinpath(*parts[start:])
             if candidate.is_file():
                 return candidate
-        return labels.root / rel_path
+        return labels.root.joinpath(*parts)

@@ -77,11 +77,10 @@ def parse_header(data: bytes, source: object) -> tuple[PcdHeader, int]:
             raise ConverterError(source, f"PCD header has no {key} line")
     fields = tuple(entries["FIELDS"])
     n = len(fields)
-    counts = tuple(int(c) for c in entries.get("COUNT", ["1"] * n))
-    try:
-        sizes = tuple(int(s) for s in entries["SIZE"])
-    except ValueError:
-        raise ConverterError(source, f"PCD SIZE line is not integers: {entries['SIZE']}") from None
+    if len(set(fields)) != n:
+        raise ConverterError(source, f"PCD FIELDS repeat a name: {' '.join(fields)}")
+    counts = _counts(entries.get("COUNT", ["1"] * n), "COUNT", source, minimum=1)
+    sizes = _counts(entries["SIZE"], "SIZE", source, minimum=1)
     types = tuple(t.upper() for t in entries["TYPE"])
     if not (len(sizes) == len(types) == len(counts) == n):
         raise ConverterError(source, f"PCD header lists {n} FIELDS but {len(sizes)} SIZE, {len(types)} TYPE, {len(counts)} COUNT")
@@ -89,13 +88,57 @@ def parse_header(data: bytes, source: object) -> tuple[PcdHeader, int]:
         if kind not in _NUMPY_KIND or (kind == "F" and size not in (4, 8)) or size not in (1, 2, 4, 8):
             raise ConverterError(source, f"PCD field type {kind}{size} is not supported")
     if "POINTS" in entries:
-        num_points = int(entries["POINTS"][0])
+        (num_points,) = _counts(entries["POINTS"][:1], "POINTS", source, minimum=0)
     else:
-        num_points = int(entries.get("WIDTH", ["0"])[0]) * int(entries.get("HEIGHT", ["1"])[0])
+        width, height = _counts(entries.get("WIDTH", ["0"])[:1] + entries.get("HEIGHT", ["1"])[:1], "WIDTH / HEIGHT", source, minimum=0)
+        num_points = width * height
     mode = entries["DATA"][0].lower() if entries["DATA"] else ""
     if mode not in ("ascii", "binary", "binary_compressed"):
         raise ConverterError(source, f"PCD DATA '{mode}' is not ascii or binary")
     return PcdHeader(fields, sizes, types, counts, num_points, mode), offset
+
+
+def _counts(values: list[str], key: str, source: object, minimum: int) -> tuple[int, ...]:
+    # Header numbers size the payload: a non-integer or negative one (e.g. ``POINTS -5``) is refused here.
+    try:
+        numbers = tuple(int(v) for v in values)
+    except ValueError:
+        raise ConverterError(source, f"PCD {key} line is not integers: {' '.join(values)}") from None
+    if not numbers or any(v < minimum for v in numbers):
+        raise ConverterError(source, f"PCD {key} must be integers >= {minimum}, got '{' '.join(values)}'")
+    return numbers
+
+
+def check_pcd_file(path: str | Path, max_header_bytes: int = 1 << 20) -> PcdHeader:
+    """The header of a PCD file, checked against the file's size without reading the points.
+
+    Lets a reader refuse a truncated or malformed cloud when it lists a frame, before anything
+    loads it (a ``binary`` payload must hold ``POINTS x point size`` bytes; the ascii and
+    compressed payloads are checked when read). Reads the header only, normally under 1 KB.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(4096)
+            while True:
+                try:
+                    header, offset = parse_header(head, path)
+                    break
+                except ConverterError:
+                    if len(head) >= min(size, max_header_bytes):
+                        raise
+                    head += file.read(4096)  # a long header (many comment lines): read on
+    except FileNotFoundError:
+        raise ConverterError(path, "LiDAR file not found") from None
+    except OSError as err:
+        raise ConverterError(path, f"LiDAR file unreadable ({err.strerror or err})") from None
+    if header.data == "binary":
+        need = header.num_points * header.dtype().itemsize
+        if size - offset < need:
+            raise ConverterError(path, f"truncated PCD: {size - offset} payload bytes, header promises {need} "
+                                       f"({header.num_points} points x {header.dtype().itemsize} B)")
+    return header
 
 
 def read_pcd_bytes(data: bytes, source: object = "<bytes>") -> PointCloud:
@@ -131,6 +174,8 @@ def read_pcd(path: str | Path) -> PointCloud:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConverterError(path, "LiDAR file not found") from None
+    except OSError as err:  # a folder, no permission, an I/O error: this file's problem, not the run's
+        raise ConverterError(path, f"LiDAR file unreadable ({err.strerror or err})") from None
     return read_pcd_bytes(data, source=path)
 
 

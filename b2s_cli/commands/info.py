@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from b2s_cli.errors import cli_errors
+from b2s_cli.errors import cli_errors, one_line
+from b2s_core.occfile import check_frames
 from b2s_core.summary import summarize
 
 
@@ -21,12 +23,18 @@ def _size(num: float) -> str:
 
 
 @cli_errors
-def info(files: list[Path] = typer.Argument(..., help="One or more .h5 files written by b2s.", show_default=False)) -> None:
+def info(
+    files: list[Path] = typer.Argument(..., help="One or more .h5 files written by b2s.", show_default=False),
+    check: bool = typer.Option(False, "--check", help="Also decode every stored chunk of every frame (reads the whole file); "
+                                                      "list each damaged frame and exit 1 if there is one."),
+) -> None:
     """Summarise occupancy files: source, grid, taxonomy, scenes, frames, contents and size.
 
     Example: b2s info data/nuscenes-mini.h5 data/nuplan-*.h5
+    Example: b2s info --check data/nuscenes-mini.h5
     """
     console = Console()
+    damaged = 0
     for path in files:
         s = summarize(path)
         table = Table(title=str(path), show_header=False, title_justify="left", box=None, padding=(0, 2))
@@ -55,3 +63,21 @@ def info(files: list[Path] = typer.Argument(..., help="One or more .h5 files wri
         for key, value in rows:
             table.add_row(key, value)
         console.print(table)
+        if check:
+            damaged += _report_damage(path, s.frames)
+    if damaged:
+        raise typer.Exit(1)
+
+
+def _report_damage(path: Path, frames: int) -> int:
+    """Print one line per damaged frame of ``path`` (stderr) and a verdict; returns how many."""
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    damaged = 0
+    for err in check_frames(path):
+        errors.print(f"[bold red]damaged:[/] {escape(one_line(err))}", markup=True)
+        damaged += 1
+    if damaged:
+        errors.print(f"{path}: {damaged} of {frames:,} frames damaged", markup=False)
+    else:
+        Console().print(f"check: all {frames:,} frames decode")
+    return damaged

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import VoxelGrid, get_grid
+from b2s_core.paths import name_problem
 from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, simulate_scene
 from b2s_core.synth.sensors import NUPLAN_CAMERAS, NUSCENES_CAMERAS, LidarSpec
 from b2s_core.synth.truth_file import GroundTruthFrame, load_ground_truth, write_ground_truth
@@ -105,6 +106,8 @@ def write_dataset(
         raise SynthError(f"need at least one scene and one key frame, got scenes={scenes}, frames={frames}")
     if image_size is not None and (len(image_size) != 2 or min(image_size) < 8):
         raise SynthError(f"image size must be two numbers >= 8 (W, H), got {image_size}")
+    if name_problem(nuscenes_version):  # it names the tables' folder under <out>/nuscenes, never a path out of it
+        raise SynthError(f"nuScenes version {nuscenes_version!r} {name_problem(nuscenes_version)}; give a folder name such as v1.0-mini")
     grid_list: dict[str, VoxelGrid] = {}
     requested = [get_grid(g) for g in grids]
     for grid in requested + [get_grid(FORMAT_GRIDS[f]) for f in formats if f in FORMAT_GRIDS]:
