@@ -4,7 +4,8 @@ Flow: a reader (:func:`converters.open_reader`) yields a scene's :class:`SensorF
 :func:`b2s_core.binary.pipeline.build_scene` aggregates the sweeps and traces the rays (two
 streaming passes, so the reader is asked for the scene twice) -> the scene's OccFrames go into
 their own part file (:class:`b2s_core.occfile.ResumableWriter`) -> when every selected scene is
-done the parts are merged into ``--out`` atomically. An interrupted run keeps its finished scenes.
+done the parts are merged into ``--out`` atomically. An interrupted run keeps its finished scenes;
+a rerun whose output options differ (:meth:`BuildBinaryJob.output_options`) is refused.
 
 The core (``b2s_core.binary``) never imports this package: everything source-specific (which
 reader, which ego body, which default grid) is decided here.
@@ -26,7 +27,8 @@ from converters.base import SceneReader
 from converters.convert import DEFAULT_GRID
 from converters.errors import ConverterError
 from converters.progress import SceneProgress
-from converters.scene_run import SkippedFrame, check_run_options, open_error_skips, run_scenes, select_scenes
+from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
+                                  run_scenes, select_scenes)
 
 EGO_BODY = {"nuscenes": EGO_BODY_NUSCENES, "nuplan": EGO_BODY_NUPLAN, "openscene": EGO_BODY_NUPLAN}
 
@@ -74,6 +76,24 @@ class BuildBinaryJob:
             ego_body=ego_body, camera_stride=self.camera_stride, dedupe_rays=not self.exact_rays,
             keep_points=self.keep_points,
         )
+
+    def output_options(self, config: BinaryBuildConfig) -> dict:
+        """The options that shape a scene's frames, by flag: a resumed build must repeat them.
+
+        Which scenes are built (--scenes, --split, --shard, --version: a scene's frames are the same
+        whatever selects it) and how (--workers, --on-error) may change between runs.
+        """
+        return {
+            "--source": self.source,
+            "--dataroot": str(self.dataroot.resolve()),
+            "--grid": grid_text(config.grid),
+            "--sweeps": self.sweeps,
+            "--ray-sweeps": self.ray_sweeps,
+            "--camera-stride": self.camera_stride,
+            "--exact-rays": self.exact_rays,
+            "--points": self.keep_points,
+            "reader options": self.reader_options or None,
+        }
 
 
 @dataclass
@@ -133,6 +153,7 @@ def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> 
     writer_kwargs = dict(grid=config.grid, taxonomy=BINARY, source=job.source, command=job.command,
                          camera_names=reader.camera_names, image_root=str(Path(reader.image_root).resolve()))
     writer = ResumableWriter(job.out, **writer_kwargs)
+    check_resume_options(writer.parts_dir, job.output_options(config), what="build")
     done = [s for s in scenes if writer.is_done(s)]
     todo = [s for s in scenes if s not in set(done)]
     progress.start(len(scenes), len(done))

@@ -4,8 +4,9 @@ Flow: a reader (:func:`converters.open_reader`) yields :class:`SensorFrame` per 
 :func:`occ_frame_of` turns it into an :class:`OccFrame` on the labels' grid -> the scene goes into
 its own part file (:class:`b2s_core.occfile.ResumableWriter`) -> when every selected scene is done the
 parts are merged into ``--out`` atomically. An interrupted run keeps its finished scenes and
-redoes only the others. Frames with bad inputs are skipped and listed (``on_error='skip'``) or
-stop the run (``'stop'``) after the finished scenes have been kept.
+redoes only the others; a rerun whose output options differ (:func:`output_options`) is refused.
+Frames with bad inputs are skipped and listed (``on_error='skip'``) or stop the run (``'stop'``)
+after the finished scenes have been kept.
 
 Without labels a frame's occupancy is its key LiDAR sweep voxelised on the grid (one sweep, no
 aggregation, no free-space reasoning): a quick look at a dataset. Dense binary occupancy for
@@ -29,8 +30,10 @@ from b2s_core.taxonomy import Taxonomy
 from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
+from converters.labels import LabelSpec
 from converters.progress import SceneProgress
-from converters.scene_run import SkippedFrame, check_run_options, open_error_skips, run_scenes, select_scenes
+from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
+                                  run_scenes, select_scenes)
 
 # The grid of an unlabelled conversion, per source: the grid its usual labels live on.
 DEFAULT_GRID = {"nuscenes": "occ3d", "nuplan": "openscene", "openscene": "openscene"}
@@ -199,6 +202,7 @@ def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> Con
                          camera_names=reader.camera_names,
                          image_root=None if config.embed_images else str(Path(reader.image_root).resolve()))
     writer = ResumableWriter(config.out, **writer_kwargs)
+    check_resume_options(writer.parts_dir, output_options(config, grid), what="conversion")
     job = _Job(config.reader_kwargs(), writer, config.embed_images, config.store_points, config.on_error)
 
     done = [s for s in scenes if writer.is_done(s)]
@@ -216,6 +220,24 @@ def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> Con
     writer.finalize(scene_order=scenes)
     finished = time.perf_counter()
     return ConvertSummary(config.out, len(scenes), len(done), frames, skipped, finished - started, finished - merge_started)
+
+
+def output_options(config: ConvertConfig, grid: VoxelGrid) -> dict:
+    """The options that shape a scene's frames, by flag: a resumed run must repeat them.
+
+    Which scenes are converted (--scenes, --split, --shard, --version: a scene's frames are the same
+    whatever selects it) and how (--workers, --on-error) may change between runs.
+    """
+    labels = LabelSpec.parse(config.labels) if config.labels else None
+    return {
+        "--source": config.source,
+        "--dataroot": str(config.dataroot.resolve()),
+        "--labels": f"{labels.kind}:{labels.root.resolve()}" if labels else None,
+        "--grid": grid_text(grid),
+        "--embed-images": config.embed_images,
+        "--points": config.store_points,
+        "reader options": config.reader_options or None,
+    }
 
 
 def _check_part_matches(part: Path, writer_kwargs: dict) -> None:

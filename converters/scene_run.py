@@ -9,15 +9,24 @@ process, or in a pool of worker processes. The task is what differs between the 
 
 A task must pickle (it travels to spawned workers) and holds everything else it needs (the
 ResumableWriter of the run, the options).
+
+A rerun resumes from the finished parts only if it would have made them the same way: each driver
+passes the options that shape a scene's frames to :func:`check_resume_options`, which records them
+beside the parts on the first run and refuses a rerun with others (selection and running options
+such as ``--scenes``, ``--shard``, ``--workers`` or ``--on-error`` stay free to change).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from b2s_core.grids import VoxelGrid
 from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
@@ -72,6 +81,63 @@ def select_scenes(reader: SceneReader, shard: tuple[int, int], dataroot: Path) -
     return scenes
 
 
+# -- resuming only what the same options made -------------------------------------------------------
+OPTIONS_RECORD = "options.json"  # beside the part files; removed with them when the output is merged
+
+
+def check_resume_options(parts_dir: Path, options: dict[str, Any], *, what: str) -> None:
+    """Refuse to resume the finished parts in ``parts_dir`` with other ``options`` than made them.
+
+    ``options`` maps a command-line flag (``--labels``) to its resolved value (JSON-serialisable).
+    The first run records them in ``parts_dir/options.json`` (atomically); a later run compares. A
+    differing record without any finished part is simply replaced: nothing could be mixed. Parts without a record (left by a b2s that kept none) are
+    trusted, as before. ``what`` names the run in the message ("conversion", "build").
+    """
+    record = parts_dir / OPTIONS_RECORD
+    options = json.loads(json.dumps(options, sort_keys=True, default=str))  # compare what the record holds
+    if record.is_file():
+        try:
+            earlier = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            earlier = None
+        if earlier == options:
+            return
+        if any(parts_dir.glob("*.h5")):
+            raise ConverterError(parts_dir, f"holds scenes of a different {what} ({_differences(earlier, options)}); "
+                                            "delete it or rerun with the same options")
+    _write_record(record, options)
+
+
+def _differences(earlier: Any, options: dict[str, Any]) -> str:
+    """'--labels: none before, occ3d:/x now; ...' for the options whose values differ."""
+    if not isinstance(earlier, dict):
+        return "its options record is unreadable"
+    names = sorted(set(earlier) | set(options))
+    return "; ".join(f"{name}: {_shown(earlier.get(name))} before, {_shown(options.get(name))} now"
+                     for name in names if earlier.get(name) != options.get(name))
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _write_record(record: Path, options: dict[str, Any]) -> None:
+    # Temporary file + rename: a crash leaves the whole record or none, never half of one.
+    temp = record.with_name(f".{record.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    temp.write_text(json.dumps(options, sort_keys=True, indent=1))
+    temp.replace(record)
+
+
+def grid_text(grid: VoxelGrid) -> str:
+    """A grid's geometry as the custom --grid spec writes it (names differ, geometry is what counts)."""
+    voxel = grid.voxel_size[:1] if len(set(grid.voxel_size)) == 1 else grid.voxel_size
+    return ",".join(f"{v:g}" for v in (*grid.range_min, *grid.range_max)) + ":" + ",".join(f"{v:g}" for v in voxel)
+
+
 # -- worker processes -----------------------------------------------------------------------------
 _WORKER: dict = {}
 
@@ -120,4 +186,5 @@ def run_scenes(task: Any, reader: SceneReader, todo: list[str], *, workers: int,
     return frames, skipped
 
 
-__all__ = ["SkippedFrame", "check_run_options", "open_error_skips", "parse_shard", "run_scenes", "select_scenes"]
+__all__ = ["OPTIONS_RECORD", "SkippedFrame", "check_resume_options", "check_run_options", "grid_text", "open_error_skips",
+           "parse_shard", "run_scenes", "select_scenes"]

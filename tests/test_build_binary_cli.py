@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import numpy as np
 import typer
 from typer.testing import CliRunner
@@ -10,6 +13,8 @@ from _convert_data import wrap_nuscenes_keyframe
 from b2s_cli.commands import build_binary as build_command
 from b2s_core.occfile import OccDataset, ResumableWriter
 from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary
+from converters.errors import ConverterError
+from converters.progress import SceneProgress
 
 
 def _app() -> typer.Typer:
@@ -96,3 +101,58 @@ def test_driver_workers_shards_and_resume(synth_root, tmp_path):
     kept.close()
     a.close()
     b.close()
+
+
+class _CtrlCAfterFirstScene(SceneProgress):
+    def scene_done(self, scene, frames, skipped):
+        raise KeyboardInterrupt
+
+
+def _file_hashes(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# Each option that shapes a scene's frames, changed: (BuildBinaryJob field, value, the flag the refusal names).
+OUTPUT_OPTION_CHANGES = [
+    ("grid", "-16,-16,-1,16,16,5.8:0.4", "--grid"),
+    ("sweeps", 4, "--sweeps"),
+    ("ray_sweeps", 3, "--ray-sweeps"),
+    ("camera_stride", 8.0, "--camera-stride"),
+    ("exact_rays", True, "--exact-rays"),
+    ("keep_points", True, "--points"),
+    ("source", "nuplan", "--source"),
+]
+
+
+def test_resumed_build_with_other_output_options_is_refused(synth_root, tmp_path):
+    dataroot = synth_root / "nuscenes"
+    base = dict(grid=SMALL_GRID, ray_sweeps=2, camera_stride=4.0)
+    out = tmp_path / "b.h5"
+    parts = tmp_path / "b.h5.parts"
+    try:
+        build_binary(BuildBinaryJob("nuscenes", dataroot, out, **base), _CtrlCAfterFirstScene())
+    except KeyboardInterrupt:
+        pass
+    before = _file_hashes(parts)
+    assert len([name for name in before if name.endswith(".h5")]) == 1
+    for field, value, flag in OUTPUT_OPTION_CHANGES:
+        options = {**base, field: value}
+        source, root = (value, synth_root / "nuplan") if field == "source" else ("nuscenes", dataroot)
+        options.pop("source", None)
+        try:
+            build_binary(BuildBinaryJob(source, root, out, **options))
+        except ConverterError as err:
+            message = str(err)
+            assert "holds scenes of a different build" in message and re.search(rf"[(;] ?{flag}: ", message), message
+        else:
+            raise AssertionError(f"a resume with another {flag} was accepted")
+        assert _file_hashes(parts) == before, field
+    # through the CLI: one line, exit code 1
+    args = ["build-binary", "--source", "nuscenes", "--dataroot", str(dataroot), "--out", str(out), "--grid", SMALL_GRID,
+            "--ray-sweeps", "2", "--camera-stride", "4", "--points"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1 and "--points: off before, on now" in result.output and "Traceback" not in result.output
+    assert _file_hashes(parts) == before
+    # the same options resume, with other workers
+    resumed = build_binary(BuildBinaryJob("nuscenes", dataroot, out, workers=2, **base))
+    assert (resumed.scenes, resumed.resumed, resumed.frames) == (2, 1, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import sqlite3
@@ -15,6 +16,7 @@ from b2s_core.occfile import OccDataset
 from converters import open_reader
 from converters.convert import ConvertConfig, convert
 from converters.errors import ConverterError
+from converters.progress import SceneProgress
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
@@ -198,6 +200,49 @@ def test_stop_keeps_finished_scenes_and_resume_redoes_only_the_rest(nuplan, tmp_
     bad.write_bytes(good)
     summary = convert(ConvertConfig("nuplan", root, out))
     assert summary.resumed == 1 and summary.frames == 2 and len(OccDataset(out)) == 4
+
+
+class _CtrlCAfterFirstScene(SceneProgress):
+    def scene_done(self, scene, frames, skipped):
+        raise KeyboardInterrupt
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("changed, refusal", [
+    ({"labels": "LABELS"}, r"\(--labels: none before, openscene:.*os-labels now\)"),
+    ({"store_points": False}, r"\(--points: on before, off now\)"),
+    ({"embed_images": True}, r"\(--embed-images: off before, on now\)"),
+    ({"grid": "-16,-16,-1,16,16,5.4:0.4"}, r"\(--grid: -50,-50,-4,50,50,4:0\.5 before, -16,-16,-1,16,16,5\.4:0\.4 now\)"),
+], ids=["labels-added", "no-points", "embed-images", "grid"])
+def test_resume_with_other_output_options_is_refused_and_keeps_the_parts(openscene, tmp_path, changed, refusal):
+    root, labels, _ = openscene
+    out = tmp_path / "a.h5"
+    parts = tmp_path / "a.h5.parts"
+    with pytest.raises(KeyboardInterrupt):
+        convert(ConvertConfig("openscene", root, out), _CtrlCAfterFirstScene())
+    before = _file_hashes(parts)
+    assert len([name for name in before if name.endswith(".h5")]) == 1 and "options.json" in before
+    options = {k: f"openscene:{labels}" if v == "LABELS" else v for k, v in changed.items()}
+    with pytest.raises(ConverterError, match=r"a\.h5\.parts: holds scenes of a different conversion " + refusal):
+        convert(ConvertConfig("openscene", root, out, **options))
+    assert _file_hashes(parts) == before and not out.exists()
+    # the same output options resume; selection and running options may change
+    summary = convert(ConvertConfig("openscene", root, out, workers=2, on_error="stop"))
+    assert (summary.resumed, summary.frames, len(OccDataset(out))) == (1, 3, 6)
+
+
+def test_other_options_may_start_over_when_no_scene_was_finished(nuplan, tmp_path):
+    root, truth = nuplan
+    (truth["sensor_root"] / truth["scenes"]["scene-0000"][0]["lidar"]).write_bytes(b"broken")
+    out = tmp_path / "a.h5"
+    with pytest.raises(ConverterError):
+        convert(ConvertConfig("nuplan", root, out, on_error="stop"))
+    assert not list((tmp_path / "a.h5.parts").glob("*.h5")) and (tmp_path / "a.h5.parts" / "options.json").is_file()
+    summary = convert(ConvertConfig("nuplan", root, out, store_points=False))  # nothing to mix: the record is replaced
+    assert summary.resumed == 0 and len(summary.skipped) == 1 and OccDataset(out)[0].points is None
 
 
 # -- bad inputs: one clear message naming the file; skip or stop ------------------------------------

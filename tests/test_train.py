@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import fractions
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -251,6 +254,95 @@ def test_resume_without_checkpoint_is_a_clear_error(toy, tmp_path):
                          resume=True, **TINY)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(config, show_progress=False)
+
+
+def _hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+PRETRAIN = dict(stage="pretrain", model="sparse-ls", epochs=1, **TINY)  # as the toy fixture's pre-sparse run
+
+
+# A setting that shapes what a run learns, given differently on --resume: (stage, setting, value or a toy-data key).
+RESUME_REFUSALS = [
+    ("pretrain", "lr", 0.1),
+    ("pretrain", "data", ["semantic"]),
+    ("pretrain", "seed", 1),
+    ("pretrain", "batch_size", 1),
+    ("pretrain", "model_overrides", {"embed_dim": 16}),
+    ("finetune", "lr", 0.1),
+    ("finetune", "semantic_data", ["pseudo"]),
+    ("finetune", "class_balance", 0.5),
+    ("finetune", "init", "binary"),
+]
+
+
+@pytest.mark.parametrize("stage,name,value", RESUME_REFUSALS, ids=[f"{s}-{n}" for s, n, _ in RESUME_REFUSALS])
+def test_resume_with_other_settings_is_refused_naming_them(toy, tmp_path, stage, name, value):
+    def data(value):  # toy-data keys -> their paths
+        if isinstance(value, list):
+            return [str(toy[key]) for key in value]
+        return str(toy[value]) if isinstance(value, str) and value in toy else value
+
+    run = tmp_path / "run"
+    if stage == "pretrain":  # the real run of the toy fixture
+        shutil.copytree(Path(toy["pre_sparse"]).parent, run)
+        settings = dict(PRETRAIN, data=[str(toy["binary"])])
+    else:  # only its saved config matters: the refusal comes before anything else is read
+        settings = dict(stage="finetune", init=str(toy["pre_sparse"]), semantic_data=[str(toy["semantic"])], epochs=1, **TINY)
+        save_checkpoint(run / "checkpoint.pt", {"model_variant": "sparse-ls",
+                                                "train_config": TrainConfig(**settings, model="sparse-ls", out=str(run)).to_dict()})
+    before = _hash(run / "checkpoint.pt")
+    given = TrainConfig(**{**settings, name: data(value)}, out=str(run), resume=True)
+    with pytest.raises(ConfigError, match=rf"checkpoint\.pt: --resume continues the run with its own settings; "
+                                          rf"these differ from it: {name} \(run .*, given .*\)\. Leave them out"):
+        train(given, show_progress=False)
+    assert _hash(run / "checkpoint.pt") == before
+
+
+def test_resume_accepts_the_same_files_by_another_path_and_changes_of_how_it_runs(toy, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(Path(toy["pre_sparse"]).parent, run)
+    monkeypatch.chdir(toy["root"])
+    given = TrainConfig(**{**PRETRAIN, "log_every_steps": 5}, data=["binary.h5"], device="cpu", out=str(run), resume=True)
+    result = train(given, show_progress=False)
+    assert result.finished and result.config.device == "cpu" and result.config.log_every_steps == 5
+    assert result.config.data == [str(toy["binary"])]  # the run's own setting
+
+
+def test_cli_resume_refuses_a_given_lr_and_ignores_the_unset_options(toy, tmp_path):
+    from typer.testing import CliRunner
+
+    from b2s_cli.app import app
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(toy["pre_sparse"]).parent, run)
+    refused = CliRunner().invoke(app, ["pretrain", "--resume", "--out", str(run), "--lr", "0.1", "--data", str(toy["semantic"])])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    assert "lr (run 0.0002, given 0.1)" in refused.output and "data (run [" in refused.output
+    resumed = CliRunner().invoke(app, ["pretrain", "--resume", "--out", str(run), "--device", "cpu", "--workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_steps_redone_after_a_resume_are_logged_once(toy, tmp_path):
+    """A run killed after step 4 whose last checkpoint is at step 2 redoes steps 3 and 4."""
+    settings = dict(PRETRAIN, data=[str(toy["binary"])], epochs=2, max_steps=5, **{"batch_size": 1})
+    straight = tmp_path / "straight"
+    train(TrainConfig(**settings, out=str(straight)), show_progress=False)
+    run = tmp_path / "run"
+    train(TrainConfig(**settings, out=str(run), stop_after_steps=2), show_progress=False)
+    shutil.copy(run / "checkpoint.pt", tmp_path / "step2.pt")
+    train(TrainConfig(**settings, out=str(run), resume=True, stop_after_steps=4), show_progress=False)
+    shutil.copy(tmp_path / "step2.pt", run / "checkpoint.pt")  # killed after step 4: the last checkpoint is step 2's
+    assert train(TrainConfig(**settings, out=str(run), resume=True), show_progress=False).finished
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in lines if r["kind"] == "info"] == [0, 2, 2]  # one per start
+    with open(run / "train.csv", newline="") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5]
+    for a, b in zip(read_metrics(straight / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7), a["step"]
 
 
 def test_torchrun_two_processes_end_with_identical_parameters(toy, tmp_path):

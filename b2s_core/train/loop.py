@@ -23,6 +23,7 @@ from the plain seed first; DDP also broadcasts rank 0's weights).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -40,7 +41,7 @@ from b2s_core.data.dataset import DataConfig, DataError, OccTrainDataset, collat
 from b2s_core.data.sampler import CyclingLoader, EpochSampler
 from b2s_core.train.class_weights import binary_pos_weight, count_labels, weights_from_counts
 from b2s_core.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from b2s_core.train.config import ConfigError, TrainConfig
+from b2s_core.train.config import DATA_FIELDS, ConfigError, TrainConfig
 from b2s_core.train.logging import MetricsLog
 from b2s_core.train.model_api import adapt_model_config, make_model_config, run_model
 from b2s_core.train.objectives import binary_loss, depth_loss, loss_targets, semantic_loss
@@ -181,11 +182,6 @@ def train(config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
 def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> TrainResult:
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
-    if config.batch_size % dist_.world_size:
-        raise ConfigError(f"batch size {config.batch_size} does not divide over {dist_.world_size} processes")
-    per_rank_batch = config.batch_size // dist_.world_size
-    if config.amp != "none" and dist_.device.type != "cuda" and dist_.is_main:
-        warnings.warn(f"--amp {config.amp} applies on CUDA only; training in float32 on {dist_.device}")
 
     # 1. Where we start from: a resumable checkpoint of this run, an initial model, or nothing.
     resume_state = None
@@ -196,8 +192,8 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
         saved = TrainConfig.from_dict(resume_state["train_config"], where=f"{ckpt_path} train_config")
         if config.model not in (None, saved.model):
             raise CheckpointError(f"{ckpt_path}: run trains a '{saved.model}' model, not '{config.model}'")
-        # The run's own settings win, except what the caller changed explicitly (e.g. epochs).
-        config = TrainConfig.from_dict({**saved.to_dict(), **_explicit_changes(config, saved), "resume": True})
+        # The run's own settings, except how long and how it runs (e.g. epochs); other changes are refused.
+        config = TrainConfig.from_dict({**saved.to_dict(), **_explicit_changes(config, saved, ckpt_path), "resume": True})
     init_state = read_checkpoint(config.init) if config.stage == "finetune" and config.init and resume_state is None else None
     if init_state is not None:
         init_variant = init_state.get("model_variant")
@@ -207,6 +203,12 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
                                         "preset": init_state["train_config"].get("preset", config.preset)})
     if config.model is None:
         raise ConfigError("no model given: use --model (or --init CKPT to fine-tune a trained one)")
+    # After the resume above: a resumed run's batch size is its saved one, not the default the caller left.
+    if config.batch_size % dist_.world_size:
+        raise ConfigError(f"batch size {config.batch_size} does not divide over {dist_.world_size} processes")
+    per_rank_batch = config.batch_size // dist_.world_size
+    if config.amp != "none" and dist_.device.type != "cuda" and dist_.is_main:
+        warnings.warn(f"--amp {config.amp} applies on CUDA only; training in float32 on {dist_.device}")
     plan = plan_for(config, config.model)
 
     # 2. Data: the main set (binary for pre-training, S [+ pseudo-labels] for fine-tuning).
@@ -339,7 +341,9 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
     if pretrain_stream is not None:
         pretrain_stream.restore(state.pretrain_batches)
 
-    log = MetricsLog(out, enabled=dist_.is_main)
+    # A run killed after its last checkpoint redoes the steps since: their first records go, so that
+    # every step is logged once (b2s_core.train.logging).
+    log = MetricsLog(out, enabled=dist_.is_main, resumed_at=state.step if resume_state is not None else None)
     if dist_.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config.save_yaml(out / "config.yaml")
@@ -526,18 +530,61 @@ def _init_backbone(model, config: TrainConfig, *, init_state, resume_state, is_m
     return "random initialisation"
 
 
-def _explicit_changes(given: TrainConfig, saved: TrainConfig) -> dict[str, Any]:
-    """Settings a resuming caller may change: the length of the run and how it is run, not what it learns."""
-    allowed = ("epochs", "max_steps", "stop_after_steps", "workers", "log_every_steps", "ckpt_every_steps",
-               "ckpt_every_epochs", "val_every_epochs", "device")
-    defaults = TrainConfig.__dataclass_fields__
+# What a resuming caller may change: the length of the run and how it is run, not what it learns.
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "stop_after_steps", "workers", "log_every_steps", "ckpt_every_steps",
+                     "ckpt_every_epochs", "val_every_epochs", "device")
+# Never compared: 'out' names the run, 'resume' asks for it, 'model' has its own check (and message).
+_NOT_COMPARED = ("out", "resume", "model")
+_PATH_SETTINGS = (*DATA_FIELDS, "init", "backbone_weights")
+
+
+def _explicit_changes(given: TrainConfig, saved: TrainConfig, where: Path) -> dict[str, Any]:
+    """The settings a resuming caller changed that it may change (RESUME_MAY_CHANGE); any other
+    setting given differently from the saved run is refused, naming each.
+
+    A setting counts as given when it differs from its default: the commands leave an unset option
+    at None and resolve_config fills in the default, so an option given at its default value cannot
+    be told from an unset one (the saved value is kept). 'stage' is always compared: the command that
+    resumes a run must be the one that started it.
+    """
     changes: dict[str, Any] = {"stop_after_steps": given.stop_after_steps}  # never inherited: it ended the last part
-    for name in allowed:
-        value = getattr(given, name)
-        default = TrainConfig.default_epochs(given.offboard) if name == "epochs" else defaults[name].default
-        if value != default and value != getattr(saved, name):
+    refused: list[str] = []
+    for name in (f.name for f in dataclasses.fields(TrainConfig)):
+        value, theirs = getattr(given, name), getattr(saved, name)
+        if name in _NOT_COMPARED or name == "stop_after_steps" or _same_setting(name, value, theirs):
+            continue
+        if name == "preset" and saved.init:
+            continue  # a run started from --init took the init's preset, whatever the caller gave
+        if name != "stage" and value == _default_of(name, given):
+            continue
+        if name in RESUME_MAY_CHANGE:
             changes[name] = value
+        else:
+            refused.append(f"{name} (run {theirs!r}, given {value!r})")
+    if refused:
+        raise ConfigError(f"{where}: --resume continues the run with its own settings; these differ from it: "
+                          f"{', '.join(refused)}. Leave them out, or start a new run with another --out")
     return changes
+
+
+def _default_of(name: str, config: TrainConfig) -> Any:
+    if name == "epochs":
+        return TrainConfig.default_epochs(config.offboard)
+    spec = TrainConfig.__dataclass_fields__[name]
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+
+
+def _same_setting(name: str, a: Any, b: Any) -> bool:
+    """Equal values; files compare by where they resolve (a relative and an absolute path may name the same one)."""
+    if a == b:
+        return True
+    if name not in _PATH_SETTINGS or a is None or b is None:
+        return False
+    return _resolved(a) == _resolved(b)
+
+
+def _resolved(paths: str | list[str]) -> list[Path]:
+    return [Path(p).resolve() for p in ([paths] if isinstance(paths, str) else paths)]
 
 
 class _Progress:
