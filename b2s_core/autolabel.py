@@ -282,8 +282,11 @@ def autolabel(
     progress: Progress | None = None,
 ) -> AutolabelReport:
     """Load an offboard checkpoint and write pseudo-labels for a (binary) data file."""
+    from b2s_core.output_paths import Output, check_apart
     from b2s_core.train.checkpoint import load_checkpoint
 
+    # Labels written over their own data (or the model) would destroy it; the CLI checks this too.
+    check_apart([Output(out_path, option="out", parts=True)], {"data": data_path, "checkpoint": checkpoint})
     loaded = load_checkpoint(checkpoint, map_location=config.device)
     taxonomy = model_taxonomy(loaded.model_config, loaded.train_config, config.taxonomy)
     dataset = open_inputs(data_path, loaded.model_config)

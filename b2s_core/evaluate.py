@@ -227,7 +227,12 @@ def evaluate_checkpoint(
 
     progress(done, total, stage) is called with stage 'predicting', then 'scoring'.
     """
+    from b2s_core.output_paths import Output, check_apart
     from b2s_core.predict import predict_checkpoint_to_file
+
+    # The model's predictions must never land on the file they are scored against (a 100 % score
+    # over a destroyed ground truth); the CLI also checks this, library callers get it here.
+    check_apart([Output(predictions_path, option="predictions")], {"data": data_path, "checkpoint": checkpoint})
 
     def staged(stage: str) -> Progress | None:
         return None if progress is None else (lambda done, total: progress(done, total, stage))

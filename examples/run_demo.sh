@@ -83,12 +83,13 @@ step "6/9 offboard model (GT binary as input, $OFFBOARD_STEPS steps)"
     b2s finetune --offboard --model sparse-ls --preset tiny --semantic-data "$OUT/semantic-train.h5" \
         $TRAIN --class-balance 0.5 --max-steps "$OFFBOARD_STEPS" --out "$OUT/runs/offboard"
 
-# 7. Scores on the held-out scene (Occ3D protocol, camera mask, RayIoU).
+# 7. Scores on the held-out scene (Occ3D protocol, camera mask, RayIoU); rerun every time, so the
+#    scores of a rerun replace the last ones (--overwrite).
 step "7/9 evaluate on the held-out scene"
 b2s evaluate --checkpoint "$OUT/runs/finetune/checkpoint.pt" --data "$OUT/semantic-val.h5" \
-    --predictions-out "$OUT/predictions.h5" --ray-step 4 --out "$OUT/evaluation.json"
+    --predictions-out "$OUT/predictions.h5" --ray-step 4 --out "$OUT/evaluation.json" --overwrite
 b2s evaluate --checkpoint "$OUT/runs/offboard/checkpoint.pt" --data "$OUT/semantic-val.h5" \
-    --predictions-out "$OUT/predictions-offboard.h5" --ray-step 4 --out "$OUT/evaluation-offboard.json"
+    --predictions-out "$OUT/predictions-offboard.h5" --ray-step 4 --out "$OUT/evaluation-offboard.json" --overwrite
 
 # 8. Pseudo-labels for the binary-only logs from the offboard model (the paper's Top2 form).
 step "8/9 autolabel (Top-2)"
@@ -99,9 +100,9 @@ step "8/9 autolabel (Top-2)"
 #    drawn inside the camera mask, the voxels the scores count.
 step "9/9 visualize"
 b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --pred "$OUT/predictions.h5" --frame 2 --mask camera --html \
-    --out "$OUT/pictures"
+    --out "$OUT/pictures" --overwrite
 b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --pred "$OUT/predictions-offboard.h5" --frame 2 --mask camera \
-    --out "$OUT/pictures-offboard"
+    --out "$OUT/pictures-offboard" --overwrite
 finish_step
 
 printf '\n\033[1m== done\033[0m\n'

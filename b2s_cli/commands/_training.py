@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 from rich.table import Table
 
+from b2s_core.output_paths import Output, claim_outputs
+from b2s_core.train.config import ConfigError, TrainConfig
 from b2s_core.train.loop import TrainResult
+
+# What a run writes into --out (b2s_core.train: loop, launch, logging) and, of those, the logs it
+# appends to: a run started over must not append its records to another run's.
+RUN_FILES = ("checkpoint.pt", "config.yaml", "launch.yaml", "metrics.jsonl", "train.csv", "val.csv", "tensorboard")
+RUN_LOGS = ("metrics.jsonl", "train.csv", "val.csv", "tensorboard")
 
 
 def expand_paths(values: list[Path] | None) -> list[str] | None:
     """Repeated ``--data`` values (each possibly a quoted glob, expanded by resolve_config); None when not given."""
     return [str(v) for v in values] if values else None
+
+
+@contextlib.contextmanager
+def claim_run_folder(config: TrainConfig, *, config_file: Path | None, overwrite: bool) -> Iterator[None]:
+    """Hold --out for this run (b2s_core.output_paths): never over an input, an earlier run only with
+    --resume (continue it) or --overwrite (start over: its logs are removed, the rest replaced)."""
+    if config.resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite starts it over: give one of them")
+    run = Output(Path(config.out), members=RUN_FILES, resuming=config.resume,
+                 exists_hint="continue it with --resume, or pass --overwrite to start over")
+    inputs = {"--data": config.data, "--semantic-data": config.semantic_data, "--pseudo-data": config.pseudo_data,
+              "--pretrain-data": config.pretrain_data, "--val-data": config.val_data, "--init": config.init,
+              "--backbone-weights": config.backbone_weights, "--config": config_file}
+    with claim_outputs([run], inputs, overwrite=overwrite):
+        if overwrite:
+            for name in RUN_LOGS:
+                path = run.path / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        yield
 
 
 def print_result(result: TrainResult | Path, console: Console | None = None) -> None:

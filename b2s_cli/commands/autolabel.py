@@ -12,6 +12,7 @@ from rich.table import Table
 
 from b2s_cli.errors import cli_errors
 from b2s_core.autolabel import AutolabelConfig, AutolabelError, autolabel as run_autolabel
+from b2s_core.output_paths import Output, claim_outputs
 
 
 @cli_errors
@@ -27,6 +28,7 @@ def autolabel(
     batch_size: int = typer.Option(1, "--batch-size", help="Frames per model batch."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
     """Write Top1 / Top2 pseudo-labels of binary occupancy data with an offboard model (rerun to resume).
 
@@ -38,7 +40,9 @@ def autolabel(
                              num_workers=workers, taxonomy=taxonomy)
     console = Console()
     columns = (TextColumn("labelling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    output = Output(out, parts=True)
+    with claim_outputs([output], {"--data": data, "--checkpoint": checkpoint}, overwrite=overwrite), \
+            Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("labelling", total=None)
         report = run_autolabel(checkpoint, data, out, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
     table = Table(title=f"{report.mode} pseudo-labels ({report.form} form) · {report.frames} frames", show_header=True)

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from b2s_cli.errors import cli_errors
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
+from b2s_core.output_paths import Output, claim_outputs
 from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
 from converters.scene_run import parse_shard
 
@@ -42,7 +43,7 @@ def build_binary(
     workers: int = typer.Option(1, "--workers", help="Processes building scenes in parallel."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: build every N-th scene starting at i (cluster array jobs)."),
     on_error: str = typer.Option("skip", "--on-error", help="A frame the reader cannot read: 'skip' it (listed at the end) or 'stop'."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
     """Build binary occupancy with LiDAR and camera visibility masks from raw LiDAR logs and boxes (resumable).
 
@@ -55,6 +56,7 @@ def build_binary(
         workers=workers, shard=parse_shard(shard), on_error=on_error, overwrite=overwrite,
         command=shlex.join(["b2s", *sys.argv[1:]]),
     )
-    with scene_progress_bars(_console) as progress:
+    with claim_outputs([Output(out, parts=True)], {"--dataroot": dataroot}, overwrite=overwrite), \
+            scene_progress_bars(_console) as progress:
         summary = run_build(job, RichSceneProgress(progress, done="built", frames="key frames"))
     _print_summary(summary)

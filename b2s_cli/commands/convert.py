@@ -12,6 +12,7 @@ from rich.console import Console
 
 from b2s_cli.errors import cli_errors
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
+from b2s_core.output_paths import Output, claim_outputs
 from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert
 from converters.scene_run import parse_shard
 
@@ -39,7 +40,7 @@ def convert(
     on_error: str = typer.Option("skip", "--on-error", help="A frame with bad input: 'skip' it (listed at the end) or 'stop' the run."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Grid of an unlabelled conversion (labels fix their own): occ3d, openoccupancy, openscene or a custom spec."),
     points: bool = typer.Option(True, "--points/--no-points", help="Keep the key-frame LiDAR points in the file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
     """Convert a raw dataset into the unified HDF5 format, scene by scene (resumable).
 
@@ -51,6 +52,8 @@ def convert(
         workers=workers, shard=parse_shard(shard), embed_images=embed_images, on_error=on_error,
         store_points=points, grid=grid, overwrite=overwrite, command=shlex.join(["b2s", *sys.argv[1:]]),
     )
-    with scene_progress_bars(_console) as progress:
+    inputs = {"--dataroot": dataroot, "--labels": labels.split(":", 1)[-1] if labels else None}  # KIND:PATH
+    with claim_outputs([Output(out, parts=True)], inputs, overwrite=overwrite), \
+            scene_progress_bars(_console) as progress:
         summary = run_convert(config, RichSceneProgress(progress, done="converted", frames="frames"))
     _print_summary(summary)

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from b2s_cli.errors import cli_errors
 from b2s_core.errors import B2SError
 from b2s_core.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_files, render_table, summary_line, write_json
+from b2s_core.output_paths import Output, claim_outputs
 
 
 class EvaluateOptionError(B2SError):
@@ -33,6 +34,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="torch device for the model and the ray marching (cpu, cuda)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes when running a checkpoint."),
     tta: bool = typer.Option(False, "--tta", help="With --checkpoint: average the logits of the four BEV flips."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and --predictions-out) if they exist."),
 ) -> None:
     """Score semantic occupancy predictions: per-class IoU, mIoU, geometry IoU, binary-decoder IoU, RayIoU.
 
@@ -42,11 +44,14 @@ def evaluate(
         raise EvaluateOptionError("give exactly one of --predictions and --checkpoint")
     if checkpoint is None and (tta or predictions_out is not None):
         raise EvaluateOptionError("--tta and --predictions-out apply only with --checkpoint")
+    pred_path = None if checkpoint is None else predictions_out or out.with_name(out.stem + ".predictions.h5")
+    outputs = [Output(out)] + ([] if pred_path is None else [Output(pred_path, option="--predictions-out")])
+    inputs = {"--data": data, "--predictions": predictions, "--checkpoint": checkpoint}
     config = EvaluateConfig(protocol=protocol, mask=mask, rayiou=rayiou, batch_size=batch_size,
                             ray_azimuth_step=ray_step, device=None if device == "cpu" else device)
     console = Console()
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with claim_outputs(outputs, inputs, overwrite=overwrite), Progress(*columns, console=console, transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def progress(done: int, total: int, label: str = "scoring") -> None:
@@ -55,13 +60,13 @@ def evaluate(
             bar.update(tasks[label], completed=done)
 
         if checkpoint is not None:
-            pred_path = predictions_out or out.with_name(out.stem + ".predictions.h5")
             result = evaluate_checkpoint(checkpoint, data, pred_path, config, device=device, batch_size=1,
                                          num_workers=workers, tta=tta, progress=progress)
         else:
             result = evaluate_files(data, predictions, config, progress=progress)
+        scores = write_json(result, out)
     console.print(render_table(result))
     console.print(summary_line(result))
-    console.print(f"scores: {write_json(result, out)}")
+    console.print(f"scores: {scores}")
     if checkpoint is not None:
         console.print(f"predictions: {result.extra.get('predictions')}")

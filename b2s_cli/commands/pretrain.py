@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from b2s_cli.commands._training import expand_paths, print_result
+from b2s_cli.commands._training import claim_run_folder, expand_paths, print_result
 from b2s_cli.errors import cli_errors
 from b2s_core.train.config import resolve_config
 from b2s_core.train.launch import launch
@@ -23,6 +23,7 @@ def pretrain(
     out: Path = typer.Option(None, help="Run folder: config.yaml, checkpoint.pt, metrics.jsonl / .csv.", show_default=False),
     config: Path = typer.Option(None, "--config", help="YAML or TOML file of training settings (options given here win).", show_default=False),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an --out that holds an earlier run (its metrics logs are removed)."),
     val_data: list[Path] = typer.Option(None, "--val-data", help="Validation file(s) for the periodic binary IoU.", show_default=False),
     camera_mask: bool = typer.Option(None, "--camera-mask/--no-camera-mask", help="Train and validate on mask_camera voxels only (every file must carry it). (default: off)", show_default=False),
     lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
@@ -52,4 +53,6 @@ def pretrain(
                    norm_eval=norm_eval, seed=seed)
     resolved = resolve_config(config_file=config, options=options, overrides=set_,
                               defaults={"out": "runs/pretrain", **({} if resume else {"model": "sparse-ls"})})
-    print_result(launch(resolved, gpus))
+    with claim_run_folder(resolved, config_file=config, overwrite=overwrite):
+        result = launch(resolved, gpus)
+    print_result(result)

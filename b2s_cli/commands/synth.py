@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
+from b2s_core.output_paths import Output, claim_outputs
 from b2s_core.synth import FORMATS, SynthError, write_dataset
 
 
@@ -50,29 +51,31 @@ def synth(
     formats = _split(format)
     grids = [g.strip() for g in grid.split(";" if ":" in grid else ",") if g.strip()]
     start = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TextColumn("sweeps"), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("synth", total=None)
-        manifest = write_dataset(
-            out, scenes=scenes, frames=frames, formats=formats, seed=seed, image_size=parse_image_size(image_size),
-            grids=grids, nuscenes_version=nuscenes_version, overwrite=overwrite,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    elapsed = time.perf_counter() - start
-    table = Table(title=f"synthetic dataset in {out}", title_justify="left")
-    table.add_column("format", style="bold cyan")
-    table.add_column("root")
-    for name, entry in manifest.data["formats"].items():
-        extra = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("root", "sensor_root"))
-        table.add_row(name, f"{out / entry['root']}" + (f"  ({extra})" if extra else ""))
-    table.add_row("ground truth", f"{out / 'ground_truth'}  (exact labels + masks per key frame)")
-    console.print(table)
-    layouts = ", ".join(f"{s['name']} {s['layout']}" for s in manifest.data["scenes"])
-    console.print(f"{scenes} scenes x {frames} key frames ({layouts}) in {elapsed:.1f} s")
-    if preview and {"nuscenes", "occ3d"} <= set(formats):
-        from b2s_core.synth.contact_sheet import save_contact_sheet
+    folder = Output(out, members=("*",), exists_hint="choose an empty folder, or pass --overwrite to write into it")
+    with claim_outputs([folder], overwrite=overwrite):  # the preview too: it is written into the folder
+        with Progress(
+            TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TextColumn("sweeps"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, transient=True,
+        ) as bar:
+            task = bar.add_task("synth", total=None)
+            manifest = write_dataset(
+                out, scenes=scenes, frames=frames, formats=formats, seed=seed, image_size=parse_image_size(image_size),
+                grids=grids, nuscenes_version=nuscenes_version, overwrite=overwrite,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        elapsed = time.perf_counter() - start
+        table = Table(title=f"synthetic dataset in {out}", title_justify="left")
+        table.add_column("format", style="bold cyan")
+        table.add_column("root")
+        for name, entry in manifest.data["formats"].items():
+            extra = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("root", "sensor_root"))
+            table.add_row(name, f"{out / entry['root']}" + (f"  ({extra})" if extra else ""))
+        table.add_row("ground truth", f"{out / 'ground_truth'}  (exact labels + masks per key frame)")
+        console.print(table)
+        layouts = ", ".join(f"{s['name']} {s['layout']}" for s in manifest.data["scenes"])
+        console.print(f"{scenes} scenes x {frames} key frames ({layouts}) in {elapsed:.1f} s")
+        if preview and {"nuscenes", "occ3d"} <= set(formats):
+            from b2s_core.synth.contact_sheet import save_contact_sheet
 
-        path = save_contact_sheet(manifest, manifest.scene_names[0], 0, Path(out) / "preview.png")
-        console.print(f"preview: {path}")
+            path = save_contact_sheet(manifest, manifest.scene_names[0], 0, Path(out) / "preview.png")
+            console.print(f"preview: {path}")

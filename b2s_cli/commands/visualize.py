@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from b2s_cli.errors import cli_errors
-from b2s_core.viz.scene import VisualizeOptions, visualize_scene
+from b2s_core.output_paths import claim_outputs
+from b2s_core.viz.scene import VisualizeOptions, picture_folder, visualize_scene
 
 _console = Console(highlight=False, soft_wrap=True)  # soft wrap: paths stay whole, one per line
 
@@ -21,11 +22,12 @@ def visualize(
     data: Path = typer.Option(..., "--data", help="Data file (unified HDF5) with the ground truth (or binary occupancy) and cameras."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="Predictions file (unified HDF5: semantics = prediction, binary_pred = binary decoder); frames matched by token."),
     frame: Optional[int] = typer.Option(None, "--frame", help="Only this frame of the scene (0-based) gets pictures; default: every frame."),
-    out: Path = typer.Option(..., "--out", help="Folder for the pictures (created if missing)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the pictures (created if missing; pictures of other scenes stay)."),
     html: bool = typer.Option(False, "--html", help="Also write one self-contained interactive HTML page of the scene."),
     no_3d: bool = typer.Option(False, "--no-3d", help="Skip the 3D views (they need an OpenGL context; EGL works headless)."),
     no_cameras: bool = typer.Option(False, "--no-cameras", help="Skip the camera images with projected occupancy."),
     mask: str = typer.Option("none", "--mask", help="Draw only voxels inside the GT's 'camera' or 'lidar' mask, or 'none'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace pictures of this scene already in --out."),
 ) -> None:
     """Draw a scene: per frame GT | prediction | binary decoder in BEV and 3D, camera overlays, a GIF, and an HTML page.
 
@@ -33,7 +35,8 @@ def visualize(
     """
     options = VisualizeOptions(frame=frame, html=html, render_3d=not no_3d, cameras=not no_cameras, mask=mask)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_console, transient=True) as progress:
+    with claim_outputs([picture_folder(out, scene)], {"--data": data, "--pred": pred}, overwrite=overwrite), \
+            Progress(*columns, console=_console, transient=True) as progress:
         task = progress.add_task(f"drawing {scene}", total=None)
         result = visualize_scene(data, scene, out, pred_path=pred, options=options,
                                  on_frame=lambda done, total: progress.update(task, completed=done, total=total))

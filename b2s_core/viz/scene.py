@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from b2s_core.occfile import OccDataset, OccFormatError
+from b2s_core.output_paths import Output, check_apart
 from b2s_core.records import OccFrame
 from b2s_core.viz.animation import write_gif
 from b2s_core.viz.bev import bev_image
@@ -61,6 +62,14 @@ class VisualizeResult:
 def safe_name(text: str) -> str:
     """A scene name usable in a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text) or "scene"
+
+
+def picture_folder(out_dir: str | os.PathLike, scene: str) -> Output:
+    """``out_dir`` as an output of :func:`visualize_scene`: the files it writes there for ``scene``
+    (so pictures of other scenes in the same folder are neither in the way nor replaced)."""
+    stem = safe_name(scene)
+    return Output(Path(out_dir), members=(f"{stem}_frame*", f"{stem}_bev.gif", f"{stem}.html"),
+                  exists_hint="pass --overwrite to replace this scene's pictures")
 
 
 def save_picture(image: np.ndarray, path: Path) -> Path:
@@ -109,6 +118,8 @@ def visualize_scene(
     start = time.perf_counter()
     result = VisualizeResult()
     out = Path(out_dir)
+    # Never a picture over the files drawn (the CLI also checks existing pictures and holds the lock).
+    check_apart([picture_folder(out, scene)], {"data": data_path, "pred": pred_path})
 
     # (1) files, frames, predictions matched by token
     data = OccDataset(data_path)
