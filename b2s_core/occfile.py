@@ -8,6 +8,9 @@ semantic labels stored only for occupied voxels, concatenated in ``/ragged/label
 Atomicity: a writer works on a hidden temporary file next to the target and renames it over the
 target only after the last byte is flushed and the ``complete`` attribute is set, so a crash at any
 point leaves either the previous file or nothing, never a half-written file under the target name.
+A write that fails (disk full, read-only, I/O error) raises ``OSError(errno, problem, <target>)``
+and removes the temporary file; a killed run's temporary file is removed by the next writer of the
+same target (see :func:`_remove_dead_temps`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
+import tempfile
 import uuid
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -123,6 +128,79 @@ def _temp_path_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_dead_temps(target: Path) -> None:
+    """Remove the temporary files of ``target`` (our naming, ``_temp_path_for``) whose writer process is gone.
+
+    A killed run (SIGKILL, power loss) leaves ``.<name>.tmp-<pid>-<hex>``; the next writer of the
+    same target clears it. A pid that is alive (on this host) may be a writer at work: kept.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.tmp-(\d+)-[0-9a-f]{{8}}")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return  # no folder yet (or unreadable): nothing of ours to clear
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            try:
+                (target.parent / name).unlink()
+            except OSError:
+                pass  # gone meanwhile, or not ours to remove: the write itself reports real problems
+
+
+_WRITE_ERRNO = re.compile(r"errno = (\d+)")  # h5py: "... file write failed: ..., errno = 28, ..."
+
+
+def _write_failure(err: BaseException, target: Path) -> BaseException:
+    """An HDF5 write failure as ``OSError(errno, problem, target)``; other errors as they are.
+
+    h5py raises OSError or RuntimeError with the temporary file's name and the HDF5 call chain in
+    the text; the user needs the target and the problem ("no space left on device").
+    """
+    if not isinstance(err, (OSError, RuntimeError)) or getattr(err, "filename", None):
+        return err  # not HDF5's, or a Python-level file error that names its own file
+    code = getattr(err, "errno", None)
+    if not code:
+        found = _WRITE_ERRNO.search(str(err))
+        code = int(found.group(1)) if found else None
+    if not code:
+        return err
+    return OSError(code, os.strerror(code), str(target))
+
+
+def _discard_writes(h5: h5py.File) -> None:
+    """Point the file's descriptor at an anonymous in-memory file, so closing it can no longer fail.
+
+    An HDF5 file whose writes fail cannot be closed (H5Fclose flushes and fails again), and one
+    left open crashes the interpreter at exit (a segfault in H5_term_library). A file being
+    abandoned needs none of its remaining bytes: they go to memory and vanish.
+    """
+    try:
+        fd = h5.id.get_vfd_handle()
+    except (OSError, RuntimeError, ValueError):
+        return
+    if not isinstance(fd, int) or fd < 0:
+        return
+    if hasattr(os, "memfd_create"):
+        sink = os.memfd_create("b2s-discarded")
+    else:  # not Linux: an unnamed temporary file
+        sink = os.dup(tempfile.TemporaryFile().fileno())
+    try:
+        os.dup2(sink, fd)
+    finally:
+        os.close(sink)
+
+
 class OccWriter:
     """Writes one complete file; frames are appended one scene at a time.
 
@@ -153,12 +231,26 @@ class OccWriter:
         self.camera_names = list(camera_names)
         self._temp = _temp_path_for(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temps(self.path)
         # libver="latest": compact chunk indexes (~80 KB less fixed overhead per file than the v1 B-trees).
-        self._h5 = h5py.File(self._temp, "w", libver="latest")
+        try:
+            self._h5 = h5py.File(self._temp, "w", libver="latest")
+        except (OSError, RuntimeError) as err:
+            self._temp.unlink(missing_ok=True)
+            raise _write_failure(err, self.path) from None
         self._scene_names: set[str] = set()
         self._num_frames = 0
         self._closed = False
-        self._init_layout(source, command, image_root, compression)
+        # Every dataset stays open until close: h5py closes a dataset when its last Python object
+        # dies, which writes its cached chunks, and a write failing there (disk full) is printed
+        # and swallowed, leaving a file with missing chunks. Kept open, chunks are written in a
+        # call that raises (a write, or the flush in close).
+        self._datasets: dict[str, h5py.Dataset] = {}
+        try:
+            self._init_layout(source, command, image_root, compression)
+        except BaseException as err:
+            self.abort()
+            raise _write_failure(err, self.path) from None
 
     # -- layout ---------------------------------------------------------------------------------
     def _init_layout(self, source: str, command: str, image_root, compression: str) -> None:
@@ -184,7 +276,7 @@ class OccWriter:
 
         def table(group, name, shape, dtype, chunks=None, compress=True):
             # Small per-frame tables are compressed too: their unused chunk tails are zeros.
-            group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+            self._datasets[f"{group.name.strip('/')}/{name}"] = group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                  chunks=chunks or (1024, *shape), **(self._compression if compress else {}))
 
         table(frames, "scene_index", (), np.int32)
@@ -223,6 +315,9 @@ class OccWriter:
         table(scenes, "stop", (), np.int64, chunks=(256,))
 
     # -- appending ------------------------------------------------------------------------------
+    def _ds(self, name: str) -> h5py.Dataset:
+        return self._datasets[name]
+
     @staticmethod
     def _append(dataset: h5py.Dataset, values: np.ndarray) -> tuple[int, int]:
         start = dataset.shape[0]
@@ -233,7 +328,24 @@ class OccWriter:
         return start, count
 
     def write_scene(self, name: str, frames: Iterable[OccFrame]) -> int:
-        """Append one scene's frames (in time order); returns the number of frames written."""
+        """Append one scene's frames (in time order); returns the number of frames written.
+
+        A failed write raises ``OSError(errno, problem, <path>)``; the file is then abandoned
+        (nothing more can be written, ``close`` raises, the temporary file is removed on exit).
+        """
+        try:
+            return self._write_scene(name, frames)
+        except (OSError, RuntimeError) as err:
+            raise self._failed(err) from None
+
+    def _failed(self, err: BaseException) -> BaseException:
+        """``err`` as the caller should see it; an HDF5 write failure abandons the file at once."""
+        failure = _write_failure(err, self.path)
+        if failure is not err:
+            self.abort()
+        return failure
+
+    def _write_scene(self, name: str, frames: Iterable[OccFrame]) -> int:
         if self._closed:
             raise OccFormatError(f"{self.path}: writer already closed")
         if name in self._scene_names:
@@ -242,16 +354,14 @@ class OccWriter:
         scene_index = len(self._scene_names)
         for frame in frames:
             self._write_frame(scene_index, frame)
-        scenes = self._h5["scenes"]
-        self._append(scenes["name"], np.array([name], dtype=object))
-        self._append(scenes["start"], np.array([start]))
-        self._append(scenes["stop"], np.array([self._num_frames]))
+        self._append(self._ds("scenes/name"), np.array([name], dtype=object))
+        self._append(self._ds("scenes/start"), np.array([start]))
+        self._append(self._ds("scenes/stop"), np.array([self._num_frames]))
         self._scene_names.add(name)
         return self._num_frames - start
 
     def _write_frame(self, scene_index: int, frame: OccFrame) -> None:
-        h5, shape, i = self._h5, self.grid.shape, self._num_frames
-        frames = h5["frames"]
+        shape, i = self.grid.shape, self._num_frames
         where = f"frame {i} ('{frame.token}')"
         occupancy = np.asarray(frame.occupancy, dtype=bool)
         flags = 0
@@ -263,15 +373,15 @@ class OccWriter:
             if not np.array_equal(semantics != self.taxonomy.free_index, occupancy):
                 raise OccFormatError(f"{self.path}: {where} semantics disagree with occupancy (free voxels must be exactly the unoccupied ones)")
             flags |= FLAG_SEMANTICS
-            labels_range = self._append(h5["ragged/labels"], semantics.ravel()[occupancy.ravel()])
+            labels_range = self._append(self._ds("ragged/labels"), semantics.ravel()[occupancy.ravel()])
         else:
-            labels_range = (h5["ragged/labels"].shape[0], 0)
+            labels_range = (self._ds("ragged/labels").shape[0], 0)
         for name, bits in self._encode_grids(frame, occupancy, where).items():
             flags |= _PACKED_FIELDS[name]
-            ds = frames[name]
+            ds = self._ds(f"frames/{name}")
             ds.resize(i + 1, axis=0)
             ds[i] = np.packbits(bits)  # the rows of absent fields are never allocated: no space used
-        top2_range = (h5["ragged/top2_labels"].shape[0], 0)
+        top2_range = (self._ds("ragged/top2_labels").shape[0], 0)
         if frame.top2_support is not None and frame.top2_labels is None:
             raise OccFormatError(f"{self.path}: {where} has a top2_support grid but no top2 arrays")
         if frame.top2_labels is not None:
@@ -282,42 +392,55 @@ class OccWriter:
             if top2_labels.shape != (rows, 2) or top2_logits.shape != (rows, 2):
                 what = "occupied voxel" if frame.top2_support is None else "voxel of top2_support"
                 raise OccFormatError(f"{self.path}: {where} top2 arrays must be ({rows}, 2), one row per {what}")
-            top2_range = self._append(h5["ragged/top2_labels"], top2_labels)
-            self._append(h5["ragged/top2_logits"], top2_logits)
+            top2_range = self._append(self._ds("ragged/top2_labels"), top2_labels)
+            self._append(self._ds("ragged/top2_logits"), top2_logits)
             flags |= FLAG_TOP2
-        points_range = (h5["ragged/points"].shape[0], 0)
+        points_range = (self._ds("ragged/points").shape[0], 0)
         if frame.points is not None:
-            points_range = self._append(h5["ragged/points"], np.asarray(frame.points, dtype=np.float32)[:, :3])
+            points_range = self._append(self._ds("ragged/points"), np.asarray(frame.points, dtype=np.float32)[:, :3])
             flags |= FLAG_POINTS
         # NaN marks "unknown" so that readers can tell it from a sensor at the ego origin.
         origin = np.full(3, np.nan, np.float32) if frame.lidar_origin is None else np.asarray(frame.lidar_origin, np.float32)
 
-        self._append(frames["scene_index"], np.array([scene_index]))
-        self._append(frames["token"], np.array([frame.token], dtype=object))
-        self._append(frames["timestamp"], np.array([frame.timestamp], dtype=np.int64))
+        self._append(self._ds("frames/scene_index"), np.array([scene_index]))
+        self._append(self._ds("frames/token"), np.array([frame.token], dtype=object))
+        self._append(self._ds("frames/timestamp"), np.array([frame.timestamp], dtype=np.int64))
         pose = np.asarray(frame.global_from_ego, dtype=np.float64)
         if pose.shape != (4, 4):
             raise OccFormatError(f"{self.path}: {where} global_from_ego must be 4x4, got {pose.shape}")
-        self._append(frames["global_from_ego"], pose[None])
-        self._append(frames["source_tokens"], np.array([json.dumps(frame.source_tokens, sort_keys=True)], dtype=object))
-        self._append(frames["flags"], np.array([flags], dtype=np.uint8))
-        self._append(frames["labels_range"], np.array([labels_range]))
-        self._append(frames["top2_range"], np.array([top2_range]))
-        self._append(frames["points_range"], np.array([points_range]))
-        self._append(frames["lidar_origin"], origin[None])
+        self._append(self._ds("frames/global_from_ego"), pose[None])
+        self._append(self._ds("frames/source_tokens"), np.array([json.dumps(frame.source_tokens, sort_keys=True)], dtype=object))
+        self._append(self._ds("frames/flags"), np.array([flags], dtype=np.uint8))
+        self._append(self._ds("frames/labels_range"), np.array([labels_range]))
+        self._append(self._ds("frames/top2_range"), np.array([top2_range]))
+        self._append(self._ds("frames/points_range"), np.array([points_range]))
+        self._append(self._ds("frames/lidar_origin"), origin[None])
         self._write_cameras(frame.cameras, where)
         self._num_frames += 1
 
     def copy_scene(self, source: "OccDataset", name: str) -> int:
         """Append a scene of another file of the same grid, taxonomy, cameras and compression,
-        copying the compressed grid chunks as they are (no decode / re-encode); returns frames."""
+        copying the compressed grid chunks as they are (no decode / re-encode); returns frames.
+        A failed write raises like :meth:`write_scene`; a source that cannot be read raises
+        :class:`OccFormatError` naming it."""
+        try:
+            return self._copy_scene(source, name)
+        except (OSError, RuntimeError) as err:
+            failure = self._failed(err)
+            if failure is err:  # no errno: HDF5 could not read (decode) the source's data
+                where = source._scene_location(name)[0].path
+                raise OccFormatError(f"{where}: scene '{name}' cannot be read (corrupt or truncated data: "
+                                     f"{_h5_reason(err)})") from None
+            raise failure from None
+
+    def _copy_scene(self, source: "OccDataset", name: str) -> int:
         if name in self._scene_names:
             raise OccFormatError(f"{self.path}: scene '{name}' written twice")
         shard, first, count = source._scene_location(name)
         if (shard.camera_names != self.camera_names or not shard.grid.same_geometry(self.grid)
                 or shard.attrs.get("compression") != self._h5.attrs["compression"]):
             raise OccFormatError(f"{shard.path}: cameras, grid or compression differ from {self.path}'s; cannot copy scenes")
-        src, dst, rows = shard.h5(), self._h5, slice(first, first + count)
+        src, rows = shard.h5(), slice(first, first + count)
         start = self._num_frames
         # Ragged data of a scene are contiguous (frames are appended in order): copy each block
         # once and shift the frames' ranges by the block's new position.
@@ -329,9 +452,9 @@ class OccWriter:
             old = src[table][rows]
             lo = int(old[..., 0].min(initial=0)) if count else 0
             hi = int((old[..., 0] + old[..., 1]).max(initial=lo)) if count else 0
-            new_base = dst[ragged[0]].shape[0]
+            new_base = self._ds(ragged[0]).shape[0]
             for name_ in ragged:
-                self._append(dst[name_], src[name_][lo:hi])
+                self._append(self._ds(name_), src[name_][lo:hi])
             shifted = old.copy()
             shifted[..., 0] += new_base - lo
             ranges[table] = shifted
@@ -346,20 +469,19 @@ class OccWriter:
                     values = np.full(count, len(self._scene_names), np.int32)
                 else:
                     values = dataset[rows]
-                self._append(dst[path], values)
+                self._append(self._ds(path), values)
         flags = src["frames/flags"][rows]
         for key, flag in _PACKED_FIELDS.items():
-            target = dst[f"frames/{key}"]
+            target = self._ds(f"frames/{key}")
             target.resize(start + count, axis=0)
             for k in range(count):
                 if flag == 0 or flags[k] & flag:  # rows of absent fields were never allocated
                     filter_mask, chunk = src[f"frames/{key}"].id.read_direct_chunk((first + k, 0))
                     target.id.write_direct_chunk((start + k, 0), chunk, filter_mask)
         self._num_frames += count
-        scenes = dst["scenes"]
-        self._append(scenes["name"], np.array([name], dtype=object))
-        self._append(scenes["start"], np.array([start]))
-        self._append(scenes["stop"], np.array([self._num_frames]))
+        self._append(self._ds("scenes/name"), np.array([name], dtype=object))
+        self._append(self._ds("scenes/start"), np.array([start]))
+        self._append(self._ds("scenes/stop"), np.array([self._num_frames]))
         self._scene_names.add(name)
         return count
 
@@ -400,7 +522,7 @@ class OccWriter:
         stamp = np.zeros(C, np.int64)
         paths = np.array([""] * C, dtype=object)
         image_range = np.zeros((C, 2), np.int64)
-        image_range[:, 0] = self._h5["ragged/images"].shape[0]
+        image_range[:, 0] = self._ds("ragged/images").shape[0]
         for cam in cameras:
             if cam.name not in self.camera_names:
                 raise OccFormatError(f"{self.path}: {where} camera '{cam.name}' is not one of {self.camera_names}")
@@ -410,34 +532,58 @@ class OccWriter:
             width[c], height[c], stamp[c] = cam.width, cam.height, cam.timestamp
             paths[c] = cam.image_path or ""
             if cam.image_bytes is not None:
-                image_range[c] = self._append(self._h5["ragged/images"], np.frombuffer(cam.image_bytes, dtype=np.uint8))
-        cams = self._h5["cameras"]
+                image_range[c] = self._append(self._ds("ragged/images"), np.frombuffer(cam.image_bytes, dtype=np.uint8))
         for name, value in (("intrinsic", intrinsic), ("ego_from_cam", ego_from_cam), ("width", width),
                             ("height", height), ("timestamp", stamp), ("image_path", paths),
                             ("image_range", image_range)):
-            self._append(cams[name], value[None])
+            self._append(self._ds(f"cameras/{name}"), value[None])
 
     # -- finishing --------------------------------------------------------------------------------
     def close(self) -> Path:
-        """Mark complete, flush to disk and move into place atomically."""
+        """Mark complete, flush to disk and move into place atomically.
+
+        Any failure (disk full, I/O error) raises ``OSError(errno, problem, <path>)`` and removes
+        the temporary file: the target keeps what it held before.
+        """
         if self._closed:
             return self.path
-        self._h5.attrs["complete"] = 1
-        self._h5.attrs["num_frames"] = self._num_frames
-        self._h5.attrs["num_scenes"] = len(self._scene_names)
-        self._h5.flush()
-        self._h5.close()
-        with open(self._temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._temp, self.path)
+        try:
+            self._h5.attrs["complete"] = 1
+            self._h5.attrs["num_frames"] = self._num_frames
+            self._h5.attrs["num_scenes"] = len(self._scene_names)
+            # Every data byte is written here, where a failure still leaves a file that closes cleanly.
+            self._h5.flush()
+        except (OSError, RuntimeError) as err:
+            self.abort()
+            raise _write_failure(err, self.path) from None
         self._closed = True
+        try:
+            self._h5.close()  # writes the superblock once more; never retried (a second close crashes HDF5)
+            with open(self._temp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self._temp, self.path)
+        except (OSError, RuntimeError) as err:
+            self._remove_temp()
+            raise _write_failure(err, self.path) from None
         return self.path
 
     def abort(self) -> None:
-        if not self._closed:
+        """Abandon the file: close it without writing anything more, remove the temporary file."""
+        if self._closed:
+            return
+        self._closed = True
+        _discard_writes(self._h5)
+        try:
             self._h5.close()
+        except (OSError, RuntimeError):
+            pass  # the bytes went nowhere anyway; what matters is the temporary file's removal
+        self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        try:
             self._temp.unlink(missing_ok=True)
-            self._closed = True
+        except OSError:
+            pass  # e.g. the folder became read-only; the next writer of this target clears it
 
     def __enter__(self) -> "OccWriter":
         return self
@@ -475,8 +621,8 @@ class ResumableWriter:
             return False
         try:
             validate_file(path)
-        except OccFormatError:
-            path.unlink()  # an unreadable part is redone, never trusted
+        except (OccFormatError, OSError, RuntimeError):
+            path.unlink(missing_ok=True)  # an unreadable part is redone, never trusted
             return False
         return True
 
@@ -488,18 +634,24 @@ class ResumableWriter:
         """Merge the finished scenes (in ``scene_order``, default: by name) into ``out``."""
         parts = {}
         for path in sorted(self.parts_dir.glob("*.h5")):
-            dataset = OccDataset(path)
+            try:
+                dataset = OccDataset(path)
+            except OccFormatError as err:  # damaged since is_done checked it: redone by the next run
+                path.unlink(missing_ok=True)
+                raise OccFormatError(f"{err}; removed it, rerun the same command to redo its scene") from None
             for scene in dataset.scenes:
                 parts[scene.name] = dataset
         order = list(scene_order) if scene_order is not None else sorted(parts)
         missing = [s for s in order if s not in parts]
         if missing:
             raise OccFormatError(f"{self.parts_dir}: scenes not finished yet: {', '.join(missing[:5])}")
-        with OccWriter(self.out, **self.writer_kwargs) as writer:
-            for scene in order:
-                writer.copy_scene(parts[scene], scene)
-        for dataset in set(parts.values()):
-            dataset.close()
+        try:
+            with OccWriter(self.out, **self.writer_kwargs) as writer:
+                for scene in order:
+                    writer.copy_scene(parts[scene], scene)
+        finally:
+            for dataset in set(parts.values()):
+                dataset.close()
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return self.out
 
@@ -729,7 +881,8 @@ class OccDataset:
         first = self._shards[0]
         for shard in self._shards[1:]:
             if not shard.grid.same_geometry(first.grid):
-                raise OccFormatError(f"{shard.path}: grid {shard.grid.shape} differs from {first.path}'s {first.grid.shape}")
+                raise OccFormatError(f"{shard.path}: grid {shard.grid.describe()} differs from {first.path}'s "
+                                     f"{first.grid.describe()}")
             if shard.taxonomy.name != first.taxonomy.name:
                 raise OccFormatError(f"{shard.path}: taxonomy '{shard.taxonomy.name}' differs from {first.path}'s '{first.taxonomy.name}'")
         self.grid: VoxelGrid = first.grid

@@ -174,6 +174,37 @@ def check_not_existing(outputs: Sequence[Output], *, overwrite: bool) -> None:
         raise OutputPathError(f"{output.path}: {held}; {output.exists_hint}")
 
 
+# -- atomic writes ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed over it when the block succeeds.
+
+    ``with atomic_path(out) as temp: temp.write_text(...)``. On any failure the temporary file is
+    removed and ``path`` keeps what it held; a failed write (disk full, read-only, I/O error)
+    raises ``OSError(errno, problem, path)``, naming the file the user asked for, not the temporary one.
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        yield temp
+        os.replace(temp, path)
+    except OSError as err:
+        _remove_quietly(temp)
+        if err.errno and (err.filename is None or str(err.filename) == str(temp)):
+            raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
+        raise
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # e.g. the folder turned read-only: the error being raised says what matters
+
+
 # -- the lock -------------------------------------------------------------------------------------
 def _process_alive(pid: int) -> bool:
     try:
@@ -255,5 +286,5 @@ def claim_outputs(outputs: Iterable[Output], inputs: InputPaths | None = None, *
             release_lock(lock)
 
 
-__all__ = ["Output", "OutputInUseError", "OutputPathError", "acquire_lock", "check_apart", "check_not_existing",
+__all__ = ["Output", "OutputInUseError", "OutputPathError", "acquire_lock", "atomic_path", "check_apart", "check_not_existing",
            "claim_outputs", "release_lock"]

@@ -18,15 +18,21 @@ such as ``--scenes``, ``--shard``, ``--workers`` or ``--on-error`` stay free to 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
-import uuid
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from b2s_core.grids import VoxelGrid
+from b2s_core.output_paths import atomic_path
 from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
@@ -127,9 +133,8 @@ def _shown(value: Any) -> str:
 
 def _write_record(record: Path, options: dict[str, Any]) -> None:
     # Temporary file + rename: a crash leaves the whole record or none, never half of one.
-    temp = record.with_name(f".{record.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    temp.write_text(json.dumps(options, sort_keys=True, indent=1))
-    temp.replace(record)
+    with atomic_path(record) as temp:
+        temp.write_text(json.dumps(options, sort_keys=True, indent=1))
 
 
 def grid_text(grid: VoxelGrid) -> str:
@@ -140,9 +145,41 @@ def grid_text(grid: VoxelGrid) -> str:
 
 # -- worker processes -----------------------------------------------------------------------------
 _WORKER: dict = {}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PARENT_POLL_S = 0.5  # how often a worker without PR_SET_PDEATHSIG checks that its parent lives
 
 
-def _worker_init(task: Any) -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it ends, however it ends (SIGKILL included).
+
+    Linux: the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG). Elsewhere, or
+    if prctl is refused: a daemon thread polls the parent pid. Either way an orphan stops writing
+    within a second; what it was writing stays a temporary file, cleared by the next run.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="b2s-parent-watch", daemon=True).start()
+
+
+def _worker_init(task: Any, parent: int) -> None:
+    _die_with_parent(parent)
+    # The parent handles Ctrl-C and termination (it terminates the pool); a worker just stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Under 'fork' the parent's reader is inherited (no second load of its tables); under 'spawn'
     # each worker opens its own.
     if "reader" not in _WORKER:
@@ -176,7 +213,10 @@ def run_scenes(task: Any, reader: SceneReader, todo: list[str], *, workers: int,
         _WORKER.update(reader=reader)
     context = multiprocessing.get_context(method)
     try:
-        with context.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(task,)) as pool:
+        # Leaving the block (done, an error, Ctrl-C, SIGTERM) terminates the workers; a parent
+        # killed outright takes them with it (_die_with_parent).
+        with _terminate_on_sigterm(), context.Pool(min(workers, len(todo)), initializer=_worker_init,
+                                                   initargs=(task, os.getpid())) as pool:
             for scene, n, bad in pool.imap_unordered(_worker_scene, todo):
                 frames += n
                 skipped += bad
@@ -184,6 +224,23 @@ def run_scenes(task: Any, reader: SceneReader, todo: list[str], *, workers: int,
     finally:
         _WORKER.clear()  # never hand this run's reader to a later run's workers
     return frames, skipped
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm():
+    """SIGTERM raises SystemExit(143) in the block, so that the pool and writers clean up on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["OPTIONS_RECORD", "SkippedFrame", "check_resume_options", "check_run_options", "grid_text", "open_error_skips",

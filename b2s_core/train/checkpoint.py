@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from b2s_core.errors import B2SError
+from b2s_core.output_paths import atomic_path
 from b2s_core.torch_files import UnreadableTorchFile, load_weights_only
 
 CHECKPOINT_FORMAT = "b2s-checkpoint"
@@ -43,17 +44,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (see the module docstring) atomically to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    try:
-        with open(temp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        temp.replace(path)
-    finally:
-        if temp.exists():
-            temp.unlink()
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from b2s_core.output_paths import atomic_path
+
 
 class MetricsLog:
     def __init__(self, out_dir: str | Path, enabled: bool = True, *, resumed_at: int | None = None):
@@ -99,9 +101,8 @@ def _after(value: Any, step: int) -> bool:
 
 def _replace(path: Path, text: str) -> None:
     # Temporary file + rename: a crash leaves the old log or the new one, never half of one.
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, newline="")  # CSV rows keep their own line ends
-    temp.replace(path)
+    with atomic_path(path) as temp:
+        temp.write_text(text, newline="")  # CSV rows keep their own line ends
 
 
 def _header(path: Path) -> list[str]:

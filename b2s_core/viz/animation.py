@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from b2s_core.viz.voxels import VisualizeError
+from b2s_core.output_paths import atomic_path
 
 
 def write_gif(frames: list[np.ndarray], path: Path, *, fps: float = 2.0) -> Path:
@@ -30,7 +30,6 @@ def write_gif(frames: list[np.ndarray], path: Path, *, fps: float = 2.0) -> Path
         # One adaptive palette per frame: class colours are few, so 256 entries keep them exact.
         images.append(Image.fromarray(frame).convert("P", palette=Image.ADAPTIVE, colors=256))
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
     return path

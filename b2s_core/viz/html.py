@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from b2s_core.viz.voxels import SHADE_MIN, VisualizeError, VoxelLayer, surface_mask
+from b2s_core.output_paths import atomic_path
 
 
 @dataclass
@@ -87,9 +87,8 @@ def write_html(frames: list[HtmlFrame], path: Path, *, title: str = "b2s scene")
     data = json.dumps(page_data(frames, title), separators=(",", ":")).replace("</", "<\\/")
     page = _PAGE.replace("__TITLE__", _escape(title)).replace("__DATA__", data)
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path
 
 
