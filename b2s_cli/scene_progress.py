@@ -1,8 +1,12 @@
-"""Rich display of the scene-by-scene drivers (``convert``, ``build-binary``)."""
+"""Rich display of the scene-by-scene drivers (``convert``, ``build-binary``).
+
+Scene names, tokens and problems come from the dataset: they are escaped, never read as rich markup.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,14 +36,14 @@ class RichSceneProgress(SceneProgress):
     def scene_started(self, scene: str) -> None:
         if self.frames_task is not None:
             self.progress.remove_task(self.frames_task)
-        self.frames_task = self.progress.add_task(f"  {scene}", total=None)
+        self.frames_task = self.progress.add_task(f"  {escape(scene)}", total=None)
 
     def frame_done(self, scene: str) -> None:
         self.progress.advance(self.frames_task)
 
     def scene_done(self, scene: str, frames: int, skipped: int) -> None:
         note = f", {skipped} skipped" if skipped else ""
-        self.progress.console.print(f"{scene}: {frames} {self.frames}{note}")
+        self.progress.console.print(f"{escape(scene)}: {frames} {self.frames}{note}")
         self.progress.advance(self.scenes_task)
 
 
@@ -51,5 +55,5 @@ def print_skipped(console: Console, skipped: list[SkippedFrame]) -> None:
     table.add_column("frame token")
     table.add_column("problem", overflow="fold")
     for row in skipped:
-        table.add_row(row.scene, row.token, row.problem)
+        table.add_row(escape(str(row.scene)), escape(str(row.token)), escape(str(row.problem)))
     console.print(table)

@@ -32,6 +32,7 @@ import torch
 
 from b2s_core.errors import B2SError
 from b2s_core.models.occupied_set import upsample_occupancy
+from b2s_core.output_paths import Output, atomic_path, check_apart
 from b2s_core.predict import ALL_FLIPS, NO_FLIP, Progress, check_grid, copy_frame, given_occupancy_of, iterate_batches, open_inputs, run_model
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import TAXONOMIES, Taxonomy, get_taxonomy
@@ -238,9 +239,8 @@ def _check_resume_settings(parts_dir: Path, settings: dict) -> None:
             raise AutolabelError(f"{parts_dir}: scenes left by an earlier run with other settings ({described}); "
                                  "delete that folder or label with the same settings")
         return
-    temp = record.with_name(f".{record.name}.tmp")
-    temp.write_text(json.dumps(settings, sort_keys=True))
-    temp.replace(record)
+    with atomic_path(record) as temp:
+        temp.write_text(json.dumps(settings, sort_keys=True))
 
 
 def pseudo_label_bytes(path: str | os.PathLike) -> dict[str, float]:
@@ -282,7 +282,6 @@ def autolabel(
     progress: Progress | None = None,
 ) -> AutolabelReport:
     """Load an offboard checkpoint and write pseudo-labels for a (binary) data file."""
-    from b2s_core.output_paths import Output, check_apart
     from b2s_core.train.checkpoint import load_checkpoint
 
     # Labels written over their own data (or the model) would destroy it; the CLI checks this too.

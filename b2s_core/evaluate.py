@@ -29,6 +29,7 @@ import numpy as np
 from b2s_core.errors import B2SError
 from b2s_core.metrics import EvaluationResult, OccupancyEvaluator, Protocol, get_protocol, protocol_for_taxonomy, ray_origins
 from b2s_core.metrics.protocols import MASKS
+from b2s_core.output_paths import atomic_path
 
 # Where rays start when a file carries no LiDAR origin: the nuScenes LIDAR_TOP position in the
 # ego frame (the default SparseOcc's RayIoU code notes for nuScenes).
@@ -75,7 +76,8 @@ def pair_frames(data, predictions, data_path: Path, pred_path: Path) -> list[tup
     the scores of the missing frames silently vanish.
     """
     if not data.grid.same_geometry(predictions.grid):
-        raise EvaluateError(f"{pred_path}: grid {predictions.grid.shape} differs from the data file's {data.grid.shape} ({data_path})")
+        raise EvaluateError(f"{pred_path}: grid {predictions.grid.describe()} differs from the data file's "
+                            f"{data.grid.describe()} ({data_path})")
     if data.taxonomy.name != predictions.taxonomy.name:
         raise EvaluateError(f"{pred_path}: taxonomy '{predictions.taxonomy.name}' differs from the data file's '{data.taxonomy.name}'")
     pred_keys = {key: j for j, key in enumerate(frame_keys(predictions))}
@@ -278,9 +280,8 @@ def write_json(result: EvaluationResult, path: str | os.PathLike) -> Path:
     """Write the result as JSON atomically (temp file + rename); NaN becomes null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
-    temp.replace(path)
+    with atomic_path(path) as temp:
+        temp.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     return path
 
 

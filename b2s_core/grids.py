@@ -34,6 +34,8 @@ class VoxelGrid:
             value = tuple(float(v) for v in getattr(self, field))
             if len(value) != 3:
                 raise GridError(f"grid {field} needs 3 values, got {len(value)}")
+            if not all(np.isfinite(value)):
+                raise GridError(f"grid {field} must be finite numbers, got {value}")
             object.__setattr__(self, field, value)
         if any(v <= 0 for v in self.voxel_size):
             raise GridError(f"grid voxel_size must be positive, got {self.voxel_size}")
@@ -119,6 +121,15 @@ class VoxelGrid:
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
+    def describe(self) -> str:
+        """Shape, voxel size and range in one phrase: two grids that differ say how (not only the shape)."""
+        def numbers(values) -> str:
+            return ", ".join(f"{v:g}" for v in values)
+
+        size = f"{self.voxel_size[0]:g} m" if len(set(self.voxel_size)) == 1 else f"({numbers(self.voxel_size)}) m"
+        X, Y, Z = self.shape
+        return f"{X}x{Y}x{Z} of {size} over ({numbers(self.range_min)}) .. ({numbers(self.range_max)})"
+
     def same_geometry(self, other: "VoxelGrid") -> bool:
         return (
             np.allclose(self.range_min, other.range_min)
@@ -155,7 +166,10 @@ def get_grid(spec: str | VoxelGrid) -> VoxelGrid:
         if len(bounds) != 6 or len(size) not in (1, 3):
             raise GridError(f"custom grid '{spec}' needs 6 bounds and 1 or 3 voxel sizes")
         size = size * 3 if len(size) == 1 else size
-        return VoxelGrid(tuple(bounds[:3]), tuple(bounds[3:]), tuple(size), "custom")
+        try:
+            return VoxelGrid(tuple(bounds[:3]), tuple(bounds[3:]), tuple(size), "custom")
+        except GridError as err:  # NaN / inf, sizes <= 0, an empty range: say which spec
+            raise GridError(f"custom grid '{spec}': {err}") from None
     raise GridError(f"unknown grid '{spec}': use one of {', '.join(GRID_PRESETS)} or xmin,ymin,zmin,xmax,ymax,zmax:voxel")
 
 

@@ -145,8 +145,8 @@ def open_inputs(data_path: str | os.PathLike | Sequence[str | os.PathLike], mode
 def check_grid(model_config, dataset, data_path) -> None:
     if not model_config.output_grid.same_geometry(dataset.grid):
         raise PredictError(
-            f"{data_path}: grid {dataset.grid.shape} ({dataset.grid.name}) differs from the model's output grid "
-            f"{model_config.output_grid.shape} ({model_config.output_grid.name})"
+            f"{data_path}: grid {dataset.grid.describe()} differs from the model's output grid "
+            f"{model_config.output_grid.describe()}"
         )
 
 
@@ -235,6 +235,11 @@ def predict_checkpoint_to_file(
     from b2s_core.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, map_location=device)
+    if getattr(loaded.train_config, "stage", None) == "pretrain":
+        # Pre-training trains the binary path only (Fig. 4): the semantic head is still its random
+        # initialisation, and scoring it would print a meaningless mIoU near zero.
+        raise PredictError(f"{checkpoint}: a pre-training checkpoint, whose semantic head was never trained; "
+                           f"fine-tune it first (b2s finetune --init {checkpoint} ...)")
     dataset = open_inputs(data_path, loaded.model_config)
     command = f"b2s evaluate --checkpoint {checkpoint} --data {data_path}"
     return predict_to_file(loaded.model, dataset, out_path, model_config=loaded.model_config, batch_size=batch_size,

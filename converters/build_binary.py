@@ -13,6 +13,7 @@ reader, which ego body, which default grid) is decided here.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ class BuildBinaryJob:
         check_run_options(self.on_error, self.workers, self.shard)
         if self.sweeps < 0 or self.ray_sweeps < 1:
             raise ConverterError(f"{self.sweeps}/{self.ray_sweeps}", "--sweeps must be >= 0 and --ray-sweeps >= 1")
+        if self.camera_stride is not None and not (math.isfinite(self.camera_stride) and self.camera_stride > 0):
+            # 0 would silently mean automatic (camera_seen): automatic is None ('auto' at the CLI)
+            raise ConverterError(str(self.camera_stride), "--camera-stride must be a number of pixels > 0, or 'auto'")
         if self.grid is not None:
             get_grid(self.grid)  # a bad spec fails here, before the dataset is opened
 

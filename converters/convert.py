@@ -63,6 +63,8 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
         check_run_options(self.on_error, self.workers, self.shard)
+        if self.grid is not None:
+            get_grid(self.grid)  # a bad spec fails here, before the dataset is opened
 
     def reader_kwargs(self) -> dict:
         return dict(source=self.source, dataroot=self.dataroot, version=self.version, labels=self.labels,

@@ -67,6 +67,10 @@ class OpenSceneReader(SceneReader):
             for frame in frames:
                 self._scene_logs.setdefault(self._scene_of(frame, ref.meta), ref)
                 channels |= set(frame.get("cams", {}) or {})
+        if not self._scene_logs and self.open_errors:
+            # Every log failed to open: say why, not "no scene selected" further down.
+            more = f" (and {len(self.open_errors) - 1} other meta pickles)" if len(self.open_errors) > 1 else ""
+            raise ConverterError(self.open_errors[0].path, f"{self.open_errors[0].problem}{more}")
         self.camera_names = [c for c in CAMERA_ORDER if c in channels] + sorted(channels - set(CAMERA_ORDER))
         self._selected = self._select(scenes)
         self._cache: tuple[Path, list[dict]] | None = None

@@ -60,14 +60,15 @@ def test_model_and_data_must_agree(tmp_path, semantic_data):
         predict_to_file(StandInModel(wrong), open_inputs(data, wrong), tmp_path / "y.h5", model_config=wrong)
 
 
-def save_tiny_checkpoint(path, offboard: bool):
+def save_tiny_checkpoint(path, offboard: bool, stage: str = "finetune"):
     from b2s_core.models import build_model, model_config
     from b2s_core.train.checkpoint import config_to_dict, save_checkpoint
     from b2s_core.train.config import TrainConfig
 
     torch.manual_seed(0)
     config = model_config("sparse-ls", "tiny", grid=GRID16_SPEC, offboard=offboard, image_size=(32, 64))
-    train = TrainConfig(stage="finetune", offboard=offboard, semantic_data=[str(path) + ".missing.h5"])
+    data = {"semantic_data": [str(path) + ".missing.h5"]} if stage == "finetune" else {"data": [str(path) + ".missing.h5"]}
+    train = TrainConfig(stage=stage, offboard=offboard, **data)
     save_checkpoint(path, {"model_variant": config.variant, "model_config": config.to_dict(),
                            "train_config": config_to_dict(train), "model": build_model(config).state_dict()})
     return path
@@ -87,6 +88,19 @@ def test_cli_evaluate_from_checkpoint(tmp_path, semantic_data):
     assert scores["binary_iou"] is not None and set(scores["rayiou_at"]) == {"1", "2", "4"}
     predictions = OccDataset(tmp_path / "scores.predictions.h5")
     assert len(predictions) == 2 and predictions.read(0, fields=("binary_pred",)).binary_pred.shape == GRID16.shape
+
+
+def test_cli_evaluate_refuses_a_pretraining_checkpoint(tmp_path, semantic_data):
+    """Its semantic head was never trained: an mIoU near zero without a word would mislead."""
+    from b2s_cli.app import app
+
+    _, data = semantic_data
+    checkpoint = save_tiny_checkpoint(tmp_path / "pre.pt", offboard=False, stage="pretrain")
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data),
+                                      "--out", str(tmp_path / "scores.json")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "a pre-training checkpoint, whose semantic head was never trained" in result.output
+    assert not (tmp_path / "scores.json").exists() and not (tmp_path / "scores.predictions.h5").exists()
 
 
 def test_cli_autolabel_from_checkpoint(tmp_path, semantic_data):

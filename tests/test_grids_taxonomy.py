@@ -109,3 +109,16 @@ def test_label_maps():
     assert set(names) <= {OPENSCENE.class_names[c] for c in OPENSCENE.eval_classes}
     binary = map_labels(labels, "occ3d", "binary")
     assert binary.sum() == 17 and binary[17] == 0
+
+
+def test_grids_of_one_shape_describe_their_difference():
+    a = VoxelGrid((-40, -40, -1), (40, 40, 5.4), (0.4, 0.4, 0.4))
+    b = VoxelGrid((-80, -80, -2), (80, 80, 10.8), (0.8, 0.8, 0.8))
+    assert a.shape == b.shape and a.describe() != b.describe()  # a mismatch message must show how they differ
+    assert a.describe() == "200x200x16 of 0.4 m over (-40, -40, -1) .. (40, 40, 5.4)"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_grid_values_must_be_finite(bad):
+    with pytest.raises(GridError, match="must be finite"):
+        VoxelGrid((-40, -40, bad), (40, 40, 5.4), (0.4, 0.4, 0.4))

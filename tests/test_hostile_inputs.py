@@ -255,6 +255,13 @@ def test_openscene_hostile_frame_is_skipped(case, openscene, secrets, tmp_path):
     _assert_no_secret_in(out, secrets)
 
 
+def test_openscene_with_only_broken_meta_pickles_says_why(openscene):
+    root, _, truth = openscene
+    truth["meta"].write_bytes(b"\x80\x02cos\nsystem\n)R.")  # the only log: a pickle naming os.system
+    with pytest.raises(ConverterError, match=r"\.pkl: unsafe or corrupt pickle: refused to load global 'os.system'"):
+        open_reader("openscene", root)
+
+
 def test_openscene_split_is_a_folder_name(openscene):
     root, _, _ = openscene
     with pytest.raises(ConverterError, match="OpenScene split holds a path separator"):

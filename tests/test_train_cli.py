@@ -124,3 +124,16 @@ def test_pretrain_then_finetune_for_real_on_toy_data(tmp_path):
     loaded = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")
     assert loaded.model_config.preset == "tiny" and loaded.train_config.stage == "finetune"
     assert "miou" in loaded.metrics and not loaded.model.training
+
+
+@pytest.mark.parametrize("name,stage", [("pretrain-sparse-ls-paper.yaml", "pretrain"), ("toy-cpu.yaml", "pretrain"),
+                                        ("finetune-intermediate-sb.toml", "finetune"),
+                                        ("offboard-autolabel.yaml", "finetune")])
+def test_example_configs_pass_the_config_checks(name, stage):
+    """The shipped configs stay valid as the checks on settings grow (unknown keys, contradictions)."""
+    from b2s_core.train.config import resolve_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / name
+    given = {"data": ["toy-binary.h5"]} if name == "toy-cpu.yaml" else {}  # its header names --data on the command line
+    config = resolve_config(config_file=path, options=given, defaults={"stage": stage})
+    assert config.stage == stage

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from b2s_core.output_paths import Output, claim_outputs
@@ -50,7 +51,7 @@ def claim_run_folder(config: TrainConfig, *, config_file: Path | None, overwrite
 def print_result(result: TrainResult | Path, console: Console | None = None) -> None:
     console = console or Console()
     if isinstance(result, Path):  # multi-process run: the workers printed their own progress
-        console.print(f"[bold green]done[/]: checkpoint {result}")
+        console.print(f"[bold green]done[/]: checkpoint {escape(str(result))}")
         return
     table = Table(title="training", show_header=False, box=None, title_justify="left", padding=(0, 2))
     table.add_column(style="bold cyan")
@@ -61,6 +62,6 @@ def print_result(result: TrainResult | Path, console: Console | None = None) -> 
     for key, value in result.state.metrics.items():
         if key != "step" and not key.startswith("iou/"):
             table.add_row(f"val {key}", f"{value:,}" if isinstance(value, int) else f"{value:.2f}")
-    table.add_row("checkpoint", str(result.checkpoint))
-    table.add_row("metrics", str(Path(result.config.out) / "metrics.jsonl"))
+    table.add_row("checkpoint", escape(str(result.checkpoint)))
+    table.add_row("metrics", escape(str(Path(result.config.out) / "metrics.jsonl")))
     console.print(table)

@@ -7,10 +7,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_number
 from b2s_core.autolabel import AutolabelConfig, AutolabelError, autolabel as run_autolabel
 from b2s_core.output_paths import Output, claim_outputs
 
@@ -25,15 +27,17 @@ def autolabel(
     form: str = typer.Option("paper", "--form", help="paper: Top-k over all classes, free included (the model's geometry, App. D); given-geometry: the given occupied voxels keep their geometry and get the best non-free classes."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the logits of the four BEV flips."),
     taxonomy: Optional[str] = typer.Option(None, "--taxonomy", help="Label set of the model (default: inferred from the checkpoint)."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Frames per model batch."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Frames per model batch (1 or more)."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (0: load in this process)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
     """Write Top1 / Top2 pseudo-labels of binary occupancy data with an offboard model (rerun to resume).
 
     Example: b2s autolabel --checkpoint runs/offboard/checkpoint.pt --data nuplan-binary.h5 --top2 --out labels.h5
     """
+    check_number("--batch-size", batch_size, at_least=1)
+    check_number("--workers", workers, at_least=0)
     if top1 == top2:
         raise AutolabelError("give exactly one of --top1 and --top2")
     config = AutolabelConfig(mode="top1" if top1 else "top2", form=form, tta=tta, batch_size=batch_size, device=device,
@@ -56,4 +60,4 @@ def autolabel(
     table.add_row("whole file", f"{b['file']:,.0f}", "")
     console.print(table)
     console.print(f"occupied voxels per frame: {report.occupied_voxels / max(report.frames, 1):,.0f}")
-    console.print(f"pseudo-labels: {report.path}")
+    console.print(f"pseudo-labels: {escape(str(report.path))}")

@@ -9,8 +9,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_grids, check_number, parse_auto_float, refuse_together
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.output_paths import Output, claim_outputs
 from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
@@ -21,7 +23,7 @@ _console = Console(highlight=False)
 
 def _print_summary(summary: BuildBinarySummary) -> None:
     per_frame = summary.seconds / summary.frames if summary.frames else 0.0
-    _console.print(f"wrote {summary.out}: {summary.scenes} scenes ({summary.resumed} resumed), "
+    _console.print(f"wrote {escape(str(summary.out))}: {summary.scenes} scenes ({summary.resumed} resumed), "
                    f"{summary.frames} key frames built in {summary.seconds:.1f} s ({per_frame:.2f} s per key frame)")
     print_skipped(_console, summary.skipped)
 
@@ -35,7 +37,7 @@ def build_binary(
     grid: Optional[str] = typer.Option(None, "--grid", help="occ3d, openoccupancy, openscene or xmin,ymin,zmin,xmax,ymax,zmax:voxel (default: the source's usual grid)."),
     sweeps: int = typer.Option(0, "--sweeps", help="Static aggregation window in sweeps centred on each key frame; 0 = the whole scene."),
     ray_sweeps: int = typer.Option(10, "--ray-sweeps", help="Sweeps whose rays make mask_lidar: the key sweep and those just before it."),
-    camera_stride: Optional[float] = typer.Option(None, "--camera-stride", help="Pixels between camera rays (default: rays one voxel apart at the grid edge)."),
+    camera_stride: str = typer.Option("auto", "--camera-stride", help="Pixels between camera rays (a number > 0), or 'auto': rays one voxel apart at the grid edge."),
     exact_rays: bool = typer.Option(False, "--exact-rays", help="Trace every LiDAR point (default: one ray per sweep and end voxel, ~3x faster)."),
     points: bool = typer.Option(False, "--points/--no-points", help="Keep the key-frame LiDAR points in the file."),
     scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names to build (default: all)."),
@@ -49,10 +51,15 @@ def build_binary(
 
     Example: b2s build-binary --source nuscenes --dataroot data/nuscenes --version v1.0-mini --grid occ3d --out binary.h5 --workers 4
     """
+    check_number("--sweeps", sweeps, at_least=0)
+    check_number("--ray-sweeps", ray_sweeps, at_least=1)
+    check_number("--workers", workers, at_least=1)
+    check_grids("--grid", grid)
+    refuse_together("--scenes", scenes, "--split", split, "--scenes names the scenes to build, --split selects them by split")
     job = BuildBinaryJob(
         source=source, dataroot=dataroot, out=out, version=version,
         scenes=[s.strip() for s in scenes.split(",") if s.strip()] if scenes else None, split=split, grid=grid,
-        sweeps=sweeps, ray_sweeps=ray_sweeps, camera_stride=camera_stride, exact_rays=exact_rays, keep_points=points,
+        sweeps=sweeps, ray_sweeps=ray_sweeps, camera_stride=parse_auto_float("--camera-stride", camera_stride), exact_rays=exact_rays, keep_points=points,
         workers=workers, shard=parse_shard(shard), on_error=on_error, overwrite=overwrite,
         command=shlex.join(["b2s", *sys.argv[1:]]),
     )

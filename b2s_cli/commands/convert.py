@@ -9,8 +9,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_grids, check_number, refuse_together
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.output_paths import Output, claim_outputs
 from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert
@@ -20,7 +22,7 @@ _console = Console(highlight=False)
 
 
 def _print_summary(summary: ConvertSummary) -> None:
-    _console.print(f"wrote {summary.out}: {summary.scenes} scenes ({summary.resumed} resumed), "
+    _console.print(f"wrote {escape(str(summary.out))}: {summary.scenes} scenes ({summary.resumed} resumed), "
                    f"{summary.frames} frames converted in {summary.seconds:.1f} s")
     print_skipped(_console, summary.skipped)
 
@@ -46,6 +48,9 @@ def convert(
 
     Example: b2s convert --source nuscenes --dataroot data/nuscenes --version v1.0-mini --labels occ3d:data/occ3d --out mini.h5
     """
+    check_number("--workers", workers, at_least=1)
+    check_grids("--grid", grid)
+    refuse_together("--scenes", scenes, "--split", split, "--scenes names the scenes to convert, --split selects them by split")
     config = ConvertConfig(
         source=source, dataroot=dataroot, out=out, version=version, labels=labels,
         scenes=[s.strip() for s in scenes.split(",") if s.strip()] if scenes else None, split=split,

@@ -7,9 +7,11 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_number
 from b2s_core.errors import B2SError
 from b2s_core.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_files, render_table, summary_line, write_json
 from b2s_core.output_paths import Output, claim_outputs
@@ -29,10 +31,10 @@ def evaluate(
     protocol: Optional[str] = typer.Option(None, "--protocol", help="occ3d | openoccupancy | openscene (default: the data file's taxonomy)."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Occ3D voxels to score: camera | lidar | none (default: camera when the data have it)."),
     rayiou: bool = typer.Option(True, "--rayiou/--no-rayiou", help="Also compute SparseOcc's RayIoU at 1, 2, 4 m."),
-    ray_step: float = typer.Option(1.0, "--ray-step", help="Degrees between RayIoU ray azimuths (1 = the published definition)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Frames per metric update."),
+    ray_step: float = typer.Option(1.0, "--ray-step", help="Degrees between RayIoU ray azimuths, in (0, 360] (1 = the published definition)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Frames per metric update (1 or more)."),
     device: str = typer.Option("cpu", "--device", help="torch device for the model and the ray marching (cpu, cuda)."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes when running a checkpoint."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes when running a checkpoint (0: load in this process)."),
     tta: bool = typer.Option(False, "--tta", help="With --checkpoint: average the logits of the four BEV flips."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and --predictions-out) if they exist."),
 ) -> None:
@@ -40,10 +42,15 @@ def evaluate(
 
     Example: b2s evaluate --data val.h5 --predictions pred.h5 --protocol occ3d --mask camera --out scores.json
     """
+    check_number("--ray-step", ray_step, above=0, at_most=360)
+    check_number("--batch-size", batch_size, at_least=1)
+    check_number("--workers", workers, at_least=0)
     if (predictions is None) == (checkpoint is None):
         raise EvaluateOptionError("give exactly one of --predictions and --checkpoint")
-    if checkpoint is None and (tta or predictions_out is not None):
-        raise EvaluateOptionError("--tta and --predictions-out apply only with --checkpoint")
+    if checkpoint is None and (tta or predictions_out is not None or workers):
+        raise EvaluateOptionError("--tta, --predictions-out and --workers apply only with --checkpoint")
+    if not rayiou and ray_step != 1.0:
+        raise EvaluateOptionError("--ray-step sets the RayIoU rays; --no-rayiou computes none: give one of them")
     pred_path = None if checkpoint is None else predictions_out or out.with_name(out.stem + ".predictions.h5")
     outputs = [Output(out)] + ([] if pred_path is None else [Output(pred_path, option="--predictions-out")])
     inputs = {"--data": data, "--predictions": predictions, "--checkpoint": checkpoint}
@@ -67,6 +74,6 @@ def evaluate(
         scores = write_json(result, out)
     console.print(render_table(result))
     console.print(summary_line(result))
-    console.print(f"scores: {scores}")
+    console.print(f"scores: {escape(str(scores))}")
     if checkpoint is not None:
-        console.print(f"predictions: {result.extra.get('predictions')}")
+        console.print(f"predictions: {escape(str(result.extra.get('predictions')))}")

@@ -8,6 +8,7 @@ import typer
 
 from b2s_cli.commands._training import claim_run_folder, expand_paths, print_result
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_number, refuse_together
 from b2s_core.train.config import resolve_config
 from b2s_core.train.launch import launch
 
@@ -50,6 +51,10 @@ def finetune(
 
     Example: b2s finetune --init runs/pre/checkpoint.pt --semantic-data occ3d-train.h5 --strategy intermediate --binary-data b --pretrain-data openscene-binary.h5 --out runs/ft
     """
+    check_number("--gpus", gpus, at_least=1)  # the other values are checked with the whole config
+    why = "--offboard trains the auto-labeller (focal loss only), which has no strategy or binary data"
+    refuse_together("--offboard", offboard, "--strategy", strategy is not None, why)
+    refuse_together("--offboard", offboard, "--binary-data", binary_data is not None, why)
     options = dict(stage="finetune", init=str(init) if init else None, semantic_data=expand_paths(semantic_data),
                    pseudo_data=expand_paths(pseudo_data), strategy=strategy, binary_data=binary_data,
                    pretrain_data=expand_paths(pretrain_data), offboard=offboard or None, model=model, preset=preset,

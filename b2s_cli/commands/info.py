@@ -37,7 +37,7 @@ def info(
     damaged = 0
     for path in files:
         s = summarize(path)
-        table = Table(title=str(path), show_header=False, title_justify="left", box=None, padding=(0, 2))
+        table = Table(title=escape(str(path)), show_header=False, title_justify="left", box=None, padding=(0, 2))
         table.add_column(style="bold cyan")
         table.add_column()
         frames = max(s.frames, 1)
@@ -61,7 +61,7 @@ def info(
             ("compression", f"{s.compression}, {s.compression_ratio:.1f}x vs uint8 grids"),
         ]
         for key, value in rows:
-            table.add_row(key, value)
+            table.add_row(key, escape(value))  # the file's own text (command line, names): never markup
         console.print(table)
         if check:
             damaged += _report_damage(path, s.frames)

@@ -8,6 +8,7 @@ import typer
 
 from b2s_cli.commands._training import claim_run_folder, expand_paths, print_result
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_number
 from b2s_core.train.config import resolve_config
 from b2s_core.train.launch import launch
 
@@ -44,6 +45,7 @@ def pretrain(
 
     Example: b2s pretrain --data openscene-binary.h5 --model sparse-ls --preset paper --epochs 24 --batch-size 8 --gpus 4 --out runs/pre
     """
+    check_number("--gpus", gpus, at_least=1)  # the other values are checked with the whole config
     options = dict(stage="pretrain", data=expand_paths(data), model=model, preset=preset, epochs=epochs,
                    batch_size=batch_size, out=str(out) if out else None, resume=resume or None,
                    val_data=expand_paths(val_data), use_camera_mask=camera_mask, lr=lr, binary_balance=binary_balance,

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_grids, check_number
 from b2s_core.output_paths import Output, claim_outputs
 from b2s_core.synth import FORMATS, SynthError, write_dataset
 
@@ -33,11 +35,11 @@ def _split(text: str) -> list[str]:
 @cli_errors
 def synth(
     out: Path = typer.Option(..., "--out", help="Output folder (created; must be empty unless --overwrite).", show_default=False),
-    scenes: int = typer.Option(2, "--scenes", min=1, help="Number of scenes (layouts cycle junction, curve, straight)."),
-    frames: int = typer.Option(10, "--frames", min=1, help="Key frames per scene (2 Hz; nine 20 Hz LiDAR sweeps between them)."),
+    scenes: int = typer.Option(2, "--scenes", help="Number of scenes, 1 or more (layouts cycle junction, curve, straight)."),
+    frames: int = typer.Option(10, "--frames", help="Key frames per scene, 1 or more (2 Hz; nine 20 Hz LiDAR sweeps between them)."),
     format: str = typer.Option("nuscenes,occ3d", "--format", help=f"Comma-separated formats to write: {', '.join(FORMATS)}."),
     image_size: str = typer.Option("400x225", "--image-size", help="Camera resolution WxH (nuPlan cameras keep 16:9), or 'full' (1600x900 / 1920x1080)."),
-    seed: int = typer.Option(0, "--seed", help="World seed; the same seed writes the same bytes."),
+    seed: int = typer.Option(0, "--seed", help="World seed (0 or more); the same seed writes the same bytes."),
     grid: str = typer.Option("", "--grid", help="Extra grids for the exact ground truth (presets or xmin,ymin,zmin,xmax,ymax,zmax:voxel), comma-separated."),
     nuscenes_version: str = typer.Option("v1.0-mini", "--nuscenes-version", help="Version folder name of the nuScenes tables."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder, replacing files of the same names."),
@@ -47,9 +49,13 @@ def synth(
 
     Example: b2s synth --scenes 2 --frames 10 --out data/synth --format nuscenes,occ3d,nuplan,openscene
     """
+    check_number("--scenes", scenes, at_least=1)
+    check_number("--frames", frames, at_least=1)
+    check_number("--seed", seed, at_least=0)  # numpy's generators take no negative seed
     console = Console()
     formats = _split(format)
     grids = [g.strip() for g in grid.split(";" if ":" in grid else ",") if g.strip()]
+    check_grids("--grid", grids)
     start = time.perf_counter()
     folder = Output(out, members=("*",), exists_hint="choose an empty folder, or pass --overwrite to write into it")
     with claim_outputs([folder], overwrite=overwrite):  # the preview too: it is written into the folder
@@ -64,18 +70,18 @@ def synth(
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         elapsed = time.perf_counter() - start
-        table = Table(title=f"synthetic dataset in {out}", title_justify="left")
+        table = Table(title=f"synthetic dataset in {escape(str(out))}", title_justify="left")
         table.add_column("format", style="bold cyan")
         table.add_column("root")
         for name, entry in manifest.data["formats"].items():
             extra = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("root", "sensor_root"))
-            table.add_row(name, f"{out / entry['root']}" + (f"  ({extra})" if extra else ""))
-        table.add_row("ground truth", f"{out / 'ground_truth'}  (exact labels + masks per key frame)")
+            table.add_row(name, escape(f"{out / entry['root']}" + (f"  ({extra})" if extra else "")))
+        table.add_row("ground truth", escape(f"{out / 'ground_truth'}  (exact labels + masks per key frame)"))
         console.print(table)
         layouts = ", ".join(f"{s['name']} {s['layout']}" for s in manifest.data["scenes"])
-        console.print(f"{scenes} scenes x {frames} key frames ({layouts}) in {elapsed:.1f} s")
+        console.print(f"{scenes} scenes x {frames} key frames ({escape(layouts)}) in {elapsed:.1f} s")
         if preview and {"nuscenes", "occ3d"} <= set(formats):
             from b2s_core.synth.contact_sheet import save_contact_sheet
 
             path = save_contact_sheet(manifest, manifest.scene_names[0], 0, Path(out) / "preview.png")
-            console.print(f"preview: {path}")
+            console.print(f"preview: {escape(str(path))}")

@@ -7,9 +7,11 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from b2s_cli.errors import cli_errors
+from b2s_cli.options import check_number
 from b2s_core.output_paths import claim_outputs
 from b2s_core.viz.scene import VisualizeOptions, picture_folder, visualize_scene
 
@@ -33,15 +35,16 @@ def visualize(
 
     Example: b2s visualize scene-0061 --data val.h5 --pred preds.h5 --frame 0 --out pictures/ --html
     """
+    check_number("--frame", frame, at_least=0)
     options = VisualizeOptions(frame=frame, html=html, render_3d=not no_3d, cameras=not no_cameras, mask=mask)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with claim_outputs([picture_folder(out, scene)], {"--data": data, "--pred": pred}, overwrite=overwrite), \
             Progress(*columns, console=_console, transient=True) as progress:
-        task = progress.add_task(f"drawing {scene}", total=None)
+        task = progress.add_task(f"drawing {escape(scene)}", total=None)
         result = visualize_scene(data, scene, out, pred_path=pred, options=options,
                                  on_frame=lambda done, total: progress.update(task, completed=done, total=total))
     for warning in result.warnings:
-        _console.print(f"[yellow]warning:[/] {warning}")
+        _console.print(f"[yellow]warning:[/] {escape(str(warning))}")
     for path in result.paths:
         _console.print(str(path), markup=False)
     _console.print(f"{len(result.paths)} files in {result.seconds:.1f} s")

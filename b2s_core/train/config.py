@@ -8,7 +8,9 @@ configuration is written to ``<out>/config.yaml`` and travels inside every check
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import glob
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,23 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(B2SError, ValueError):
-    """A configuration value or file that cannot be used."""
+    """A configuration value or file that cannot be used; ``key``: the one setting it is about, if one."""
+
+    def __init__(self, message: str, *, key: str | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key  # the setting at fault: resolve_config names where it came from (file, option, --set)
+        self.problem = problem  # the message without the setting's name
+
+
+def _bad_value(key: str, problem: str) -> ConfigError:
+    return ConfigError(f"{key} {problem}", key=key, problem=problem)
+
+
+# Settings each stage reads; given (at a value other than the default) to the other stage they would
+# be silently ignored, so resolve_config refuses them.
+FINETUNE_ONLY = ("init", "semantic_data", "pseudo_data", "pretrain_data", "strategy", "binary_data", "offboard",
+                 "class_balance", "semantic_loss_weight")
+PRETRAIN_ONLY = ("data",)
 
 
 @dataclass
@@ -107,7 +125,7 @@ class TrainConfig:
     def validate(self) -> None:
         def choose(name: str, options: tuple[str, ...]) -> None:
             if getattr(self, name) not in options:
-                raise ConfigError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
+                raise _bad_value(name, f"must be one of {', '.join(options)}, got {getattr(self, name)!r}")
 
         choose("stage", STAGES)
         choose("strategy", STRATEGIES)
@@ -115,18 +133,25 @@ class TrainConfig:
         choose("amp", AMP_MODES)
         choose("schedule", SCHEDULES)
         choose("device", DEVICES)
+        for f in dataclasses.fields(self):  # NaN passes every comparison below: refuse it (and inf) first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _bad_value(f.name, f"must be a finite number, got {value}")
         for name in ("epochs", "batch_size", "log_every_steps", "val_every_epochs", "ckpt_every_epochs"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise _bad_value(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "workers", "ckpt_every_steps",
                      "binary_loss_weight", "semantic_loss_weight", "depth_loss_weight", "class_balance",
-                     "binary_balance"):
+                     "binary_balance", "seed"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+                raise _bad_value(name, f"must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise _bad_value("min_lr_ratio", f"must lie in 0..1 (a fraction of lr), got {self.min_lr_ratio}")
+        for name in ("max_steps", "stop_after_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise _bad_value(name, f"must be at least 1, got {getattr(self, name)}")
         if not -1 <= self.frozen_stages <= 4:
-            raise ConfigError(f"frozen_stages must lie in -1..4 (-1: train every stage), got {self.frozen_stages}")
+            raise _bad_value("frozen_stages", f"must lie in -1..4 (-1: train every stage), got {self.frozen_stages}")
         if self.resume:
             return  # the data settings come from the run's saved config
         if self.stage == "pretrain" and not self.data:
@@ -151,30 +176,43 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(SETTINGS))
         if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+            raise ConfigError(f"{where}: unknown setting '{unknown[0]}'{_suggestion(unknown[0])}")
         types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-        coerced = {key: _coerce(value, types[key], f"{where}: {key}") for key, value in values.items()}
+        coerced = {}
+        for key, value in values.items():
+            try:
+                coerced[key] = _coerce(value, types[key])
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {key} {err}", key=key, problem=str(err)) from None
         return cls(**coerced)
 
     def save_yaml(self, path: str | Path) -> None:
         """Write atomically (temp file + rename)."""
-        path = Path(path)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        temp.replace(path)
+        from b2s_core.output_paths import atomic_path
+
+        with atomic_path(path) as temp:
+            temp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _coerce(value: Any, annotation: str, where: str) -> Any:
+SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _suggestion(name: str) -> str:
+    """``'lrr'`` -> ``" (did you mean 'lr'?)"``; ``''`` when no setting is close."""
+    close = difflib.get_close_matches(name, SETTINGS, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, annotation: str) -> Any:
     """Check / convert one setting to its declared type (YAML may give '2e-4' as a string)."""
     optional = annotation.endswith("| None")
     base = annotation.replace("| None", "").strip()
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{where} must not be empty")
+        raise ConfigError("must not be empty")
     try:
         if base == "bool":
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
@@ -199,7 +237,7 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
                 raise ValueError
             return dict(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {base}, got {value!r}") from None
+        raise ConfigError(f"must be {base}, got {value!r}") from None
     return value
 
 
@@ -241,16 +279,90 @@ def resolve_config(
     defaults: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Dataclass defaults < ``defaults`` (a command's own) < config file < explicit options (``None``
-    means "not given") < ``--set`` overrides."""
-    values: dict[str, Any] = dict(defaults or {})
+    means "not given") < ``--set`` overrides.
+
+    The command's ``options`` carry its ``stage``: a file or ``--set`` naming the other stage is
+    refused, as are settings the run would silently ignore (:func:`_check_given`). An error about
+    one setting names where that setting came from: the file, the option or ``--set``.
+    """
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    layers = [("defaults", dict(defaults or {}))]
     if config_file is not None:
-        values.update(read_config_file(config_file))
-    values.update({k: v for k, v in (options or {}).items() if v is not None})
-    values.update(parse_set_overrides(overrides))
+        layers.append((str(config_file), read_config_file(config_file)))
+    layers += [("options", options), ("--set", parse_set_overrides(overrides))]
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # setting -> the layer that set it last
+    for name, layer in layers:
+        values.update(layer)
+        origin.update(dict.fromkeys(layer, name))
+        stage = options.get("stage")
+        if stage is not None and layer.get("stage", stage) != stage:
+            where = "--set stage" if name == "--set" else f"{name}: stage"
+            raise ConfigError(f"{where} is '{layer['stage']}': these settings are for b2s {layer['stage']}, "
+                              f"not b2s {stage}", key="stage")
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:  # named with where it came from, and the setting it was probably meant to be
+        raise ConfigError(f"{origin[unknown[0]]}: unknown setting '{unknown[0]}'{_suggestion(unknown[0])}")
     for name in DATA_FIELDS:
         if values.get(name):
             values[name] = expand_globs(values[name])
-    return TrainConfig.from_dict(values, where=str(config_file) if config_file else "options")
+    try:
+        config = TrainConfig.from_dict(values, where="")
+        _check_given(config, {k for k in values if origin[k] != "defaults"})
+    except ConfigError as err:
+        raise _placed(err, origin.get(err.key or "", "")) from None
+    return config
+
+
+def _placed(err: ConfigError, where: str) -> ConfigError:
+    """The error about one setting, told where that setting came from: ``run.yaml: lr ...``,
+    ``--set lr: ...`` or ``--lr ...`` (an option); other errors as they are."""
+    if err.key is None or err.problem is None or where in ("", "defaults"):
+        return ConfigError(str(err).removeprefix(": "), key=err.key)
+    if where == "options":
+        return ConfigError(f"{OPTION_FLAGS.get(err.key, '--' + err.key.replace('_', '-'))} {err.problem}", key=err.key)
+    if where == "--set":
+        return ConfigError(f"--set {err.key}: {err.problem}", key=err.key)
+    return ConfigError(f"{where}: {err.key} {err.problem}", key=err.key)
+
+
+# Settings whose command-line option is not --<key with dashes>.
+OPTION_FLAGS = {"use_camera_mask": "--camera-mask"}
+
+
+def _check_given(config: TrainConfig, given: set[str]) -> None:
+    """Refuse settings the run would silently ignore. ``given``: the settings from a file, an option or
+    ``--set``; one at its default value counts as not given (a saved config.yaml holds every key)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+    def is_given(name: str) -> bool:
+        field_ = fields[name]
+        default = field_.default if field_.default_factory is dataclasses.MISSING else field_.default_factory()
+        return name in given and getattr(config, name) != default
+
+    if config.stage == "pretrain":
+        for name in FINETUNE_ONLY:
+            if is_given(name):
+                raise _bad_value(name, "is a fine-tuning setting (b2s finetune); pre-training would ignore it")
+    else:
+        for name in PRETRAIN_ONLY:
+            if is_given(name):
+                raise _bad_value(name, "is pre-training data (b2s pretrain); fine-tuning reads semantic_data, "
+                                       "pseudo_data and pretrain_data")
+        if config.offboard:
+            for name in ("strategy", "binary_data", "pretrain_data"):
+                if is_given(name):
+                    raise _bad_value(name, "applies to the online model's fine-tuning; offboard (the auto-labeller, "
+                                           "focal loss only) would ignore it")
+        elif config.pretrain_data and (config.binary_data != "b" or config.strategy == "replace-head"):
+            raise _bad_value("pretrain_data", "is drawn from only with binary_data b and a strategy that keeps the "
+                                              f"binary head (binary_data is '{config.binary_data}', strategy "
+                                              f"'{config.strategy}')")
+        elif config.binary_data == "b" and config.strategy == "replace-head":
+            raise _bad_value("binary_data", "b adds pre-training batches for the binary head, which replace-head "
+                                            "drops: use bstar")
+        if config.init and is_given("preset"):
+            raise _bad_value("preset", "sets the model sizes of a model trained from scratch; --init brings its own")
 
 
 DATA_FIELDS = ("data", "semantic_data", "pseudo_data", "pretrain_data", "val_data")

@@ -232,7 +232,8 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
                                          arrangement=plan.arrangement, offboard=plan.offboard,
                                          overrides=config.model_overrides)
     if not model_config.output_grid.same_geometry(grid):
-        raise DataError(f"{main_paths[0]}: data grid {grid.shape} differs from the model's {model_config.output_shape}")
+        raise DataError(f"{main_paths[0]}: data grid {grid.describe()} differs from the model's "
+                        f"{model_config.output_grid.describe()}")
     model = build_model(model_config)
     backbone_from = _init_backbone(model, config, init_state=init_state, resume_state=resume_state,
                                    is_main=dist_.is_main)
@@ -276,7 +277,8 @@ def _train(config: TrainConfig, dist_: Distributed, show_progress: bool) -> Trai
                                                                      augment=config.augment, seed=config.seed + 1,
                                                                      depth_stride=depth_stride))
         if not pre_set.grid.same_geometry(grid):
-            raise DataError(f"{config.pretrain_data[0]}: grid {pre_set.grid.shape} differs from the semantic data's {grid.shape}")
+            raise DataError(f"{config.pretrain_data[0]}: grid {pre_set.grid.describe()} differs from the semantic "
+                            f"data's {grid.describe()}")
         if config.use_camera_mask:
             pre_set.require_camera_mask()  # one mask policy for every binary loss of the run
         pre_loader, _ = _make_loader(pre_set, batch_size=per_rank_batch, dist_=dist_, seed=config.seed + 1, shuffle=True,

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from b2s_core.occfile import OccDataset, OccFormatError
-from b2s_core.output_paths import Output, check_apart
+from b2s_core.output_paths import Output, atomic_path, check_apart
 from b2s_core.records import OccFrame
 from b2s_core.viz.animation import write_gif
 from b2s_core.viz.bev import bev_image
@@ -75,12 +75,11 @@ def picture_folder(out_dir: str | os.PathLike, scene: str) -> Output:
 def save_picture(image: np.ndarray, path: Path) -> Path:
     """Write ``image`` (H, W, 3) uint8 as PNG, or JPEG when ``path`` ends in .jpg (photos: 10x smaller),
     via a temporary file + rename (never a half-written picture)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".jpg":
-        Image.fromarray(image).save(tmp, format="JPEG", quality=90)
-    else:
-        Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".jpg":
+            Image.fromarray(image).save(tmp, format="JPEG", quality=90)
+        else:
+            Image.fromarray(image).save(tmp, format="PNG")
     return path
 
 
@@ -125,7 +124,8 @@ def visualize_scene(
     data = OccDataset(data_path)
     preds = OccDataset(pred_path) if pred_path is not None else None
     if preds is not None and not preds.grid.same_geometry(data.grid):
-        raise VisualizeError(f"{pred_path}: prediction grid {preds.grid.shape} differs from the data's {data.grid.shape}")
+        raise VisualizeError(f"{pred_path}: prediction grid {preds.grid.describe()} differs from the data's "
+                             f"{data.grid.describe()}")
     scene_range = data.scene_indices(scene)
     if len(scene_range) == 0:
         raise VisualizeError(f"{data_path}: scene '{scene}' has no frames")
