@@ -24,7 +24,6 @@ import posixpath
 import re
 import shutil
 import tempfile
-import uuid
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import GridError, VoxelGrid
+from b2s_core.output_paths import process_alive, temp_path_for
 from b2s_core.paths import inside, relative_path_problem
 from b2s_core.records import Camera, OccFrame
 from b2s_core.taxonomy import Taxonomy, get_taxonomy
@@ -124,22 +124,8 @@ def _decode_reordered(bits: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out.reshape(reference.shape)
 
 
-def _temp_path_for(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def _remove_dead_temps(target: Path) -> None:
-    """Remove the temporary files of ``target`` (our naming, ``_temp_path_for``) whose writer process is gone.
+    """Remove the temporary files of ``target`` (our naming, ``temp_path_for``) whose writer process is gone.
 
     A killed run (SIGKILL, power loss) leaves ``.<name>.tmp-<pid>-<hex>``; the next writer of the
     same target clears it. A pid that is alive (on this host) may be a writer at work: kept.
@@ -151,7 +137,7 @@ def _remove_dead_temps(target: Path) -> None:
         return  # no folder yet (or unreadable): nothing of ours to clear
     for name in names:
         match = pattern.fullmatch(name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
             try:
                 (target.parent / name).unlink()
             except OSError:
@@ -229,7 +215,7 @@ class OccWriter:
         self.grid = grid
         self.taxonomy = get_taxonomy(taxonomy)
         self.camera_names = list(camera_names)
-        self._temp = _temp_path_for(self.path)
+        self._temp = temp_path_for(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_temps(self.path)
         # libver="latest": compact chunk indexes (~80 KB less fixed overhead per file than the v1 B-trees).

@@ -175,6 +175,12 @@ def check_not_existing(outputs: Sequence[Output], *, overwrite: bool) -> None:
 
 
 # -- atomic writes ---------------------------------------------------------------------------------
+def temp_path_for(target: Path) -> Path:
+    """``.<name>.tmp-<pid>-<8 hex>`` beside ``target``: hidden, unique, and naming its writer's pid so
+    that a later run can tell a dead writer's leftover (``b2s_core.occfile``) from a live one's."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """A temporary path beside ``path``, renamed over it when the block succeeds.
@@ -184,7 +190,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     raises ``OSError(errno, problem, path)``, naming the file the user asked for, not the temporary one.
     """
     path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    temp = temp_path_for(path)
     try:
         yield temp
         os.replace(temp, path)
@@ -206,7 +212,8 @@ def _remove_quietly(path: Path) -> None:
 
 
 # -- the lock -------------------------------------------------------------------------------------
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host has ``pid`` (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -237,7 +244,7 @@ def _holder(lock: Path) -> str | None:
     if host and host != socket.gethostname():
         return f"pid {pid} on {host}"  # we cannot see that host's processes: assume it is running
     # Our own pid can only be a lock this process left behind (a crashed in-process call), not another run.
-    return f"pid {pid}" if _process_alive(pid) and pid != os.getpid() else None
+    return f"pid {pid}" if process_alive(pid) and pid != os.getpid() else None
 
 
 def acquire_lock(output: Output) -> Path:
@@ -286,5 +293,5 @@ def claim_outputs(outputs: Iterable[Output], inputs: InputPaths | None = None, *
             release_lock(lock)
 
 
-__all__ = ["Output", "OutputInUseError", "OutputPathError", "acquire_lock", "atomic_path", "check_apart", "check_not_existing",
-           "claim_outputs", "release_lock"]
+__all__ = ["Output", "OutputInUseError", "OutputPathError", "acquire_lock", "atomic_path", "check_apart",
+           "check_not_existing", "claim_outputs", "process_alive", "release_lock", "temp_path_for"]
