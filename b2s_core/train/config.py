@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import glob
 import math
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +19,11 @@ from typing import Any, Mapping
 import yaml
 
 from b2s_core.errors import B2SError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli (a dependency there)
+    import tomli as tomllib
 
 STAGES = ("pretrain", "finetune")
 STRATEGIES = ("intermediate", "multi-head", "replace-head")
