@@ -6,9 +6,11 @@ import warnings
 
 import typer
 
+from b2s_cli.commands import align
 from b2s_cli.commands import autolabel
 from b2s_cli.commands import build_binary
 from b2s_cli.commands import convert
+from b2s_cli.commands import curves
 from b2s_cli.commands import evaluate
 from b2s_cli.commands import finetune
 from b2s_cli.commands import info
@@ -34,12 +36,14 @@ def _root() -> None:
 app.command("synth")(synth.synth)
 app.command("convert")(convert.convert)
 app.command("build-binary")(build_binary.build_binary)
+app.command("align")(align.align)
 app.command("info")(info.info)
 app.command("pretrain")(pretrain.pretrain)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("autolabel")(autolabel.autolabel)
 app.command("visualize")(visualize.visualize)
+app.command("curves")(curves.curves)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

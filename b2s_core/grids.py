@@ -145,9 +145,22 @@ class VoxelGrid:
 
 GRID_PRESETS: dict[str, VoxelGrid] = {
     "occ3d": VoxelGrid((-40.0, -40.0, -1.0), (40.0, 40.0, 5.4), (0.4, 0.4, 0.4), "occ3d"),
-    "openoccupancy": VoxelGrid((-51.2, -51.2, -5.0), (51.2, 51.2, 3.0), (0.2, 0.2, 0.2), "openoccupancy"),
+    # OpenOccupancy's volume (OPENOCCUPANCY_LIDAR_GRID below) moved into the ego frame: nuScenes'
+    # LIDAR_TOP sits 1.84 m above the ego origin, so the labelled z range [-5, 3] (LiDAR) is
+    # [-3.16, 4.84] (ego) at the sensor's column; the nearest 0.2 m lattice that keeps z = 0 on a
+    # voxel boundary is [-3.2, 4.8]. Keeping [-5, 3] in the ego frame would cut the top 1.84 m
+    # of every label file and leave the bottom 9 layers underground and unlabelled.
+    "openoccupancy": VoxelGrid((-51.2, -51.2, -3.2), (51.2, 51.2, 4.8), (0.2, 0.2, 0.2), "openoccupancy"),
     "openscene": VoxelGrid((-50.0, -50.0, -4.0), (50.0, 50.0, 4.0), (0.5, 0.5, 0.5), "openscene"),
 }
+
+# The grid of OpenOccupancy (nuScenes-Occupancy) label files, in the key frame's LIDAR_TOP frame,
+# not the ego frame: OpenOccupancy projects/occ_plugin/datasets/pipelines/loading.py (LoadOccupancy:
+# pc_range, grid_size; voxel centre = pc_range[:3] + (index + 0.5) * voxel) and the configs'
+# point_cloud_range / occ_size; "GT voxels are in LiDAR coordinate"
+# (https://github.com/JeffWang987/OpenOccupancy/issues/19). Not a preset: b2s grids are ego-frame,
+# and converters.labels.read_openoccupancy resamples these files onto GRID_PRESETS["openoccupancy"].
+OPENOCCUPANCY_LIDAR_GRID = VoxelGrid((-51.2, -51.2, -5.0), (51.2, 51.2, 3.0), (0.2, 0.2, 0.2), "openoccupancy-lidar")
 
 
 def get_grid(spec: str | VoxelGrid) -> VoxelGrid:

@@ -206,6 +206,7 @@ class OccWriter:
         camera_names: Sequence[str] = (),
         image_root: str | os.PathLike | None = None,
         compression: str = "bzip2",
+        z_offset: float = 0.0,
     ) -> None:
         self.path = Path(path)
         if compression not in COMPRESSIONS:
@@ -215,6 +216,7 @@ class OccWriter:
         self.grid = grid
         self.taxonomy = get_taxonomy(taxonomy)
         self.camera_names = list(camera_names)
+        self.z_offset = float(z_offset)
         self._temp = temp_path_for(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_temps(self.path)
@@ -255,6 +257,8 @@ class OccWriter:
         attrs["camera_names"] = json.dumps(self.camera_names)
         attrs["image_root"] = str(image_root) if image_root is not None else ""
         attrs["compression"] = compression
+        # Label z = ego z + z_offset: the vertical convention the grid's z range is in (0: the ego frame).
+        attrs["z_offset"] = self.z_offset
 
         P = (self.grid.num_voxels + 7) // 8
         C = max(len(self.camera_names), 1)
@@ -424,8 +428,10 @@ class OccWriter:
             raise OccFormatError(f"{self.path}: scene '{name}' written twice")
         shard, first, count = source._scene_location(name)
         if (shard.camera_names != self.camera_names or not shard.grid.same_geometry(self.grid)
-                or shard.attrs.get("compression") != self._h5.attrs["compression"]):
-            raise OccFormatError(f"{shard.path}: cameras, grid or compression differ from {self.path}'s; cannot copy scenes")
+                or shard.attrs.get("compression") != self._h5.attrs["compression"]
+                or _z_offset(shard) != self.z_offset):
+            raise OccFormatError(f"{shard.path}: cameras, grid, vertical offset or compression differ from {self.path}'s; "
+                                 "cannot copy scenes")
         src, rows = shard.h5(), slice(first, first + count)
         start = self._num_frames
         # Ragged data of a scene are contiguous (frames are appended in order): copy each block
@@ -754,6 +760,10 @@ def _load_shard(path: Path) -> _Shard:
     return shard
 
 
+def _z_offset(shard: _Shard) -> float:
+    return float(shard.attrs.get("z_offset", 0.0))
+
+
 def _json_attr(path: Path, attrs: dict, name: str, default):
     try:
         return json.loads(attrs[name]) if name in attrs else default
@@ -871,9 +881,13 @@ class OccDataset:
                                      f"{first.grid.describe()}")
             if shard.taxonomy.name != first.taxonomy.name:
                 raise OccFormatError(f"{shard.path}: taxonomy '{shard.taxonomy.name}' differs from {first.path}'s '{first.taxonomy.name}'")
+            if _z_offset(shard) != _z_offset(first):
+                raise OccFormatError(f"{shard.path}: vertical offset z_offset={_z_offset(shard):g} m differs from "
+                                     f"{first.path}'s {_z_offset(first):g} m")
         self.grid: VoxelGrid = first.grid
         self.taxonomy: Taxonomy = first.taxonomy
         self.source: str = first.attrs.get("source", "")
+        self.z_offset: float = _z_offset(first)  # label z = ego z + z_offset (files before it: 0)
         self.camera_names: list[str] = list(first.camera_names)
         self._image_root_override = image_root
         self._offsets = np.cumsum([0] + [s.num_frames for s in self._shards])

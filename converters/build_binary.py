@@ -52,6 +52,7 @@ class BuildBinaryJob:
     camera_stride: float | None = None  # pixels between camera rays; None = automatic
     exact_rays: bool = False  # trace every LiDAR point instead of one ray per (sweep, end voxel)
     keep_points: bool = False
+    z_offset: float = 0.0  # metres, label z = ego z + z_offset (b2s_core.binary.convention); 0 = the ego frame
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
     on_error: str = "skip"  # a frame the reader cannot read: 'skip' it or 'stop' the run
@@ -67,8 +68,13 @@ class BuildBinaryJob:
         if self.camera_stride is not None and not (math.isfinite(self.camera_stride) and self.camera_stride > 0):
             # 0 would silently mean automatic (camera_seen): automatic is None ('auto' at the CLI)
             raise ConverterError(str(self.camera_stride), "--camera-stride must be a number of pixels > 0, or 'auto'")
-        if self.grid is not None:
-            get_grid(self.grid)  # a bad spec fails here, before the dataset is opened
+        if not math.isfinite(self.z_offset):
+            raise ConverterError(str(self.z_offset), "--z-offset must be a finite number of metres")
+        if self.grid is not None or self.source in DEFAULT_GRID:
+            grid = get_grid(self.grid or DEFAULT_GRID[self.source])  # a bad spec fails here, before the dataset is opened
+            height = grid.range_max[2] - grid.range_min[2]
+            if abs(self.z_offset) >= height:
+                raise ConverterError(f"{self.z_offset:g}", f"--z-offset must lie within the grid's height ({height:g} m)")
 
     def reader_kwargs(self) -> dict:
         return dict(source=self.source, dataroot=self.dataroot, version=self.version, scenes=self.scenes,
@@ -78,7 +84,7 @@ class BuildBinaryJob:
         return BinaryBuildConfig(
             grid=get_grid(self.grid or DEFAULT_GRID[self.source]), sweeps=self.sweeps, ray_sweeps=self.ray_sweeps,
             ego_body=ego_body, camera_stride=self.camera_stride, dedupe_rays=not self.exact_rays,
-            keep_points=self.keep_points,
+            keep_points=self.keep_points, z_offset=self.z_offset,
         )
 
     def output_options(self, config: BinaryBuildConfig) -> dict:
@@ -97,6 +103,8 @@ class BuildBinaryJob:
             "--exact-rays": self.exact_rays,
             "--points": self.keep_points,
             "reader options": self.reader_options or None,
+            # Only when set: parts recorded before the option existed were built at offset 0 and resume.
+            **({"--z-offset": self.z_offset} if self.z_offset else {}),
         }
 
 
@@ -155,7 +163,8 @@ def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> 
     skipped = open_error_skips(reader, job.on_error)
     scenes = select_scenes(reader, job.shard, job.dataroot)
     writer_kwargs = dict(grid=config.grid, taxonomy=BINARY, source=job.source, command=job.command,
-                         camera_names=reader.camera_names, image_root=str(Path(reader.image_root).resolve()))
+                         camera_names=reader.camera_names, image_root=str(Path(reader.image_root).resolve()),
+                         z_offset=config.z_offset)
     writer = ResumableWriter(job.out, **writer_kwargs)
     check_resume_options(writer.parts_dir, job.output_options(config), what="build")
     done = [s for s in scenes if writer.is_done(s)]

@@ -4,8 +4,10 @@ Each reader returns the dense labels exactly as the file means them, in the file
 and grid, so that converting them is lossless:
 
 * Occ3D: ``semantics``, ``mask_lidar``, ``mask_camera`` uint8 (200, 200, 16), x/y/z, free = 17.
-* OpenOccupancy: rows ``[z, y, x, ..., label]`` on 512 x 512 x 40; unlisted voxels are empty (0);
-  file label 0 (noise) becomes 255 (ignore).
+* OpenOccupancy: rows ``[z, y, x, ..., label]`` on 512 x 512 x 40 in the key frame's LIDAR_TOP
+  frame (``OPENOCCUPANCY_LIDAR_GRID``); unlisted voxels are empty (0); file label 0 (noise) becomes
+  255 (ignore). The only reader that does not keep the file's grid: b2s grids are ego-frame, so the
+  labels are resampled onto the ego-frame openoccupancy grid with the frame's LiDAR calibration.
 * OpenScene: rows ``[flat, label]`` with ``flat = x + X * y + X * Y * z`` on 200 x 200 x 16;
   unlisted voxels are free (16).
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from b2s_core.grids import GRID_PRESETS, VoxelGrid
+from b2s_core.grids import GRID_PRESETS, OPENOCCUPANCY_LIDAR_GRID, VoxelGrid
 from b2s_core.paths import name_problem
 from b2s_core.records import SemanticLabels
 from b2s_core.taxonomy import IGNORE_INDEX, OCC3D, OPENOCCUPANCY, OPENSCENE, Taxonomy, get_taxonomy
@@ -88,23 +90,75 @@ def read_occ3d(path: str | Path) -> SemanticLabels:
     return SemanticLabels(semantics, "occ3d", "occ3d", masks["mask_lidar"], masks["mask_camera"], str(path))
 
 
-def read_openoccupancy(path: str | Path) -> SemanticLabels:
-    """An OpenOccupancy sparse ``.npy`` -> dense labels on the openoccupancy grid."""
+def read_openoccupancy(path: str | Path, ego_from_lidar: np.ndarray, grid: VoxelGrid | None = None) -> SemanticLabels:
+    """An OpenOccupancy sparse ``.npy`` (LIDAR_TOP frame) -> dense labels on the ego-frame ``grid``.
+
+    ``ego_from_lidar``: (4, 4) the key frame's LIDAR_TOP calibrated_sensor. ``grid``: default the
+    openoccupancy preset. Returns (X, Y, Z) uint8 OpenOccupancy labels; ego voxels whose centre
+    lies outside the file's LiDAR-frame volume are 255 (unknown: not scored, not trained on).
+    """
     path = Path(path)
+    grid = grid or GRID_PRESETS["openoccupancy"]
     rows = _load_npy(path)
-    shape = GRID_PRESETS["openoccupancy"].shape
+    source = OPENOCCUPANCY_LIDAR_GRID
     if rows.ndim != 2 or rows.shape[1] < 4:
         raise ConverterError(path, f"OpenOccupancy labels have shape {rows.shape}, expected (N, >=4) rows [z, y, x, ..., label]")
+    ego_from_lidar = np.asarray(ego_from_lidar, dtype=np.float64)
+    rotation = ego_from_lidar[:3, :3] if ego_from_lidar.shape == (4, 4) else None
+    if rotation is None or not np.all(np.isfinite(ego_from_lidar)) or not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-6):
+        raise ConverterError(path, "the frame's LIDAR_TOP calibration is not a finite rigid (4, 4) transform, so its labels cannot be placed")
     rows = rows.astype(np.int64)
     z, y, x, label = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, -1]
     index = np.stack([x, y, z], axis=1)
-    if len(index) and (index.min() < 0 or np.any(index.max(axis=0) >= np.asarray(shape))):
-        raise ConverterError(path, f"OpenOccupancy voxel index outside the {shape} grid")
+    if len(index) and (index.min() < 0 or np.any(index.max(axis=0) >= np.asarray(source.shape))):
+        raise ConverterError(path, f"OpenOccupancy voxel index outside the {source.shape} grid")
     if len(label) and (label.min() < 0 or label.max() >= OPENOCCUPANCY.num_labels):
         raise ConverterError(path, f"OpenOccupancy label {int(label.max())} outside 0..{OPENOCCUPANCY.num_labels - 1}")
-    semantics = np.full(shape, OPENOCCUPANCY.free_index, dtype=np.uint8)
-    semantics[x, y, z] = np.where(label == 0, IGNORE_INDEX, label).astype(np.uint8)  # 0 = noise -> ignore
-    return SemanticLabels(semantics, "openoccupancy", "openoccupancy", path=str(path))
+    lidar_labels = np.full(source.shape, OPENOCCUPANCY.free_index, dtype=np.uint8)
+    lidar_labels[x, y, z] = np.where(label == 0, IGNORE_INDEX, label).astype(np.uint8)  # 0 = noise -> ignore
+    semantics = resample_rigid(lidar_labels, source, grid, ego_from_lidar, outside=IGNORE_INDEX)
+    return SemanticLabels(semantics, "openoccupancy", grid.name, path=str(path))
+
+
+def resample_rigid(labels: np.ndarray, source: VoxelGrid, target: VoxelGrid, target_from_source: np.ndarray,
+                   outside: int, chunk: int = 16) -> np.ndarray:
+    """(Xs, Ys, Zs) uint8 labels on ``source`` (a grid in frame S) -> (Xt, Yt, Zt) uint8 on ``target`` (frame T).
+
+    Each target voxel takes the label of the source voxel that contains its centre, mapped into
+    frame S with ``inv(target_from_source)`` (4, 4); ``outside`` where that centre lies outside the
+    source grid. Pulling from the target keeps one label per target voxel: no holes where a
+    rotated source lattice skips a target voxel, no rule needed for two source voxels landing in
+    one. A translation by whole voxels moves every label exactly.
+    """
+    rotation, translation = target_from_source[:3, :3], target_from_source[:3, 3]
+    size_s, size_t = np.asarray(source.voxel_size), np.asarray(target.voxel_size)
+    # Continuous source index of target voxel (i, j, k) along source axis a: step[a] @ (i, j, k) + u0[a].
+    step = rotation.T * size_t[None, :] / size_s[:, None]  # (3, 3)
+    u0 = (rotation.T @ (target.origin + 0.5 * size_t - translation) - source.origin) / size_s  # (3,)
+    X, Y, Z = target.shape
+    shape_s = np.asarray(source.shape)
+    padded = np.append(labels.ravel(), np.uint8(outside))  # the last entry answers every centre outside
+    # The (j, k) part of each axis once, as (Y, Z) float64; each x slab only adds step[a, 0] * i.
+    plane = [step[a, 1] * np.arange(Y)[:, None] + step[a, 2] * np.arange(Z)[None, :] + u0[a] for a in range(3)]
+    # int32 halves the memory traffic (~1.6x faster) when no index, even of a centre far outside,
+    # can overflow it: u is linear in (i, j, k), so its extremes are at the grid's corners.
+    corners = np.array(np.meshgrid([0, X - 1], [0, Y - 1], [0, Z - 1], indexing="ij")).reshape(3, -1)  # (3, 8)
+    largest = float(np.abs(step @ corners + u0[:, None]).max()) + 1
+    fits = max(largest * (shape_s[1] * shape_s[2] + shape_s[2] + 1), len(padded)) < 2**31
+    index_dtype = np.int32 if fits else np.int64
+    out = np.empty((X, Y, Z), dtype=np.uint8)
+    for i0 in range(0, X, chunk):  # thin slabs of x keep the temporaries small (16 x 512 x 40: 1-3 MB each)
+        i = np.arange(i0, min(i0 + chunk, X))[:, None, None]
+        flat = np.zeros((len(i), Y, Z), dtype=index_dtype)
+        inside = np.ones((len(i), Y, Z), dtype=bool)
+        for axis in range(3):
+            u = np.floor(step[axis, 0] * i + plane[axis][None]).astype(index_dtype)
+            inside &= (u >= 0) & (u < shape_s[axis])
+            flat *= shape_s[axis]
+            flat += u  # C order over the source (X, Y, Z)
+        flat[~inside] = len(padded) - 1
+        out[i0:i0 + len(i)] = padded[flat]
+    return out
 
 
 def read_openscene(path: str | Path, grid: VoxelGrid | None = None) -> SemanticLabels:

@@ -3,14 +3,21 @@
 Schema facts used here (nuplan-devkit ``nuplan/database/nuplan_db_orm``): tokens are 8-byte BLOBs
 (shown as 16-char hex); ``ego_pose`` has plain REAL columns ``x y z qw qx qy qz``; ``lidar`` and
 ``camera`` store ``translation``, ``rotation`` (and ``intrinsic``, ``distortion``) as pickled values
-(SQLAlchemy PickleType: lists or numpy arrays); ``lidar_box`` holds global ``x y z yaw`` and
-``width length height``; ``lidar_pc.filename`` and ``image.filename_jpg`` are relative to the
+(``nuplan/database/common/sql_types.py``: ``pickle.dumps`` of lists, numpy arrays or the devkit's
+``data_types.Translation / Rotation / CameraIntrinsic``); ``lidar_box`` holds global ``x y z yaw``
+and ``width length height``; ``lidar_pc.filename`` and ``image.filename_jpg`` are relative to the
 ``sensor_blobs`` folder. How a stored value is decoded lives in one place: :func:`decode_vector`.
 
-Key frames: the LiDAR runs at 20 Hz; every sweep at least ``key_frame_period_us`` (0.5 s, the
-2 Hz of nuScenes and OpenScene) after the previous key frame is a key frame, the sweeps between
-are its non-key sweeps. Cameras take the image of each channel nearest in time, expressed in the
-key frame's ego frame through the image's own ego pose (ego-motion compensation).
+Scenes: a log holds many ``scene`` rows (nuPlan scenes are snippets of up to 20 s, each lidar_pc
+names its scene); each becomes one b2s scene, named by its ``name`` (prefixed with the log's file
+name where two logs reuse a name). A scene is the unit ``build-binary`` aggregates over, and 20 s
+matches the nuScenes scenes the method was made for, where a whole log runs for minutes.
+
+Key frames: the LiDAR runs at 20 Hz; a scene's first sweep and then every sweep at least
+``key_frame_period_us`` (0.5 s, the 2 Hz of nuScenes and OpenScene) after the previous key frame is
+a key frame, the sweeps between are its non-key sweeps (sweeps of the scene after its last key
+frame belong to no key frame). Cameras take the image of each channel nearest in time, expressed in
+the key frame's ego frame through the image's own ego pose (ego-motion compensation).
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ MAX_IMAGE_GAP_US = 100_000  # an image further than this from the key frame is "
 def decode_vector(value, size: int, where: str, source: object) -> np.ndarray:
     """A stored vector/matrix value -> float64 array of ``size`` numbers.
 
-    Real logs pickle lists / numpy arrays (read with the restricted unpickler, never plain pickle);
-    JSON text and raw float64 bytes are accepted too, so that exported or hand-made logs work.
+    Real logs pickle lists / numpy arrays / the devkit's ``data_types`` classes (read with the
+    restricted unpickler, never plain pickle, which returns the devkit classes as arrays); JSON text
+    and raw float64 bytes are accepted too, so that exported or hand-made logs work.
     """
     if isinstance(value, (bytes, memoryview)):
         data = bytes(value)

@@ -179,7 +179,7 @@ class NuScenesReader(SceneReader):
             source_tokens={"sample": sample["token"], "scene": scene["token"], "lidar_sample_data": lidar_sd["token"]},
         )
         if self.labels is not None:
-            frame.labels = self._labels(self.labels, scene, sample, lidar_sd)
+            frame.labels = self._labels(self.labels, scene, sample, lidar_sd, lidar.ego_from_sensor)
         return frame
 
     def _sweep(self, sd: dict) -> LidarSweep:
@@ -235,7 +235,8 @@ class NuScenesReader(SceneReader):
         )
 
     @staticmethod
-    def _labels(labels: LabelSpec, scene: dict, sample: dict, lidar_sd: dict) -> SemanticLabels:
+    def _labels(labels: LabelSpec, scene: dict, sample: dict, lidar_sd: dict, ego_from_lidar: np.ndarray) -> SemanticLabels:
         if labels.kind == "occ3d":
             return read_occ3d(occ3d_path(labels.root, scene["name"], sample["token"]))
-        return read_openoccupancy(openoccupancy_path(labels.root, scene["token"], lidar_sd["token"]))
+        # OpenOccupancy labels are in this key frame's LIDAR_TOP frame; its calibration places them in the ego grid.
+        return read_openoccupancy(openoccupancy_path(labels.root, scene["token"], lidar_sd["token"]), ego_from_lidar)

@@ -6,11 +6,27 @@ Layout: ``<root>/meta_datas/<split>/<log>.pkl`` (a list of frame dicts, 2 Hz key
 unpickler (:mod:`converters.safe_pickle`): a pickle that names anything but containers, scalars
 and numpy arrays is refused before it can run code.
 
-Geometry per frame: ``global_from_ego`` from ``ego2global_translation/rotation`` (quaternion
-w, x, y, z), ``ego_from_lidar`` from ``lidar2ego_*``, ``ego_from_cam = ego_from_lidar @
-lidar_from_cam`` with ``lidar_from_cam`` from ``sensor2lidar_rotation/translation``. Boxes
-``gt_boxes`` (x, y, z centre, l, w, h, yaw) are in the LiDAR frame and are moved to the global frame
-here. Image sizes are read from the image headers (the meta data do not carry them).
+Frames as the official metadata writer makes them (OpenScene
+``DriveEngine/process_data/create_openscene_metadata.py``: ``create_nuplan_info``) and navsim reads
+them (``navsim/common/dataclasses.py``: ``Scene.from_scene_dict_list``):
+
+- ``global_from_ego`` from ``ego2global_translation/rotation`` (quaternion w, x, y, z; the nuPlan
+  ego pose), ``ego_from_lidar`` from ``lidar2ego_*`` (the nuPlan ``lidar`` table).
+- ``cams[CAM_*]['sensor2lidar_rotation' / 'sensor2lidar_translation']`` are, despite the name, the
+  camera-to-EGO extrinsic: the writer copies the nuPlan ``camera`` table's rotation / translation,
+  which nuPlan defines relative to the ego frame (``helpers/nuplan_cameras_utils.py``:
+  ``get_log_cam_info``, ``get_cam_info_from_lidar_pc``). They are used as ``ego_from_cam`` unchanged.
+- ``anns['gt_boxes']`` (x, y, z centre, l, w, h, yaw) are in the EGO frame: the writer rotates
+  ``global centre - ego translation`` by the inverse ego rotation and takes ``yaw = global yaw -
+  ego yaw`` (ego yaw = the ego quaternion's yaw). They are moved back to the global frame by exactly
+  that inverse: centre through ``global_from_ego``, yaw plus the ego yaw about the global z axis
+  (nuPlan boxes carry a yaw only).
+- ``anns['track_tokens']`` are the nuPlan track tokens (the box's ``track_id``);
+  ``anns['instance_tokens']`` are per-frame ``lidar_box`` tokens and are not used as track ids.
+
+Image sizes are read from the image headers (the meta data do not carry them); the official camera
+dicts have no timestamp (the images are the ones nuPlan matched to the frame's lidar_pc), so a
+camera takes the frame's timestamp unless its dict has one.
 """
 
 from __future__ import annotations
@@ -165,35 +181,45 @@ class OpenSceneReader(SceneReader):
         lidar = LidarSweep(ego_from_lidar, global_from_ego, timestamp, True,
                            functools.partial(load_pcd_points, str(lidar_path)), str(lidar_path))
         cams = meta.get("cams") or {}
-        cameras = [self._camera(channel, cams[channel], ego_from_lidar, ref, token) for channel in self.camera_names if channel in cams]
+        cameras = [self._camera(channel, cams[channel], timestamp, ref, token) for channel in self.camera_names if channel in cams]
         frame = SensorFrame(scene=scene, token=token, timestamp=timestamp, global_from_ego=global_from_ego,
-                            cameras=cameras, lidar=lidar, boxes=self._boxes(meta, global_from_ego @ ego_from_lidar, ref),
+                            cameras=cameras, lidar=lidar, boxes=self._boxes(meta, global_from_ego, ref),
                             source_tokens={"token": token, "log": str(meta.get("log_name", ref.meta.stem))})
         if self.labels is not None:
             frame.labels = read_openscene(self._label_path(self.labels, meta, ref), self.label_grid)
         return frame
 
-    def _camera(self, channel: str, cam: dict, ego_from_lidar: np.ndarray, ref: _LogRef, token: str) -> Camera:
+    def _camera(self, channel: str, cam: dict, frame_timestamp: int, ref: _LogRef, token: str) -> Camera:
         where = {"token": f"{token} {channel}"}
-        lidar_from_cam = transform(self._field({**cam, **where}, "sensor2lidar_rotation", ref, 9).reshape(3, 3),
-                                   self._field({**cam, **where}, "sensor2lidar_translation", ref, 3))
+        # 'sensor2lidar_*' hold the nuPlan camera table's camera-to-ego extrinsic (module docstring).
+        rotation = self._field({**cam, **where}, "sensor2lidar_rotation", ref, 9).reshape(3, 3)
+        if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4) or np.linalg.det(rotation) < 0:
+            raise ConverterError(ref.meta, f"frame {token} {channel} 'sensor2lidar_rotation' is not a rotation matrix")
+        ego_from_cam = transform(rotation, self._field({**cam, **where}, "sensor2lidar_translation", ref, 3))
         intrinsic = self._field({**cam, **where}, "cam_intrinsic", ref, 9).reshape(3, 3)
         path = self._sensor_path(cam.get("data_path", ""), ref, f"frame {token} {channel} data_path")
         width, height = image_size(path, f"{channel} image")
-        return Camera(channel, intrinsic, ego_from_lidar @ lidar_from_cam, int(width), int(height),
-                      image_path=str(path.relative_to(self.dataroot)), timestamp=int(cam.get("timestamp", 0) or 0))
+        return Camera(channel, intrinsic, ego_from_cam, int(width), int(height),
+                      image_path=str(path.relative_to(self.dataroot)), timestamp=int(cam.get("timestamp") or frame_timestamp))
 
-    def _boxes(self, meta: dict, global_from_lidar: np.ndarray, ref: _LogRef) -> list[Box]:
+    def _boxes(self, meta: dict, global_from_ego: np.ndarray, ref: _LogRef) -> list[Box]:
+        """``anns`` -> boxes in the global frame. ``gt_boxes`` (N, 7) are ego-frame x, y, z, l, w, h,
+        yaw with ``yaw = global yaw - ego yaw`` (module docstring); a test-split frame has no ``anns``."""
         anns = meta.get("anns") or {}
-        boxes = np.asarray(anns.get("gt_boxes", np.zeros((0, 7))), dtype=np.float64).reshape(-1, 7)
+        try:
+            boxes = np.asarray(anns.get("gt_boxes", np.zeros((0, 7))), dtype=np.float64).reshape(-1, 7)
+        except (TypeError, ValueError):
+            raise ConverterError(ref.meta, f"frame {meta.get('token')} 'gt_boxes' is not an (N, 7) array of numbers") from None
         names = list(anns.get("gt_names", []))
-        tracks = list(anns.get("track_tokens", anns.get("instance_tokens", [])))
+        tracks = list(anns.get("track_tokens", []))
         if len(names) != len(boxes) or len(tracks) != len(boxes):
-            raise ConverterError(ref.meta, f"frame {meta.get('token')}: {len(boxes)} gt_boxes, {len(names)} gt_names, {len(tracks)} track tokens")
+            raise ConverterError(ref.meta, f"frame {meta.get('token')}: {len(boxes)} gt_boxes, {len(names)} gt_names, "
+                                           f"{len(tracks)} track_tokens")
+        ego_yaw = np.arctan2(global_from_ego[1, 0], global_from_ego[0, 0])
+        centers = boxes[:, :3] @ global_from_ego[:3, :3].T + global_from_ego[:3, 3]
         out = []
-        for (x, y, z, length, width, height, yaw), name, track in zip(boxes, names, tracks):
-            global_from_box = global_from_lidar @ transform(yaw_matrix(yaw), (x, y, z))
-            out.append(Box(global_from_box, np.array([length, width, height]), str(track), str(name),
+        for center, (length, width, height), yaw, name, track in zip(centers, boxes[:, 3:6], boxes[:, 6], names, tracks):
+            out.append(Box(transform(yaw_matrix(yaw + ego_yaw), center), np.array([length, width, height]), str(track), str(name),
                            self.box_label(str(name), OPENSCENE.label_of_nuplan)))
         return out
 

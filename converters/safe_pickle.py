@@ -3,7 +3,8 @@
 ``pickle.load`` runs whatever callables a file names (``os.system`` through ``__reduce__`` is the
 classic), so a downloaded pickle is as dangerous as a downloaded script. Metadata only needs plain
 containers, scalars and numpy arrays, so this unpickler resolves only the few globals that numpy
-uses to rebuild arrays and scalars and refuses every other global *before* anything is called.
+uses to rebuild arrays and scalars, plus nuplan-devkit's three calibration value classes (see
+``_DEVKIT_CLASSES``), and refuses every other global *before* anything is called.
 """
 
 from __future__ import annotations
@@ -72,14 +73,65 @@ _BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset"
              "bytearray": bytearray}
 
 
+class _DevkitList(list):
+    """Stands in, while unpickling, for one of nuplan-devkit's list subclasses; replaced by a float64
+    array once the pickle is read (:func:`_plain`). Nothing of the devkit is imported."""
+
+    __slots__ = ()  # the devkit classes carry no attributes: a pickle giving them state is refused
+
+    def __setstate__(self, state) -> None:
+        raise pickle.UnpicklingError(f"unexpected state for nuplan-devkit {type(self).__name__}")
+
+
+# nuplan-devkit's calibration values (nuplan/database/common/data_types.py: Translation, Rotation,
+# CameraIntrinsic, subclasses of list). The devkit's SQLAlchemy column types (nuplan/database/common/
+# sql_types.py: SqlTranslation, SqlRotation, SqlCameraIntrinsic) store whatever value was set with
+# pickle.dumps, and its own test database (nuplan/database/nuplan_db/test/minimal_db_test_utils.py)
+# pickles these class instances into lidar.translation/rotation and camera.translation/rotation/
+# intrinsic. Protocol >= 2 pickles rebuild them with NEWOBJ + APPENDS, which a list subclass serves.
+_DEVKIT_MODULE = "nuplan.database.common.data_types"
+_DEVKIT_CLASSES = {name: type(name, (_DevkitList,), {"__slots__": ()})
+                   for name in ("Translation", "Rotation", "CameraIntrinsic")}
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with every devkit stand-in (also inside lists, tuples and dict values) as a float64 array."""
+    seen: set[int] = set()
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, _DevkitList):
+            return np.asarray(value, dtype=np.float64)
+        if id(value) in seen:  # shared or self-referencing containers are walked once
+            return value
+        if isinstance(value, list):
+            seen.add(id(value))
+            value[:] = [walk(v) for v in value]
+        elif isinstance(value, dict):
+            seen.add(id(value))
+            for key in list(value):
+                value[key] = walk(value[key])
+        elif isinstance(value, tuple):
+            seen.add(id(value))
+            return tuple(walk(v) for v in value)
+        return value
+
+    return walk(obj)
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain containers, scalars and numpy arrays; refuses every other global.
+    """Unpickles plain containers, scalars, numpy arrays and the devkit's calibration classes (as
+    stand-ins: :func:`loads` returns them as arrays); refuses every other global.
 
     Every accepted global is an exact (module, name) pair; a refused one is refused before any
     module is imported (a check that imported the named module first would run its top-level code).
     """
 
+    devkit_values = False  # set when a devkit stand-in was handed out: the result then needs _plain
+
     def find_class(self, module: str, name: str) -> Any:
+        if module == _DEVKIT_MODULE and name in _DEVKIT_CLASSES:
+            self.devkit_values = True
+            return _DEVKIT_CLASSES[name]
         if module in ("builtins", "__builtin__") and name in _BUILTINS:
             return _BUILTINS[name]
         if module == "collections" and name == "OrderedDict":
@@ -92,16 +144,24 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _numpy_global(module, name)
         if module == "numpy.dtypes" and name in _DTYPE_CLASSES:
             return _DTYPE_CLASSES[name]
-        raise pickle.UnpicklingError(f"refused to load global '{module}.{name}' (only containers, scalars and numpy arrays are allowed)")
+        raise pickle.UnpicklingError(f"refused to load global '{module}.{name}' (only containers, scalars, numpy arrays "
+                                     f"and nuplan-devkit's {', '.join(_DEVKIT_CLASSES)} are allowed)")
 
 
 def loads(data: bytes, *, source: object = "<bytes>") -> Any:
-    """Unpickle ``data`` safely; any refusal or corruption becomes a :class:`ConverterError` naming ``source``."""
+    """Unpickle ``data`` safely; any refusal or corruption becomes a :class:`ConverterError` naming ``source``.
+
+    nuplan-devkit ``Translation`` / ``Rotation`` / ``CameraIntrinsic`` values come back as float64
+    arrays of shape (3,), (4,) and (3, 3) (whatever the stored lists hold).
+    """
     try:
-        return RestrictedUnpickler(io.BytesIO(data)).load()
+        unpickler = RestrictedUnpickler(io.BytesIO(data))
+        value = unpickler.load()
+        return _plain(value) if unpickler.devkit_values else value
     except pickle.UnpicklingError as err:
         raise ConverterError(source, f"unsafe or corrupt pickle: {err}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError, MemoryError) as err:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError, MemoryError,
+            RecursionError) as err:
         raise ConverterError(source, f"corrupt pickle ({type(err).__name__}: {err})") from None
 
 

@@ -274,9 +274,9 @@ def write_tiny_openscene(root: Path, labels_root: Path, *, scenes: int = 2, fram
             cams = {}
             for channel, (ego_from_cam, K) in CAMERAS_TINY.items():
                 _jpeg(blobs / channel / f"{token}.jpg", value=k)
-                lidar_from_cam = np.linalg.inv(EGO_FROM_LIDAR_TINY) @ ego_from_cam
-                cams[channel] = {"data_path": f"{log}/{channel}/{token}.jpg", "sensor2lidar_rotation": lidar_from_cam[:3, :3],
-                                 "sensor2lidar_translation": lidar_from_cam[:3, 3], "cam_intrinsic": K, "distortion": np.zeros(5)}
+                # sensor2lidar_* hold camera-to-EGO, as in the official files (docs/converters.md, OpenScene)
+                cams[channel] = {"data_path": f"{log}/{channel}/{token}.jpg", "sensor2lidar_rotation": ego_from_cam[:3, :3],
+                                 "sensor2lidar_translation": ego_from_cam[:3, 3], "cam_intrinsic": K, "distortion": np.zeros(5)}
             flat = rng.choice(200 * 200 * 16, size=300, replace=False)
             label = rng.choice([0, 4, 5, 6, 7, 8, 9, 10], size=300)
             occ_rel = f"dataset/openscene-v1.1/occupancy/mini/{log}/{token}.npy"

@@ -169,8 +169,8 @@ def test_openscene_convert_labels_bit_exact(openscene, tmp_path):
         assert np.allclose(frame.cameras[0].ego_from_cam, CAMERAS_TINY["CAM_F0"][0], atol=1e-12)
         assert frame.cameras[0].width == 32 and frame.cameras[0].height == 24
     (first,) = list(open_reader("openscene", root).read_scene(ds.scenes[0].name))[:1]
-    box_lidar = np.linalg.inv(first.global_from_ego @ first.lidar.ego_from_sensor) @ first.boxes[0].global_from_box
-    assert np.allclose(box_lidar[:3, 3], expected[0]["gt_boxes"][0, :3]) and np.allclose(first.boxes[0].size, (4.4, 1.8, 1.5))
+    box_ego = np.linalg.inv(first.global_from_ego) @ first.boxes[0].global_from_box  # gt_boxes are ego-frame
+    assert np.allclose(box_ego[:3, 3], expected[0]["gt_boxes"][0, :3]) and np.allclose(first.boxes[0].size, (4.4, 1.8, 1.5))
 
 
 # -- workers, shards, resume ---------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def test_openoccupancy_labels_on_real_keyframe(nuscenes_root, frame_json, tmp_pa
     (frame,) = list(reader.read_scene("scene-0061"))
     folder = tmp_path / "openocc" / f"scene_{frame.source_tokens['scene']}" / "occupancy"
     folder.mkdir(parents=True)
-    rows = np.array([[0, 10, 20, 4], [39, 511, 511, 16], [20, 256, 256, 0]], dtype=np.float32)  # z, y, x, label
+    rows = np.array([[0, 10, 20, 4], [39, 300, 256, 16], [20, 256, 256, 0]], dtype=np.float32)  # z, y, x, label
     np.save(folder / f"{frame.source_tokens['lidar_sample_data']}.npy", rows)
     out = tmp_path / "oo.h5"
     summary = convert(ConvertConfig("nuscenes", nuscenes_root, out, labels=f"openoccupancy:{tmp_path / 'openocc'}", store_points=False))
@@ -375,8 +375,13 @@ def test_openoccupancy_labels_on_real_keyframe(nuscenes_root, frame_json, tmp_pa
     ds = OccDataset(out)
     assert ds.grid.shape == (512, 512, 40) and ds.taxonomy.name == "openoccupancy"
     semantics = ds[0].semantics
-    assert semantics[20, 10, 0] == 4 and semantics[511, 511, 39] == 16 and semantics[256, 256, 20] == 255
-    assert (semantics != 0).sum() == 3 and ds[0].points is None
+    # The rows are LIDAR_TOP-frame voxels (OpenOccupancy's convention): each lands in the ego voxel that
+    # holds its centre moved by the dataset's own lidar2ego (tilted 1.4 degrees, 1.84 m up).
+    lidar2ego = np.asarray(frame_json["lidar"]["lidar2ego"])
+    centres = np.array([-51.2, -51.2, -5.0]) + (rows[:, [2, 1, 0]] + 0.5) * 0.2
+    ego = np.floor((centres @ lidar2ego[:3, :3].T + lidar2ego[:3, 3] - ds.grid.origin) / 0.2).astype(int)
+    assert [semantics[tuple(e)] for e in ego] == [4, 16, 255]
+    assert ((semantics != 0) & (semantics != 255)).sum() == 2 and ds[0].points is None
 
 
 def test_missing_occ3d_label_is_skipped(nuscenes_root, tmp_path):

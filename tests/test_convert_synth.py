@@ -85,7 +85,7 @@ def test_nuscenes_boxes_and_sweeps_match_truth(manifest):
             assert np.isclose(np.cos(yaw - truth.boxes["yaw"][j]), 1.0, atol=1e-9)
 
 
-def test_nuscenes_openoccupancy_equals_truth(manifest, tmp_path):
+def test_nuscenes_openoccupancy_matches_truth(manifest, tmp_path):
     dataroot, labels = _need(manifest, "nuscenes"), _need(manifest, "openoccupancy")
     scene = manifest.scene_names[0]
     out = tmp_path / "oo.h5"
@@ -96,7 +96,14 @@ def test_nuscenes_openoccupancy_equals_truth(manifest, tmp_path):
     for i, key in enumerate(manifest.key_frames(scene)):
         truth = manifest.ground_truth(scene, key["index"]).semantics["openoccupancy"]
         # The file format has no 'others' class: the generator writes it as noise (0), read back as 255.
-        assert np.array_equal(ds[i].semantics, map_labels(truth, "occ3d", "openoccupancy"))
+        truth = map_labels(truth, "occ3d", "openoccupancy")
+        got = ds[i].semantics
+        # Not bit-exact: the files are in the LIDAR_TOP frame (0.943 m ahead, 1.84 m up: not whole voxels),
+        # resampled to the ego grid by nearest voxel (measured IoU 0.981..0.990, labels 97.2..98.3 %).
+        # Ego x < -50.257 lies outside the file's volume (255).
+        assert (got[:5] == 255).all()
+        a, b = got[5:] != 0, truth[5:] != 0
+        assert (a & b).sum() / (a | b).sum() > 0.97 and ((got[5:] == truth[5:]) & b).sum() / b.sum() > 0.96
 
 
 def _nuplan_rig(manifest) -> dict:
@@ -130,11 +137,19 @@ def test_nuplan_and_openscene_equal_truth(manifest, source, tmp_path):
     token_key = "nuplan_lidar_pc_token" if source == "nuplan" else "openscene_token"
     reader = open_reader(source, dataroot)
     i = 0
-    for scene_info, scene in zip(ds.scenes, manifest.scene_names):
-        frames = list(reader.read_scene(scene_info.name))
+    # nuPlan: a synthetic scene's log holds several nuPlan scenes (b2s scenes, in time order); OpenScene: one
+    if source == "nuplan":
+        groups = [(s["nuplan_scene_names"], s["name"]) for s in manifest.data["scenes"]]
+    else:
+        groups = [([info.name], scene) for info, scene in zip(ds.scenes, manifest.scene_names)]
+    for names, scene in groups:
+        per_scene = [list(reader.read_scene(name)) for name in names]
+        frames = [f for part in per_scene for f in part]
+        starts = {part[0].token for part in per_scene}  # the first key frame of each nuPlan scene
+        indices = [j for name in names for j in ds.scene_indices(name)]
         keys = manifest.key_frames(scene)
-        assert len(frames) == len(keys) == len(scene_info)
-        for frame, sensor_frame, key in zip((ds.read(j, images=True) for j in ds.scene_indices(scene_info.name)), frames, keys):
+        assert len(frames) == len(keys) == len(indices)
+        for frame, sensor_frame, key in zip((ds.read(j, images=True) for j in indices), frames, keys):
             truth = manifest.ground_truth(scene, key["index"])
             assert frame.token == key[token_key] and frame.timestamp == key["timestamp"]
             assert np.allclose(frame.global_from_ego, truth.global_from_ego, rtol=0, atol=1e-9)
@@ -148,7 +163,8 @@ def test_nuplan_and_openscene_equal_truth(manifest, source, tmp_path):
             if source == "openscene":
                 assert np.array_equal(frame.semantics, map_labels(truth.semantics["openscene"], "occ3d", "openscene"))
             else:
-                assert len(sensor_frame.sweeps) == (0 if key["index"] == 0 else 9)
+                # a nuPlan scene's first key frame has no earlier sweep in its scene
+                assert len(sensor_frame.sweeps) == (0 if sensor_frame.token in starts else 9)
             _check_boxes(sensor_frame.boxes, truth)
             i += 1
     assert i == len(ds)

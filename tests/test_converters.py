@@ -159,10 +159,15 @@ def test_occ3d_wrong_shape_names_file(tmp_path):
         read_occ3d(tmp_path / "bad.npz")
 
 
+# A LiDAR 1.8 m (9 voxels) above the ego origin, axes as the ego's: the file's LiDAR-frame voxel (x, y, z)
+# is ego voxel (x, y, z) of the openoccupancy grid (tests/test_openoccupancy_official.py has real mounts).
+LIFTED_LIDAR = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1.8], [0, 0, 0, 1]], dtype=np.float64)
+
+
 def test_openoccupancy_sparse_rows_and_noise(tmp_path):
     rows = np.array([[0, 1, 2, 4], [39, 511, 0, 0], [5, 5, 5, 16]], dtype=np.int64)  # z, y, x, label
     np.save(tmp_path / "o.npy", rows)
-    labels = read_openoccupancy(tmp_path / "o.npy")
+    labels = read_openoccupancy(tmp_path / "o.npy", LIFTED_LIDAR)
     assert labels.semantics.shape == (512, 512, 40)
     assert labels.semantics[2, 1, 0] == 4 and labels.semantics[0, 511, 39] == 255 and labels.semantics[5, 5, 5] == 16
     assert (labels.semantics == 0).sum() == 512 * 512 * 40 - 3
@@ -171,10 +176,10 @@ def test_openoccupancy_sparse_rows_and_noise(tmp_path):
 def test_openoccupancy_out_of_grid(tmp_path):
     np.save(tmp_path / "o.npy", np.array([[40, 0, 0, 3]]))
     with pytest.raises(ConverterError, match="outside the"):
-        read_openoccupancy(tmp_path / "o.npy")
+        read_openoccupancy(tmp_path / "o.npy", LIFTED_LIDAR)
     np.save(tmp_path / "p.npy", np.zeros((3, 2)))
     with pytest.raises(ConverterError, match=r"p\.npy: OpenOccupancy labels have shape \(3, 2\)"):
-        read_openoccupancy(tmp_path / "p.npy")
+        read_openoccupancy(tmp_path / "p.npy", LIFTED_LIDAR)
 
 
 def test_openscene_flat_index_is_x_fastest(tmp_path):

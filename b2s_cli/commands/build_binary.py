@@ -14,6 +14,7 @@ from rich.markup import escape
 from b2s_cli.errors import cli_errors
 from b2s_cli.options import check_grids, check_number, parse_auto_float, refuse_together
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
+from b2s_core.binary.convention import label_convention as label_convention_named
 from b2s_core.output_paths import Output, claim_outputs
 from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
 from converters.scene_run import parse_shard
@@ -23,8 +24,10 @@ _console = Console(highlight=False)
 
 def _print_summary(summary: BuildBinarySummary) -> None:
     per_frame = summary.seconds / summary.frames if summary.frames else 0.0
-    _console.print(f"wrote {escape(str(summary.out))}: {summary.scenes} scenes ({summary.resumed} resumed), "
-                   f"{summary.frames} key frames built in {summary.seconds:.1f} s ({per_frame:.2f} s per key frame)")
+    # Two short lines, numbers first and the path last: rich wraps at any space, so a long path used to
+    # push the wrap between a number and its unit ("built in 4.3 \n s"); now only the path can wrap.
+    _console.print(f"wrote {summary.scenes} scenes ({summary.resumed} resumed) to {escape(str(summary.out))}")
+    _console.print(f"{summary.frames} key frames built in {summary.seconds:.1f} s ({per_frame:.2f} s per key frame)")
     print_skipped(_console, summary.skipped)
 
 
@@ -40,6 +43,10 @@ def build_binary(
     camera_stride: str = typer.Option("auto", "--camera-stride", help="Pixels between camera rays (a number > 0), or 'auto': rays one voxel apart at the grid edge."),
     exact_rays: bool = typer.Option(False, "--exact-rays", help="Trace every LiDAR point (default: one ray per sweep and end voxel, ~3x faster)."),
     points: bool = typer.Option(False, "--points/--no-points", help="Keep the key-frame LiDAR points in the file."),
+    label_convention: str = typer.Option("none", "--label-convention", help="Vertical convention of the labels to pair with: "
+                                         "'none' (the ego frame as the grid states it) or 'occ3d' (--z-offset -0.8: Occ3D puts the ground in layer 0)."),
+    z_offset: Optional[float] = typer.Option(None, "--z-offset", help="Metres, label z = ego z + offset: what stands at ego z goes to the layer of z + offset "
+                                             "(b2s align estimates it)."),
     scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names to build (default: all)."),
     split: Optional[str] = typer.Option(None, "--split", help="Official split (nuScenes: train, val, mini_train, ...; nuPlan/OpenScene: split folder)."),
     workers: int = typer.Option(1, "--workers", help="Processes building scenes in parallel."),
@@ -56,11 +63,15 @@ def build_binary(
     check_number("--workers", workers, at_least=1)
     check_grids("--grid", grid)
     refuse_together("--scenes", scenes, "--split", split, "--scenes names the scenes to build, --split selects them by split")
+    check_number("--z-offset", z_offset)
+    refuse_together("--label-convention", label_convention != "none", "--z-offset", z_offset is not None,
+                    "a label convention is a named --z-offset")
+    offset = z_offset if z_offset is not None else label_convention_named(label_convention).z_offset
     job = BuildBinaryJob(
         source=source, dataroot=dataroot, out=out, version=version,
         scenes=[s.strip() for s in scenes.split(",") if s.strip()] if scenes else None, split=split, grid=grid,
         sweeps=sweeps, ray_sweeps=ray_sweeps, camera_stride=parse_auto_float("--camera-stride", camera_stride), exact_rays=exact_rays, keep_points=points,
-        workers=workers, shard=parse_shard(shard), on_error=on_error, overwrite=overwrite,
+        z_offset=offset, workers=workers, shard=parse_shard(shard), on_error=on_error, overwrite=overwrite,
         command=shlex.join(["b2s", *sys.argv[1:]]),
     )
     with claim_outputs([Output(out, parts=True)], {"--dataroot": dataroot}, overwrite=overwrite), \

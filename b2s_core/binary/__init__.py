@@ -7,6 +7,7 @@
 * :mod:`~b2s_core.binary.densify`: ground completion between scan lines;
 * :mod:`~b2s_core.binary.camera_mask`: camera visibility through pixel rays;
 * :mod:`~b2s_core.binary.preview`: a bird's-eye picture of a built frame;
+* :mod:`~b2s_core.binary.convention`: label sets' vertical conventions (``z_offset``) and estimating one;
 * :mod:`~b2s_core.binary.truth_scores`: scores against exact ground truth (synthetic world).
 
 The reader-driven driver (files, workers, shards, resume) is ``converters/build_binary.py``.

@@ -30,10 +30,19 @@ nuScenes ego poses have z = 0: the ego frame's origin is the rear axle on the gr
 dataset puts the ground under the car at global z = 0 everywhere. Aggregating over a long window on
 a slope therefore smears surfaces vertically; we keep the dataset's poses (so that our grids line
 up with every other tool's) and bound the smear with the aggregation window and with carving.
+
+A label set may place heights differently from what its grid states: Occ3D's layer 0 holds the
+ground at ego z = 0, which its stated range puts in layer 2 (:mod:`b2s_core.binary.convention`).
+``BinaryBuildConfig.z_offset`` builds in such a convention: every stage works in the ego frame on
+:meth:`BinaryBuildConfig.work_grid` (the output's voxels, moved up by ``-z_offset``, plus the layers
+of the stated range they leave out), and the output's layers are stored under the stated grid, so
+that layer k of the output holds what the labels' layer k holds. Poses, cameras, the LiDAR origin
+and the points stay in the dataset's ego frame, as a converted label file stores them.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -81,14 +90,38 @@ class BinaryBuildConfig:
     dedupe_rays: bool = True  # one ray per (sweep, end voxel); exact rays with False (about 3x slower)
     camera_stride: int | None = None  # pixels between camera rays; None = one voxel apart at the grid edge
     keep_points: bool = False  # store the key frame's ego-frame points in the OccFrame
+    z_offset: float = 0.0  # metres, label z = ego z + z_offset: the vertical convention of the labels to pair with
 
     def __post_init__(self) -> None:
         if self.sweeps < 0 or self.ray_sweeps < 1:
             raise BuildBinaryError(f"sweeps must be >= 0 and ray_sweeps >= 1, got {self.sweeps} and {self.ray_sweeps}")
+        height = self.grid.range_max[2] - self.grid.range_min[2]
+        if not (math.isfinite(self.z_offset) and abs(self.z_offset) < height):
+            raise BuildBinaryError(f"z_offset must be a finite number of metres within the grid's height "
+                                   f"({height:g} m), got {self.z_offset}")
 
     @property
     def resolution(self) -> float:
         return self.map_resolution or min(self.grid.voxel_size) / 4
+
+    def work_grid(self) -> tuple[VoxelGrid, slice]:
+        """(the ego-frame grid the build works on, the slice of its layers that is the output ``grid``).
+
+        The output's voxels lie ``-z_offset`` higher in the ego frame than ``grid`` says. The work
+        grid holds them and, on the same lattice, the whole ego range of ``grid`` as well, so that
+        the build sees all that a build without offset sees (e.g. the ground below a raised grid,
+        which the ground completion needs): the output is then the build without offset moved by
+        ``z_offset / voxel height`` layers, exactly when that is a whole number.
+        """
+        if self.z_offset == 0:
+            return self.grid, slice(None)
+        low, high, size = self.grid.range_min, self.grid.range_max, self.grid.voxel_size
+        below = math.ceil(max(-self.z_offset, 0.0) / size[2] - 1e-9)  # layers under the raised output
+        above = math.ceil(max(self.z_offset, 0.0) / size[2] - 1e-9)  # layers over the lowered output
+        bottom = low[2] - self.z_offset - below * size[2]
+        top = high[2] - self.z_offset + above * size[2]
+        grid = VoxelGrid((low[0], low[1], bottom), (high[0], high[1], top), size, self.grid.name)
+        return grid, slice(below, below + self.grid.shape[2])
 
 
 @dataclass
@@ -168,6 +201,8 @@ class SceneBuilder:
     def __init__(self, config: BinaryBuildConfig, times: StageTimes | None = None):
         self.config = config
         self.times = times
+        # Every stage works in the ego frame on self.grid; the output is its self.layers, stored as config.grid.
+        self.grid, self.layers = config.work_grid()
 
     # -- pass 1 ----------------------------------------------------------------------------------
     def collect(self, frames: Iterable[SensorFrame]) -> tuple[dict[str, PointSet], PointSet | None]:
@@ -227,7 +262,7 @@ class SceneBuilder:
 
     def _key_frame(self, frame: SensorFrame, ray_sources: list[SweepPoints], static_global: np.ndarray, models: dict[str, PointSet]) -> OccFrame:
         """One key frame: place -> LiDAR visibility -> carve and complete -> camera mask -> fill objects."""
-        cfg, grid = self.config, self.config.grid
+        cfg, grid = self.config, self.grid
         ego_from_global = np.linalg.inv(frame.global_from_ego)
         with _Timer(self.times, "place"):
             placed = self._place(frame, ray_sources[-1], static_global, models, ego_from_global)
@@ -258,18 +293,22 @@ class SceneBuilder:
             timestamp=frame.timestamp,
             global_from_ego=frame.global_from_ego,
             cameras=frame.cameras,
-            occupancy=occupancy,
-            mask_lidar=view.passed | view.hit,
-            mask_camera=mask_camera,
+            occupancy=self._output(occupancy),
+            mask_lidar=self._output(view.passed | view.hit),
+            mask_camera=self._output(mask_camera),
             points=placed.key_points.astype(np.float32) if cfg.keep_points else None,
             lidar_origin=lidar_origin,
             source_tokens=dict(frame.source_tokens),
         )
 
+    def _output(self, voxels: np.ndarray) -> np.ndarray:
+        """(X, Y, Z') work-grid voxels -> (X, Y, Z) the output grid's layers."""
+        return voxels if self.layers == slice(None) else np.ascontiguousarray(voxels[..., self.layers])
+
     def _place(self, frame: SensorFrame, key_sweep: SweepPoints, static_global: np.ndarray, models: dict[str, PointSet],
                ego_from_global: np.ndarray) -> "_Placed":
         """Static points, object models at their boxes and the key sweep, in this key frame's grid."""
-        cfg, grid = self.config, self.config.grid
+        cfg, grid = self.config, self.grid
         key_points = transform(key_sweep.points_global, ego_from_global)  # (N, 3) ego frame
         static_points = self._crop(transform(self._near(static_global, frame), ego_from_global))
         object_points = [np.zeros((0, 3))]
@@ -291,7 +330,7 @@ class SceneBuilder:
 
     def _lidar_view(self, frame: SensorFrame, ray_sources: list[SweepPoints], ego_from_global: np.ndarray) -> "_LidarView":
         """Rays of the key sweep and of the sweeps before it, traced in this key frame's grid."""
-        cfg, grid = self.config, self.config.grid
+        cfg, grid = self.config, self.grid
         key_view = lidar_visibility(*self._rays(ray_sources[-1:], ego_from_global), grid, guard=cfg.guard)
         past_view = lidar_visibility(*self._rays(ray_sources[:-1], ego_from_global), grid, guard=cfg.guard)
         # Earlier sweeps saw through the places where moving objects are now: inside this key
@@ -309,19 +348,19 @@ class SceneBuilder:
         group = np.repeat(np.arange(len(sources)), [len(e) for e in ends])
         origins_all, ends_all = np.concatenate(origins), np.concatenate(ends)
         if self.config.dedupe_rays:
-            chosen = dedupe_rays(origins_all, ends_all, self.config.grid, group)
+            chosen = dedupe_rays(origins_all, ends_all, self.grid, group)
             origins_all, ends_all = origins_all[chosen], ends_all[chosen]
         return origins_all, ends_all
 
     def _near(self, points_global: np.ndarray, frame: SensorFrame) -> np.ndarray:
         """Drop points farther (in x/y) from the ego than the grid reaches, before transforming."""
-        grid = self.config.grid
+        grid = self.grid
         reach = float(np.hypot(*np.max(np.abs([grid.range_min[:2], grid.range_max[:2]]), axis=0))) + 1.0
         offset = points_global[:, :2] - frame.global_from_ego[:2, 3]
         return points_global[np.einsum("ij,ij->i", offset, offset) <= reach * reach]
 
     def _crop(self, points_ego: np.ndarray) -> np.ndarray:
-        return points_ego[self.config.grid.contains(points_ego)]
+        return points_ego[self.grid.contains(points_ego)]
 
 
 def build_scene(open_frames: Callable[[], Iterable[SensorFrame]], config: BinaryBuildConfig, times: StageTimes | None = None) -> Iterator[OccFrame]:

@@ -5,13 +5,21 @@ BLOB (16 hex characters when shown); ``lidar.translation/rotation`` and ``camera
 rotation/intrinsic/distortion`` are pickled numpy float64 arrays (the devkit's pickle-typed columns;
 rotation is a quaternion w, x, y, z); ``ego_pose`` has plain REAL columns; ``lidar_box`` holds global
 ``x, y, z`` (box centre), ``width, length, height``, ``yaw`` and velocities. ``lidar_pc.filename``
-and ``image.filename_jpg`` are relative to ``sensor_blobs``. One log and one scene per synthetic
-scene; LiDAR (channel ``MergedPointCloud``, a ``.pcd`` with a ``DATA binary`` header) at 20 Hz with
-boxes at every sweep; eight cameras (CAM_F0 ... CAM_B0) at the 2 Hz key frames only.
+and ``image.filename_jpg`` are relative to ``sensor_blobs``. One log per synthetic scene; LiDAR
+(channel ``MergedPointCloud``, a ``.pcd`` with a ``DATA binary`` header) at 20 Hz with boxes at
+every sweep; eight cameras (CAM_F0 ... CAM_B0) at the 2 Hz key frames only.
+
+Scenes: the log is cut at key frames into consecutive ``scene`` rows (:func:`scene_parts`), because
+the devkit's scenario query (``nuplan/database/nuplan_db/nuplan_scenario_queries.py:
+get_scenarios_from_db``) ranks a log's scenes by name and keeps only ranks 3 .. count-2: a log needs
+5 scenes before the devkit sees any scenario. Each scene's first lidar_pc carries one
+``scenario_tag`` (as the devkit's own test database tags scenes, ``nuplan/database/nuplan_db/test/
+minimal_db_test_utils.py``).
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import sqlite3
 from pathlib import Path
@@ -19,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from b2s_core.synth.geometry import pose_matrix, quaternion_from_matrix, token, yaw_rotation
+from b2s_core.synth.roads import SECTION
 from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord
 from b2s_core.synth.sensors import NUPLAN_CAMERAS
 from b2s_core.synth.writers.common import atomic_write_bytes, jpeg_bytes
@@ -27,6 +36,16 @@ SPLIT = "mini"
 LIDAR_CHANNEL = "MergedPointCloud"
 BOX_RANGE = 75.0  # metres: objects written as lidar_box rows around the ego
 CATEGORIES = ("vehicle", "bicycle", "pedestrian", "traffic_cone", "barrier", "czone_sign", "generic_object")
+# The devkit keeps the scenes ranked 3 .. count-2 of a log (get_scenarios_from_db: row_num >= 3 AND
+# row_num < count - 1): 5 scenes leave one.
+SCENES_PER_LOG = 5
+# nuPlan scenes are "snippets of up to 20 s" (nuplan-devkit docs/nuplan_schema.md, scene): 40 key frames.
+MAX_SCENE_KEY_FRAMES = 40
+# scenario_tag types (names from the devkit's scenario_mapping/nuplan_scenario_mapping.yaml). The ego
+# always follows its lane at constant speed; "with lead" is b2s's own rule (nuPlan's scenario miner
+# is not public): a vehicle ahead of the ego, centre within LEAD_RANGE and inside the ego's lane.
+TAG_WITH_LEAD, TAG_WITHOUT_LEAD = "following_lane_with_lead", "following_lane_without_lead"
+LEAD_RANGE = 40.0  # metres
 
 SCHEMA = """
 CREATE TABLE log (token BLOB(8) PRIMARY KEY, vehicle_name VARCHAR(64), date VARCHAR(64), timestamp INTEGER,
@@ -76,6 +95,30 @@ def log_name(spec: SceneSpec) -> str:
     return f"2021.06.{1 + spec.index % 28:02d}.12.00.00_veh-{10 + spec.seed % 90}_{spec.index:05d}_{spec.seed % 100000:05d}"
 
 
+def scene_parts(spec: SceneSpec) -> list[tuple[int, int]]:
+    """[start, stop) sweep ranges of the log's consecutive nuPlan scenes, in time order.
+
+    Cut at key frames only (b2s's nuPlan reader starts a scene's 2 Hz key-frame clock at its first
+    lidar_pc, so every scene must start on a key frame to give back the generator's key frames):
+    the key frames are split as evenly as possible into max(SCENES_PER_LOG, ceil(K / 40)) scenes,
+    never more than K. So a run of >= 5 key frames has >= 5 scenes (the devkit then finds
+    scenarios); a shorter run has one scene per key frame (and the devkit finds none in it).
+    """
+    keys = spec.key_frames
+    count = min(keys, max(SCENES_PER_LOG, math.ceil(keys / MAX_SCENE_KEY_FRAMES)))
+    starts = [int(chunk[0]) * spec.sweeps_per_key for chunk in np.array_split(np.arange(keys), count)]
+    return list(zip(starts, starts[1:] + [spec.num_sweeps]))
+
+
+def roadblock_ids(spec: SceneSpec, world) -> list[str]:
+    """The ego's route as nuPlan roadblock ids (numeric strings): one per piece of the synthetic road
+    the ego drives on (a synthetic world has no nuPlan map). nuPlan stores them space-separated in
+    ``scene.roadblock_ids`` (nuplan_scenario_queries.py: get_roadblock_ids_for_lidarpc_token_from_db
+    splits on " "), and OpenScene copies them from there per frame."""
+    pieces = world.roads.paths[world.ego_path].pieces
+    return [str(100_000 * (spec.index + 1) + 1_000 * world.ego_path + i) for i in range(len(pieces))]
+
+
 def tok(*parts) -> str:
     """A 16-hex-character nuPlan token."""
     return token("nuplan", *parts, nbytes=8)
@@ -114,8 +157,19 @@ class NuPlanWriter:
         return tok("lidar_pc", spec.seed, spec.index, sweep_index)
 
     @staticmethod
-    def scene_token(spec: SceneSpec) -> str:
-        return tok("scene", spec.seed, spec.index)
+    def scene_token(spec: SceneSpec, part: int = 0) -> str:
+        """Token of the log's nuPlan scene ``part`` (see :func:`scene_parts`; 0 = the first)."""
+        return tok("scene", spec.seed, spec.index, part)
+
+    @staticmethod
+    def scene_name(spec: SceneSpec, part: int) -> str:
+        # zero-padded: the devkit ranks a log's scenes by name, which must follow time
+        return f"{spec.name}-{part:03d}"
+
+    @staticmethod
+    def part_of_sweep(spec: SceneSpec, sweep_index: int) -> int:
+        """Index of the nuPlan scene (:func:`scene_parts`) holding sweep ``sweep_index``."""
+        return next(p for p, (start, stop) in enumerate(scene_parts(spec)) if start <= sweep_index < stop)
 
     @staticmethod
     def log_token(spec: SceneSpec) -> str:
@@ -125,11 +179,15 @@ class NuPlanWriter:
         return {"nuplan_lidar_pc_token": self.lidar_pc_token(spec, frame.sweep.sweep_index)}
 
     def scene_tokens(self, spec: SceneSpec) -> dict:
-        return {"nuplan_log_name": log_name(spec), "nuplan_scene_token": self.scene_token(spec)}
+        parts = range(len(scene_parts(spec)))
+        return {"nuplan_log_name": log_name(spec), "nuplan_scene_names": [self.scene_name(spec, p) for p in parts],
+                "nuplan_scene_tokens": [self.scene_token(spec, p) for p in parts]}
 
     def begin_scene(self, spec: SceneSpec) -> None:
         self.spec = spec
         self.log = log_name(spec)
+        self.parts = scene_parts(spec)
+        self.part_starts = {start: p for p, (start, _) in enumerate(self.parts)}
         db = self.root / "splits" / self.split / f"{self.log}.db"
         db.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = db.with_name(db.name + ".tmp")
@@ -160,15 +218,16 @@ class NuPlanWriter:
                 blob(ctok), blob(self.log_tok), cam.name, "synth-pinhole", pickled(cam.ego_from_cam[:3, 3]),
                 pickled(quaternion_from_matrix(cam.ego_from_cam[:3, :3])), pickled(cam.intrinsic(size)),
                 pickled(np.zeros(5)), size[0], size[1]))
-        self.con.execute("INSERT INTO scene VALUES (?, ?, ?, ?, ?)", (
-            blob(self.scene_token(spec)), blob(self.log_tok), spec.name, None, ""))
         self.tracks: set[int] = set()
         self.last_box: dict[int, str] = {}
         self.box_next: list[tuple[bytes, bytes]] = []  # (next token, box token), filled in at the end
         self.last_image: dict[str, str] = {}
 
+    def _ego_pose_token(self, key: str) -> str:
+        return tok("ego_pose", self.spec.seed, self.spec.index, key)
+
     def _ego_pose(self, key: str, timestamp: int, pose: np.ndarray, velocity=(0.0, 0.0, 0.0)) -> str:
-        etok = tok("ego_pose", self.spec.seed, self.spec.index, key)
+        etok = self._ego_pose_token(key)
         q = quaternion_from_matrix(pose[:3, :3])
         self.con.execute("INSERT INTO ego_pose VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
             blob(etok), timestamp, *pose[:3, 3].tolist(), *q.tolist(), *velocity, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0,
@@ -188,10 +247,28 @@ class NuPlanWriter:
         etok = self._ego_pose(f"lidar{k}", sweep.timestamp, sweep.global_from_ego, (sweep.world.ego_speed, 0.0, 0.0))
         prev_tok = self.lidar_pc_token(spec, k - 1) if k > 0 else None
         next_tok = self.lidar_pc_token(spec, k + 1) if k + 1 < spec.num_sweeps else None
+        scene_tok = self.scene_token(spec, self.part_of_sweep(spec, k))
         self.con.execute("INSERT INTO lidar_pc VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
-            blob(ptok), blob(next_tok), blob(prev_tok), blob(etok), blob(self.lidar_tok), blob(self.scene_token(spec)),
+            blob(ptok), blob(next_tok), blob(prev_tok), blob(etok), blob(self.lidar_tok), blob(scene_tok),
             filename, sweep.timestamp))
         self._boxes(sweep, ptok)
+        if k in self.part_starts:
+            self._scenario_tag(sweep, ptok)  # after _boxes: the lead's track row exists
+
+    def _scenario_tag(self, sweep: SweepRecord, ptok: str) -> None:
+        """One tag on a scene's first lidar_pc: lane following, with or without a lead vehicle."""
+        world = sweep.world
+        boxes = world.boxes(sweep.time)
+        centre = (boxes["center"] - sweep.global_from_ego[:3, 3]) @ sweep.global_from_ego[:3, :3]  # ego frame
+        vehicle = np.array([world.agents[int(t)].kind.nuplan == "vehicle" for t in boxes["track"]], dtype=bool)
+        ahead = vehicle & (centre[:, 0] > 0) & (centre[:, 0] <= LEAD_RANGE) & (np.abs(centre[:, 1]) < SECTION.lane_width / 2)
+        lead = None
+        if ahead.any():
+            nearest = int(np.flatnonzero(ahead)[np.argmin(centre[ahead, 0])])
+            lead = tok("track", self.spec.seed, self.spec.index, world.agents[int(boxes["track"][nearest])].track)
+        self.con.execute("INSERT INTO scenario_tag VALUES (?, ?, ?, ?)", (
+            blob(tok("scenario_tag", self.spec.seed, self.spec.index, sweep.sweep_index)), blob(ptok),
+            TAG_WITH_LEAD if lead else TAG_WITHOUT_LEAD, blob(lead)))
 
     def _boxes(self, sweep: SweepRecord, ptok: str) -> None:
         world = sweep.world
@@ -233,6 +310,13 @@ class NuPlanWriter:
             self.last_image[name] = itok
 
     def end_scene(self, world) -> None:
+        # Every scene's goal is the drive's last ego pose (nuPlan: "a future ego pose from beyond that
+        # scene"; the last scene has nothing beyond, so its own end).
+        goal = blob(self._ego_pose_token(f"lidar{self.spec.num_sweeps - 1}"))
+        route = " ".join(roadblock_ids(self.spec, world))
+        self.con.executemany("INSERT INTO scene VALUES (?, ?, ?, ?, ?)", [
+            (blob(self.scene_token(self.spec, p)), blob(self.log_tok), self.scene_name(self.spec, p), goal, route)
+            for p in range(len(self.parts))])
         self.con.executemany("UPDATE lidar_box SET next_token = ? WHERE token = ?", self.box_next)
         self.con.commit()
         self.con.close()
