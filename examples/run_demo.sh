@@ -97,12 +97,20 @@ step "8/9 autolabel (Top-2)"
     b2s autolabel --checkpoint "$OUT/runs/offboard/checkpoint.pt" --data "$OUT/binary.h5" --top2 --out "$OUT/pseudo-labels.h5"
 
 # 9. Pictures: GT | prediction | binary decoder, camera overlays, an animation, an HTML viewer;
-#    drawn inside the camera mask, the voxels the scores count.
+#    drawn inside the camera mask, the voxels the scores count; the pseudo-labels' second choice
+#    and margin; the learning curves of the training runs.
 step "9/9 visualize"
 b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --pred "$OUT/predictions.h5" --frame 2 --mask camera --html \
     --out "$OUT/pictures" --overwrite
 b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --pred "$OUT/predictions-offboard.h5" --frame 2 --mask camera \
     --out "$OUT/pictures-offboard" --overwrite
+# The Top-2 pseudo-labels of one binary log: first | second choice | logit margin (and the binary grid they label).
+b2s visualize scene-0001 --data "$OUT/binary.h5" --pred "$OUT/pseudo-labels.h5" --frame 2 --mask camera --no-3d \
+    --no-cameras --out "$OUT/pictures-pseudo-labels" --overwrite
+# Learning curves of the three runs: loss and learning rate (they train without --val-data: the
+# held-out scene is only scored at the end, by step 7).
+b2s curves "$OUT/runs/pretrain" "$OUT/runs/finetune" "$OUT/runs/offboard" --title "demo training runs" \
+    --out "$OUT/pictures/training_curves.png" --overwrite
 finish_step
 
 printf '\n\033[1m== done\033[0m\n'
@@ -110,4 +118,4 @@ python3 examples/demo_summary.py "$OUT"
 echo "scores:        $OUT/evaluation.json, $OUT/evaluation-offboard.json"
 echo "pseudo-labels: $OUT/pseudo-labels.h5"
 echo "pictures:"
-ls -1 "$OUT"/pictures/* "$OUT"/pictures-offboard/* | sed 's/^/  /'
+ls -1 "$OUT"/pictures/* "$OUT"/pictures-offboard/* "$OUT"/pictures-pseudo-labels/* | sed 's/^/  /'

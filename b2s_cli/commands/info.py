@@ -45,7 +45,8 @@ def info(
             ("source", s.source or "-"),
             ("created by", s.command or "-"),
             ("created", s.created or "-"),
-            ("grid", f"{s.grid_name}  {s.grid_shape[0]}x{s.grid_shape[1]}x{s.grid_shape[2]}  voxel {s.voxel_size[0]:g} m"),
+            ("grid", f"{s.grid_name}  {s.grid_shape[0]}x{s.grid_shape[1]}x{s.grid_shape[2]}  voxel {s.voxel_size[0]:g} m"
+                     + (f"  z_offset {s.z_offset:+g} m (label z = ego z {s.z_offset:+g})" if s.z_offset else "")),
             ("taxonomy", f"{s.taxonomy} ({s.num_labels} labels)"),
             ("cameras", ", ".join(s.cameras) or "-"),
             ("scenes", f"{s.scenes:,}"),
@@ -57,7 +58,8 @@ def info(
             ("with LiDAR points", f"{s.with_points:,} ({_size(s.point_bytes)})"),
             ("images", f"{s.with_embedded_images:,} frames embedded ({_size(s.image_bytes)}), {s.with_image_paths:,} by path"),
             ("on disk", _size(s.bytes_on_disk)),
-            ("bytes per frame", f"{_size(s.bytes_per_frame)} (occupancy; images and points excluded)"),
+            ("bytes per frame", f"{_size(s.bytes_per_frame)} (grids, labels, calibration)"),  # images, points: rows above
+            ("file overhead", f"{_size(s.overhead_bytes)} (HDF5 metadata and indexes, once per file)"),
             ("compression", f"{s.compression}, {s.compression_ratio:.1f}x vs uint8 grids"),
         ]
         for key, value in rows:

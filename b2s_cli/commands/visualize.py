@@ -11,11 +11,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import check_number
+from b2s_cli.options import OptionValueError, check_number
 from b2s_core.output_paths import claim_outputs
 from b2s_core.viz.scene import VisualizeOptions, picture_folder, visualize_scene
 
 _console = Console(highlight=False, soft_wrap=True)  # soft wrap: paths stay whole, one per line
+_DEFAULTS = VisualizeOptions()
 
 
 @cli_errors
@@ -29,14 +30,20 @@ def visualize(
     no_3d: bool = typer.Option(False, "--no-3d", help="Skip the 3D views (they need an OpenGL context; EGL works headless)."),
     no_cameras: bool = typer.Option(False, "--no-cameras", help="Skip the camera images with projected occupancy."),
     mask: str = typer.Option("none", "--mask", help="Draw only voxels inside the GT's 'camera' or 'lidar' mask, or 'none'."),
+    errors: bool = typer.Option(False, "--errors", help="Also draw each voxel's case against the GT (correct / wrong class / missed / false positive, inside --mask) in BEV, 3D and the page; needs --pred."),
+    camera_overlay: str = typer.Option(_DEFAULTS.camera_overlay, "--camera-overlay", help="Camera pictures: 'outline' draws the borders of each class's region over the photo (it stays visible), 'fill' blends voxel squares over it."),
+    camera_range: str = typer.Option("{:g}:{:g}".format(*_DEFAULTS.camera_distance), "--camera-range", help="NEAR:FAR metres from the camera: only voxels in between are drawn on the photos (FAR may be 'inf')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace pictures of this scene already in --out."),
 ) -> None:
     """Draw a scene: per frame GT | prediction | binary decoder in BEV and 3D, camera overlays, a GIF, and an HTML page.
 
-    Example: b2s visualize scene-0061 --data val.h5 --pred preds.h5 --frame 0 --out pictures/ --html
+    Top-2 pseudo-labels (b2s autolabel --top2, given as --pred or --data) also get first | second choice | logit margin in BEV.
+
+    Example: b2s visualize scene-0061 --data val.h5 --pred preds.h5 --frame 0 --out pictures/ --html --errors
     """
     check_number("--frame", frame, at_least=0)
-    options = VisualizeOptions(frame=frame, html=html, render_3d=not no_3d, cameras=not no_cameras, mask=mask)
+    options = VisualizeOptions(frame=frame, html=html, render_3d=not no_3d, cameras=not no_cameras, mask=mask, errors=errors,
+                               camera_overlay=camera_overlay, camera_distance=_metres_range("--camera-range", camera_range))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with claim_outputs([picture_folder(out, scene)], {"--data": data, "--pred": pred}, overwrite=overwrite), \
             Progress(*columns, console=_console, transient=True) as progress:
@@ -48,3 +55,18 @@ def visualize(
     for path in result.paths:
         _console.print(str(path), markup=False)
     _console.print(f"{len(result.paths)} files in {result.seconds:.1f} s")
+
+
+def _metres_range(option: str, text: str) -> tuple[float, float]:
+    """'NEAR:FAR' -> (near, far) metres with 0 <= near < far; FAR may be 'inf' (no far limit)."""
+    near_text, sep, far_text = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        near, far = float(near_text), float(far_text)
+    except ValueError:
+        raise OptionValueError(f"{option} must be NEAR:FAR in metres (e.g. 2.5:50 or 2.5:inf), got '{text}'") from None
+    check_number(option + " NEAR", near, at_least=0)
+    if not far > near:  # also refuses NaN
+        raise OptionValueError(f"{option}: FAR must be greater than NEAR, got '{text}'")
+    return near, far

@@ -3,8 +3,9 @@
 Image orientation (the usual driving view): the ego's forward axis (+x) points up, its left (+y)
 points left, so image row ``r`` and column ``c`` show grid column ``(X - 1 - r // scale,
 Y - 1 - c // scale)``. Colour of a column whose top voxel has label ``l`` at height ``k``:
-``shade(taxonomy colour of l, height_shade(k, Z))`` (see :mod:`b2s_core.viz.voxels`); empty
-columns get ``BACKGROUND``.
+``shade(taxonomy colour of l, height_shade(k, Z))`` (see :mod:`b2s_core.viz.voxels`), or the
+colour of ``l`` unshaded for layers that are not height-shaded (height ramp: ``l`` is the top
+voxel's height band; errors: ``l`` is the top voxel's case); empty columns get ``BACKGROUND``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def bev_image(
     occupied = layer.occupied
     any_occupied, top = top_voxels(occupied)  # (X, Y), (X, Y)
     top_labels = np.take_along_axis(layer.labels, top[:, :, None], axis=2)[:, :, 0]  # (X, Y)
-    colors = shade(layer.taxonomy.color_array()[top_labels], height_shade(top, Z))  # (X, Y, 3)
+    colors = layer.taxonomy.color_array()[top_labels]  # (X, Y, 3)
+    if layer.height_shaded:
+        colors = shade(colors, height_shade(top, Z))
     image = np.where(any_occupied[:, :, None], colors, np.asarray(background, dtype=np.uint8))
     image = image[::-1, ::-1]  # rows: +x up; columns: +y left
     if scale > 1:
@@ -56,7 +59,9 @@ def bev_image_reference(layer: VoxelLayer, *, background: tuple[int, int, int] =
             color = np.asarray(background, dtype=np.uint8)
             for k in range(Z - 1, -1, -1):
                 if occupied[i, j, k]:
-                    color = shade(table[layer.labels[i, j, k]], height_shade(k, Z))
+                    color = table[layer.labels[i, j, k]]
+                    if layer.height_shaded:
+                        color = shade(color, height_shade(k, Z))
                     break
             image[X - 1 - i, Y - 1 - j] = color
     return image

@@ -4,10 +4,12 @@ The page holds, per frame and per layer (GT, prediction, binary decoder), the *v
 (occupied voxels with a free face neighbour; interior ones can never be seen) as
 ``zlib(delta-coded uint32 flat indices ++ uint8 labels)`` in base64, and a small software renderer
 written for this page (canvas 2D + a z-buffer of square voxel splats, the same shading rules as
-the PNGs). Controls: drag to rotate, wheel to zoom, a frame slider with play/pause, a layer
-selector and one toggle per class; the URL hash ``#frame=3&layer=prediction&hide=11,16`` opens
-a given view. Decoding uses the browser's ``DecompressionStream('deflate')``
-(Chromium 80+, Firefox 113+, Safari 16.4+).
+the PNGs; the ego is a box of splats, shaded per face as in the 3D PNGs). Controls: drag to
+rotate, wheel to zoom, a frame slider with play/pause, a layer selector (error layers among them),
+'colour by height' (every layer in the height ramp of :mod:`b2s_core.viz.voxels`) and one toggle per
+class; the frame token is shown whole (wrapped, selected with one click, a copy button). The URL
+hash ``#frame=3&layer=prediction&hide=11,16&color=height`` opens a given view. Decoding uses the
+browser's ``DecompressionStream('deflate')`` (Chromium 80+, Firefox 113+, Safari 16.4+).
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from b2s_core.viz.voxels import SHADE_MIN, VisualizeError, VoxelLayer, surface_mask
+from b2s_core.viz.render3d import EGO_BOX_M, EGO_COLOR, FACE_SHADE
+from b2s_core.viz.voxels import SHADE_MIN, VisualizeError, VoxelLayer, height_bands, ramp_colors, surface_mask
 from b2s_core.output_paths import atomic_path
+
+# Sidebar headings of the toggles per taxonomy; a semantic taxonomy gets 'classes (NAME)'.
+_HEADINGS = {"height": "height bands (binary grids)", "errors": "error cases"}
 
 
 @dataclass
@@ -30,6 +36,7 @@ class HtmlFrame:
 
     title: str
     layers: list[VoxelLayer]
+    token: str = ""  # shown whole under the title, selectable with one click
 
 
 def pack_layer(layer: VoxelLayer) -> str:
@@ -62,20 +69,30 @@ def page_data(frames: list[HtmlFrame], title: str) -> dict:
             present.setdefault(layer.taxonomy.name, set()).update(layer.present_labels())
             if layer.title not in layer_names:
                 layer_names.append(layer.title)
+    num_z = grid.shape[2]
     return {
         "title": title,
         "grid": {"shape": list(grid.shape), "range_min": list(grid.range_min), "voxel_size": list(grid.voxel_size)},
         "shade_min": SHADE_MIN,
+        # 'colour by height': the ramp colour of every height level (that of its band), and the metres it spans
+        "height": {"colors": ramp_colors(int(height_bands(num_z)[-1]) + 1)[height_bands(num_z)].tolist(),
+                   "z_min": grid.range_min[2], "z_max": grid.range_max[2]},
+        # the ego box as the 3D PNGs draw it: size (m), colour, and (axis, side, brightness) per face
+        "ego": {"size": list(EGO_BOX_M), "color": list(EGO_COLOR),
+                "faces": [[axis, side, bright] for (axis, side), bright in FACE_SHADE.items()]},
         "taxonomies": {
             name: {"class_names": list(t.class_names), "colors": [list(c) for c in t.colors], "free_index": t.free_index,
-                   "present": sorted(present[name])}  # only these get a toggle
+                   "present": sorted(present[name]),  # only these get a toggle
+                   "heading": _HEADINGS.get(name, f"classes ({name})")}
             for name, t in taxonomies.items()
         },
         "layer_names": layer_names,
         "frames": [
             {
                 "title": frame.title,
-                "layers": {layer.title: {"taxonomy": layer.taxonomy.name, "voxels": pack_layer(layer)} for layer in frame.layers},
+                "token": frame.token,
+                "layers": {layer.title: {"taxonomy": layer.taxonomy.name, "shaded": layer.height_shaded,
+                                         "voxels": pack_layer(layer)} for layer in frame.layers},
             }
             for frame in frames
         ],
@@ -100,7 +117,9 @@ _PAGE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
  body{margin:0;background:#1c1c20;color:#e8e8e8;font:13px system-ui,sans-serif;display:flex;height:100vh}
- #side{width:230px;padding:10px;overflow-y:auto;box-sizing:border-box;border-right:1px solid #333}
+ #side{width:230px;flex:none;padding:10px;overflow-y:auto;box-sizing:border-box;border-right:1px solid #333;overflow-wrap:anywhere}
+ #token{display:block;margin-top:3px;padding:2px 4px;background:#26262b;font:12px ui-monospace,monospace;word-break:break-all;user-select:all;-webkit-user-select:all;cursor:text}
+ #ramp{height:10px;margin:3px 0 1px;border:1px solid #555} .ends{display:flex;justify-content:space-between;color:#bbb;font-size:11px}
  #main{flex:1;position:relative} canvas{width:100%;height:100%;display:block;cursor:grab}
  h1{font-size:14px;margin:0 0 8px} label{display:block;margin:2px 0;cursor:pointer}
  .sw{display:inline-block;width:11px;height:11px;margin:0 5px -1px 0;border:1px solid #555}
@@ -112,6 +131,9 @@ _PAGE = r"""<!DOCTYPE html>
  <div class="row">frame <span id="frameno"></span><br><input type="range" id="frame" min="0" value="0">
   <button id="play">play</button> <button id="reset">reset view</button></div>
  <div class="row" id="frametitle"></div>
+ <div class="row" id="tokenrow">token <button id="copy" title="copy the frame token">copy</button><code id="token" title="one click selects the whole token"></code></div>
+ <div class="row"><label><input type="checkbox" id="byheight"> colour by height</label>
+  <div id="ramp"></div><div class="ends"><span id="zmin"></span><span id="zmax"></span></div></div>
  <div class="row" id="classes"></div>
  <div class="row" style="color:#999">drag: rotate &middot; wheel: zoom &middot; keys 1-9: layer</div>
 </div>
@@ -122,7 +144,7 @@ _PAGE = r"""<!DOCTYPE html>
 const D = JSON.parse(document.getElementById("b2s-data").textContent);
 const [NX, NY, NZ] = D.grid.shape, R0 = D.grid.range_min, VS = D.grid.voxel_size;
 const HALF = NX * VS[0] / 2;
-const state = {frame: 0, layer: D.layer_names[0], yaw: Math.PI, pitch: 0.75, dist: 1.8 * HALF, hidden: {}, playing: null};
+const state = {frame: 0, layer: D.layer_names[0], yaw: Math.PI, pitch: 0.75, dist: 1.8 * HALF, hidden: {}, playing: null, byHeight: false};
 const cache = new Map();  // "frame/layer" -> {pos: Float32Array(3N), lab: Uint8Array(N), k: Uint8Array(N)}
 
 async function inflate(b64) {
@@ -145,7 +167,7 @@ async function voxels(f, name) {
     pos[3 * i] = R0[0] + (x + 0.5) * VS[0]; pos[3 * i + 1] = R0[1] + (y + 0.5) * VS[1]; pos[3 * i + 2] = R0[2] + (z + 0.5) * VS[2];
     k[i] = z;
   }
-  const out = {pos, lab, k, taxonomy: entry.taxonomy};
+  const out = {pos, lab, k, taxonomy: entry.taxonomy, shaded: entry.shaded};
   cache.set(key, out);
   return out;
 }
@@ -162,6 +184,19 @@ function resize() {
 function rgba(c, s) {  // little-endian ABGR word of colour c shaded by s
   return (255 << 24) | (Math.round(c[2] * s) << 16) | (Math.round(c[1] * s) << 8) | Math.round(c[0] * s);
 }
+const EGO = (() => {  // points 0.1 m apart on each face of the ego box (bottom at z = 0), coloured as the 3D PNGs shade that face
+  const ext = D.ego.size, lo = [-ext[0] / 2, -ext[1] / 2, 0], step = 0.1, pos = [], col = [];
+  for (const [axis, side, bright] of D.ego.faces) {
+    const a = (axis + 1) % 3, b = (axis + 2) % 3;
+    const na = Math.max(Math.round(ext[a] / step), 1), nb = Math.max(Math.round(ext[b] / step), 1);
+    for (let i = 0; i <= na; i++) for (let j = 0; j <= nb; j++) {
+      const p = [0, 0, 0];
+      p[axis] = lo[axis] + (side > 0 ? ext[axis] : 0); p[a] = lo[a] + ext[a] * i / na; p[b] = lo[b] + ext[b] * j / nb;
+      pos.push(p[0], p[1], p[2]); col.push(rgba(D.ego.color, bright));
+    }
+  }
+  return {pos, col, step};
+})();
 function draw(v) {
   resize();
   const W = canvas.width, H = canvas.height;
@@ -172,34 +207,42 @@ function draw(v) {
   const rt = norm([fw[1], -fw[0], 0]);  // forward x up(0,0,1)
   const dn = [fw[1] * rt[2] - fw[2] * rt[1], fw[2] * rt[0] - fw[0] * rt[2], fw[0] * rt[1] - fw[1] * rt[0]];
   const f = 0.5 * W / Math.tan(Math.PI / 6), cx = W / 2, cy = H / 2, vs = Math.max(VS[0], VS[1], VS[2]);
+  // One square splat of side ~1.24 * size metres at (x, y, z), z-buffered; false when behind the eye or off screen.
+  function splat(x, y, z, size, col, edge) {
+    const dx = x - eye[0], dy = y - eye[1], dz = z - eye[2];
+    const depth = dx * fw[0] + dy * fw[1] + dz * fw[2];
+    if (depth < 0.5) return false;
+    const u = cx + f * (dx * rt[0] + dy * rt[1] + dz * rt[2]) / depth, w = cy + f * (dx * dn[0] + dy * dn[1] + dz * dn[2]) / depth;
+    const r = Math.min(Math.max(Math.round(0.62 * size * f / depth), 1), 40);  // a little over half a voxel: no gaps
+    const c0 = Math.round(u), r0 = Math.round(w);
+    if (c0 + r < 0 || c0 - r >= W || r0 + r < 0 || r0 - r >= H) return false;
+    if (r < 3) edge = col;
+    for (let yy = Math.max(r0 - r, 0); yy <= Math.min(r0 + r, H - 1); yy++) {
+      const onRow = yy === r0 - r || yy === r0 + r;
+      for (let xx = Math.max(c0 - r, 0); xx <= Math.min(c0 + r, W - 1); xx++) {
+        const p = yy * W + xx;
+        if (depth < zbuf[p]) { zbuf[p] = depth; pix[p] = (onRow || xx === c0 - r || xx === c0 + r) ? edge : col; }
+      }
+    }
+    return true;
+  }
   const tax = D.taxonomies[v.taxonomy], hid = state.hidden[v.taxonomy] || {};
   const lut = [], rim = [];
   for (let z = 0; z < NZ; z++) { lut.push([]); rim.push([]); }
   tax.colors.forEach((c, l) => { for (let z = 0; z < NZ; z++) {
-    const s = D.shade_min + (1 - D.shade_min) * z / Math.max(NZ - 1, 1);
-    lut[z][l] = rgba(c, s); rim[z][l] = rgba(c, s * 0.7); } });
+    // by height: the level's ramp colour as it is; otherwise the class colour, height-shaded unless the
+    // layer's colours already say a height band or an error case
+    const base = state.byHeight ? D.height.colors[z] : c;
+    const s = state.byHeight || !v.shaded ? 1 : D.shade_min + (1 - D.shade_min) * z / Math.max(NZ - 1, 1);
+    lut[z][l] = rgba(base, s); rim[z][l] = rgba(base, s * 0.7); } });
   const {pos, lab, k} = v, n = lab.length;
   let drawn = 0;
   for (let i = 0; i < n; i++) {
     const l = lab[i];
     if (hid[l]) continue;
-    const dx = pos[3 * i] - eye[0], dy = pos[3 * i + 1] - eye[1], dz = pos[3 * i + 2] - eye[2];
-    const depth = dx * fw[0] + dy * fw[1] + dz * fw[2];
-    if (depth < 0.5) continue;
-    const u = cx + f * (dx * rt[0] + dy * rt[1] + dz * rt[2]) / depth, w = cy + f * (dx * dn[0] + dy * dn[1] + dz * dn[2]) / depth;
-    const r = Math.min(Math.max(Math.round(0.62 * vs * f / depth), 1), 40);  // a little over half a voxel: no gaps
-    const c0 = Math.round(u), r0 = Math.round(w);
-    if (c0 + r < 0 || c0 - r >= W || r0 + r < 0 || r0 - r >= H) continue;
-    const col = lut[k[i]][l], edge = r >= 3 ? rim[k[i]][l] : col;
-    for (let y = Math.max(r0 - r, 0); y <= Math.min(r0 + r, H - 1); y++) {
-      const onRow = y === r0 - r || y === r0 + r;
-      for (let x = Math.max(c0 - r, 0); x <= Math.min(c0 + r, W - 1); x++) {
-        const p = y * W + x;
-        if (depth < zbuf[p]) { zbuf[p] = depth; pix[p] = (onRow || x === c0 - r || x === c0 + r) ? edge : col; }
-      }
-    }
-    drawn++;
+    if (splat(pos[3 * i], pos[3 * i + 1], pos[3 * i + 2], vs, lut[k[i]][l], rim[k[i]][l])) drawn++;
   }
+  for (let i = 0; i < EGO.col.length; i++) splat(EGO.pos[3 * i], EGO.pos[3 * i + 1], EGO.pos[3 * i + 2], EGO.step, EGO.col[i], EGO.col[i]);
   ctx.putImageData(img, 0, 0);
   return drawn;
 }
@@ -228,7 +271,7 @@ function buildControls() {
   const classes = document.getElementById("classes");
   for (const [tname, tax] of Object.entries(D.taxonomies)) {
     state.hidden[tname] = {};
-    const head = document.createElement("div"); head.textContent = "classes (" + tname + ")"; classes.appendChild(head);
+    const head = document.createElement("div"); head.textContent = tax.heading; classes.appendChild(head);
     tax.colors.forEach((c, l) => {
       if (!tax.present.includes(l)) return;
       const lab = document.createElement("label");
@@ -238,6 +281,21 @@ function buildControls() {
       classes.appendChild(lab);
     });
   }
+  const stops = D.height.colors.map((c, z) => "rgb(" + c.join(",") + ") " + (100 * z / NZ) + "% " + (100 * (z + 1) / NZ) + "%");
+  document.getElementById("ramp").style.background = "linear-gradient(to right," + stops.join(",") + ")";
+  document.getElementById("zmin").textContent = "z " + D.height.z_min.toFixed(1) + " m";
+  document.getElementById("zmax").textContent = D.height.z_max.toFixed(1) + " m";
+  document.getElementById("byheight").onchange = e => { state.byHeight = e.target.checked; request(); };
+  document.getElementById("copy").onclick = e => {
+    const token = D.frames[state.frame].token, button = e.target;
+    const done = () => { button.textContent = "copied"; setTimeout(() => { button.textContent = "copy"; }, 1200); };
+    const bySelection = () => {  // no async clipboard (some browsers on file:// pages): select the text and copy it
+      const range = document.createRange(); range.selectNodeContents(document.getElementById("token"));
+      const sel = getSelection(); sel.removeAllRanges(); sel.addRange(range);
+      if (document.execCommand("copy")) done();
+    };
+    if (navigator.clipboard) navigator.clipboard.writeText(token).then(done, bySelection); else bySelection();
+  };
   const slider = document.getElementById("frame");
   slider.max = String(D.frames.length - 1);
   slider.oninput = () => setFrame(+slider.value);
@@ -265,10 +323,13 @@ function setFrame(f) {
   document.getElementById("frame").value = String(f);
   document.getElementById("frameno").textContent = (f + 1) + " / " + D.frames.length;
   document.getElementById("frametitle").textContent = D.frames[f].title;
+  document.getElementById("token").textContent = D.frames[f].token;
+  document.getElementById("tokenrow").style.display = D.frames[f].token ? "" : "none";
   request();
 }
-function applyHash() {  // deep link: #frame=3&layer=prediction&hide=11,16 (labels) -- shareable views, and tests
+function applyHash() {  // deep link: #frame=3&layer=prediction&hide=11,16 (labels)&color=height -- shareable views, and tests
   const params = new URLSearchParams(location.hash.slice(1));
+  if (params.get("color") === "height") document.getElementById("byheight").click();
   const layer = D.layer_names.indexOf(params.get("layer"));
   if (layer >= 0) document.querySelectorAll("#layers input")[layer].click();
   for (const l of (params.get("hide") || "").split(",").filter(x => x !== "")) {

@@ -2,8 +2,12 @@
 
 Steps: (1) open the files and pick the scene's frames (predictions matched by frame token);
 (2) per picked frame: BEV panels and 3D panels (GT | prediction | binary decoder) and the six
-camera images with the occupancy projected; (3) the scene's BEV animation over all its frames;
-(4) with ``html``, one interactive page of the whole scene.
+camera images with the occupancy projected; with ``errors``, BEV and 3D panels of each voxel's case
+(prediction | binary decoder against the ground truth); (3) the scene's BEV animation over all its
+frames; (4) with ``html``, one interactive page of the whole scene.
+
+Binary grids (a data file without semantics, the binary decoder's output) are coloured by height
+(:meth:`VoxelLayer.from_heights`), since one grey would show nothing but a filled ground.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from b2s_core.output_paths import Output, atomic_path, check_apart
 from b2s_core.records import OccFrame
 from b2s_core.viz.animation import write_gif
 from b2s_core.viz.bev import bev_image
-from b2s_core.viz.cameras import camera_mosaic, camera_overlay, decode_image
+from b2s_core.viz.cameras import DEFAULT_DISTANCE_M, camera_mosaic, camera_overlay, check_overlay, decode_image, overlay_legends
 from b2s_core.viz.compose import panels_with_legend, stacked, titled
 from b2s_core.viz.html import HtmlFrame, write_html
 from b2s_core.viz.render3d import RenderUnavailable, VoxelRenderer, grid_half_length, voxel_mesh
-from b2s_core.viz.voxels import VisualizeError, VoxelLayer
+from b2s_core.viz.top2 import top2_layers, top2_picture
+from b2s_core.viz.voxels import VisualizeError, VoxelLayer, error_layer
 
 MASKS = ("none", "camera", "lidar")
 FRAME_FIELDS = ("occupancy", "semantics", "mask_lidar", "mask_camera", "binary_pred", "cameras")
@@ -43,13 +48,17 @@ class VisualizeOptions:
     bev_scale: int = 2  # pixels per voxel in the BEV (2: 400 x 400 for Occ3D)
     view_size: tuple[int, int] = (480, 360)  # width, height of each 3D panel
     camera_width: int = 400  # width of each camera tile
+    camera_overlay: str = "outline"  # region borders only, so near voxels never hide the photo; 'fill': blended voxel squares
+    camera_distance: tuple[float, float] = DEFAULT_DISTANCE_M  # (near, far) metres from the camera of the voxels drawn
     gif_fps: float = 2.0  # nuScenes key frames come at 2 Hz
+    errors: bool = False  # also each voxel's case (correct / wrong class / missed / false positive) vs the GT; needs predictions
 
     def __post_init__(self) -> None:
         if self.mask not in MASKS:
             raise VisualizeError(f"unknown mask '{self.mask}': use one of {', '.join(MASKS)}")
         if self.bev_scale < 1 or self.camera_width < 16 or min(self.view_size) < 16:
             raise VisualizeError("picture sizes must be positive (bev_scale >= 1, widths >= 16 pixels)")
+        check_overlay(self.camera_overlay, self.camera_distance)
 
 
 @dataclass
@@ -94,14 +103,26 @@ def frame_layers(gt: OccFrame, pred: OccFrame | None, data: OccDataset, preds: O
     if pred is not None and preds is not None:
         layers.append(_layer(pred, preds, "prediction", visible))
         if pred.binary_pred is not None:
-            layers.append(VoxelLayer.from_binary(pred.binary_pred, preds.grid, "binary decoder", visible))
+            layers.append(VoxelLayer.from_heights(pred.binary_pred, preds.grid, "binary decoder", visible))
     return layers
+
+
+def frame_errors(layers: list[VoxelLayer]) -> list[VoxelLayer]:
+    """Error layers of :func:`frame_layers`' [GT, prediction, binary decoder] (already masked, so only
+    voxels inside the evaluated mask are scored): each later layer against the GT; [] without a prediction."""
+    truth = layers[0]
+    errors = []
+    for guess, name in zip(layers[1:], ("prediction", "binary decoder")):
+        # error_layer compares labels only within one taxonomy; height bands are no classes
+        classes = guess.taxonomy.name == truth.taxonomy.name and truth.taxonomy.name != "height"
+        errors.append(error_layer(truth, guess, f"{name} vs GT {'classes' if classes else 'occupancy'}"))
+    return errors
 
 
 def _layer(frame: OccFrame, ds: OccDataset, title: str, visible: np.ndarray | None) -> VoxelLayer:
     if frame.semantics is not None:
         return VoxelLayer.from_semantics(frame.semantics, ds.taxonomy, ds.grid, title, visible)
-    return VoxelLayer.from_binary(frame.occupancy, ds.grid, f"{title} (binary)", visible)
+    return VoxelLayer.from_heights(frame.occupancy, ds.grid, f"{title} (binary)", visible)
 
 
 def visualize_scene(
@@ -119,6 +140,8 @@ def visualize_scene(
     out = Path(out_dir)
     # Never a picture over the files drawn (the CLI also checks existing pictures and holds the lock).
     check_apart([picture_folder(out, scene)], {"data": data_path, "pred": pred_path})
+    if options.errors and pred_path is None:
+        raise VisualizeError("--errors compares a prediction with the ground truth: pass a predictions file with --pred")
 
     # (1) files, frames, predictions matched by token
     data = OccDataset(data_path)
@@ -149,27 +172,41 @@ def visualize_scene(
     gif_frames, html_frames = [], []
     try:
         for n, index in enumerate(scene_range):
-            gt = data.read(index, fields=FRAME_FIELDS if n in picked else FRAME_FIELDS[:-1])
+            gt = data.read(index, fields=FRAME_FIELDS + ("top2",) if n in picked else FRAME_FIELDS[:-1])
             pred = None
             if preds is not None:
                 pred_index = pred_by_token.get(gt.token)
                 if pred_index is None:
                     result.warnings.append(f"frame {n} ({gt.token}): no prediction with this token in {pred_path}")
                 else:
-                    pred = preds.read(pred_index, fields=("occupancy", "semantics", "binary_pred"))
+                    pred = preds.read(pred_index, fields=("occupancy", "semantics", "binary_pred") + (("top2",) if n in picked else ()))
             layers = frame_layers(gt, pred, data, preds, options.mask)
+            errors = frame_errors(layers) if options.errors else []
             caption = f"{scene}  frame {n} ({n + 1} of {len(scene_range)})  {gt.token}"
+            where = "all voxels" if options.mask == "none" else f"inside mask_{options.mask}"
+            error_caption = f"{caption}  errors, {where}; BEV: the case of each column's top-most voxel"
             bev_panels = panels_with_legend([bev_image(layer, scale=options.bev_scale) for layer in layers], layers, caption)
             gif_frames.append(bev_panels)
             if options.html:
-                html_frames.append(HtmlFrame(f"frame {n}: {gt.token}", layers))
+                html_frames.append(HtmlFrame(f"frame {n} ({n + 1} of {len(scene_range)})", layers + errors, token=gt.token))
             if n in picked:
                 # (2) the frame's pictures
                 prefix = out / f"{stem}_frame{n:03d}"
                 result.paths.append(save_picture(bev_panels, Path(f"{prefix}_bev.png")))
+                top2 = _top2_picture(gt, pred, data, preds, options, caption)
+                if top2 is not None:
+                    result.paths.append(save_picture(top2, Path(f"{prefix}_top2.png")))
+                if errors:
+                    error_bev = [bev_image(layer, scale=options.bev_scale) for layer in errors]
+                    result.paths.append(save_picture(panels_with_legend(error_bev, errors, error_caption),
+                                                     Path(f"{prefix}_errors_bev.png")))
                 if renderer is not None:
                     views = [renderer.render(voxel_mesh(layer), grid_half_length(layer)) for layer in layers]
                     result.paths.append(save_picture(panels_with_legend(views, layers, caption), Path(f"{prefix}_3d.png")))
+                    if errors:
+                        views = [renderer.render(voxel_mesh(layer), grid_half_length(layer)) for layer in errors]
+                        result.paths.append(save_picture(panels_with_legend(views, errors, error_caption),
+                                                         Path(f"{prefix}_errors_3d.png")))
                 if options.cameras:
                     mosaic = _camera_picture(data, index, gt, layers, options, result)
                     if mosaic is not None:
@@ -200,7 +237,20 @@ def _camera_picture(data: OccDataset, index: int, gt: OccFrame, layers: list[Vox
         result.warnings.append(f"camera pictures skipped: {err}")
         return None
     blocks = []
-    for layer in layers[:2]:  # the binary decoder's grey would hide the photo without telling much
-        tiles = {cam.name: camera_overlay(photos[cam.name], cam, layer, width=options.camera_width) for cam in gt.cameras}
+    for layer in layers[:2]:  # the binary decoder (no classes) would hide the photo without telling much
+        tiles = {cam.name: camera_overlay(photos[cam.name], cam, layer, width=options.camera_width, mode=options.camera_overlay,
+                                          distance=options.camera_distance) for cam in gt.cameras}
         blocks.append(titled(camera_mosaic(tiles), layer.title))
-    return stacked(blocks)
+    return stacked(blocks + overlay_legends(layers[:2], blocks[0].shape[1]))  # camera colours differ from the BEV's for a few classes
+
+
+def _top2_picture(gt: OccFrame, pred: OccFrame | None, data: OccDataset, preds: OccDataset | None,
+                  options: VisualizeOptions, caption: str) -> np.ndarray | None:
+    """First choice | second choice | margin of Top-2 pseudo-labels (the predictions file's, else the
+    data file's), masked as the other panels; None when neither frame has Top-2 arrays."""
+    frame, ds = (pred, preds) if pred is not None and preds is not None and pred.top2_labels is not None else (gt, data)
+    visible = None if options.mask == "none" else (gt.mask_camera if options.mask == "camera" else gt.mask_lidar)
+    layers = top2_layers(frame, ds.taxonomy, ds.grid, visible, where=f"{ds.paths[0]}: frame '{frame.token}'")
+    if layers is None:
+        return None
+    return top2_picture(layers, scale=options.bev_scale, caption=f"{caption}  Top-2 pseudo-labels of {Path(ds.paths[0]).name}")
