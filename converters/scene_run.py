@@ -176,6 +176,20 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="b2s-parent-watch", daemon=True).start()
 
 
+def _start_method() -> str:
+    """'fork' when no other Python thread runs in this process, else 'spawn' (a fresh interpreter).
+
+    Fork copies the parent's reader (a nuScenes trainval table load is tens of seconds and GBs per
+    worker), but it copies only the forking thread: a lock another Python thread held at that
+    moment (stdout, logging, an import) stays locked in the worker, which then waits forever.
+    Native pools (OpenBLAS, torch's intra-op threads) re-initialise in the child through their own
+    fork handlers. Not forkserver: a worker's parent must be this process (_die_with_parent).
+    """
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
 def _worker_init(task: Any, parent: int) -> None:
     _die_with_parent(parent)
     # The parent handles Ctrl-C and termination (it terminates the pool); a worker just stops.
@@ -208,7 +222,7 @@ def run_scenes(task: Any, reader: SceneReader, todo: list[str], *, workers: int,
             skipped += bad
             progress.scene_done(scene, n, len(bad))
         return frames, skipped
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    method = _start_method()
     if method == "fork":
         _WORKER.update(reader=reader)
     context = multiprocessing.get_context(method)

@@ -6,6 +6,9 @@ import hashlib
 import json
 import pickle
 import sqlite3
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from converters import open_reader
 from converters.convert import ConvertConfig, convert
 from converters.errors import ConverterError
 from converters.progress import SceneProgress
+from converters.scene_run import _start_method
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
@@ -184,6 +188,22 @@ def test_two_workers_and_shards_give_the_same_frames(nuplan, tmp_path):
         assert one[i].token == two[i].token and np.array_equal(one[i].occupancy, two[i].occupancy)
         assert np.array_equal(one[i].points, two[i].points)
     assert shard[0].token == one[2].token
+
+
+def test_workers_never_fork_a_process_that_has_threads():
+    # A fork copies only the forking thread: a lock another Python thread held stays locked in the
+    # worker forever (seen once as a test suite that hung in convert --workers 2).
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert _start_method() == "spawn"
+    finally:
+        stop.set()
+        other.join()
+    if sys.platform.startswith("linux"):  # a fresh single-threaded process keeps the cheap fork
+        code = "from converters.scene_run import _start_method; print(_start_method())"
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "fork"
 
 
 def test_stop_keeps_finished_scenes_and_resume_redoes_only_the_rest(nuplan, tmp_path):
