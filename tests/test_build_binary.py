@@ -18,11 +18,13 @@ from b2s_core.binary.aggregate import (
     voxels_in_boxes,
     voxels_in_extents,
 )
+from b2s_core.binary.camera_mask import _Scene, auto_stride, camera_mask, depth_image
 from b2s_core.binary.densify import column_floor, ground_surface, ground_voxels
 from b2s_core.binary.lidar_mask import GrazingGuard, guard_parameter
 from b2s_core.binary.pipeline import BinaryBuildConfig, StageTimes, build_scene
 from b2s_core.binary.preview import bev_panels
 from b2s_core.binary.raycast import traverse
+from b2s_core.errors import B2SError
 from b2s_core.grids import get_grid
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 
@@ -242,3 +244,90 @@ def test_ground_completion_fills_between_scan_lines():
     layer = int((0.03 - grid.range_min[2]) // grid.voxel_size[2])
     assert filled[..., layer][near].all() and filled.sum() == np.isfinite(height).sum()
     assert not np.isfinite(height[radius > 22]).any()  # beyond the reach nothing is invented
+
+
+# -- camera rays on small images (a coarse level once had no ray: IndexError in depth_image) ------
+def tiny_cameras(frames: list[SensorFrame], focal: float = 16.0) -> list[SensorFrame]:
+    """The toy world's four cameras at 32 x 18 pixels (the 96 x 54 field of view with focal 16)."""
+    for frame in frames:
+        for cam in frame.cameras:
+            cam.intrinsic = np.array([[focal, 0.0, 16.0], [0.0, focal, 9.0], [0.0, 0.0, 1.0]])
+            cam.width, cam.height = 32, 18
+    return frames
+
+
+def wall_and_ground(grid) -> np.ndarray:
+    occupied = np.zeros(grid.shape, dtype=bool)
+    occupied[:, :, 2] = True  # the ground layer, z in [-0.2, 0.2)
+    occupied[60:62, 30:50, 2:10] = True  # a wall 8 m ahead of the front camera
+    return occupied
+
+
+@pytest.mark.parametrize("stride", [8.0, 30.0])
+def test_camera_mask_of_a_tiny_image_with_a_coarse_stride(stride):
+    grid = world.GRID
+    camera = world.front_camera(32, 18, 16.0)
+    occupied = wall_and_ground(grid)
+    seen = camera_mask([camera], occupied, grid, stride)
+    # rays this sparse are traced as they are at every level: the per-ray reference, exactly
+    assert np.array_equal(seen, camera_mask([camera], occupied, grid, stride, levels=1))
+    assert seen.any() and not seen[:40].any()  # the front camera (ego x 1.5 m) sees nothing behind it
+
+
+def test_auto_stride_on_a_tiny_image():
+    grid = world.GRID
+    occupied = wall_and_ground(grid)
+    camera = world.front_camera(32, 18, 16.0)
+    fast, reference = camera_mask([camera], occupied, grid), camera_mask([camera], occupied, grid, levels=1)
+    assert reference.sum() > 5000 and (fast != reference).sum() < 0.04 * reference.sum()
+    assert fast[60, 35:45, 3:8].all() and not fast[62:, 35:45, 3:10].any()  # the wall's face, not its shadow
+    # A telephoto whose one-voxel spacing asks for a stride wider than the image: capped to the
+    # image's height, one row of two rays, both stopping on the wall 6.5 m ahead (it starts at x = 8).
+    telephoto = world.front_camera(32, 18, 2000.0)
+    assert auto_stride(telephoto, grid) == 18
+    scene = _Scene(occupied.ravel(), None, None, 0.0)
+    depth = depth_image(telephoto, scene, grid, auto_stride(telephoto, grid))
+    assert depth.shape == (1, 2) and np.allclose(depth, 6.5, atol=1e-3)
+
+
+def test_build_with_tiny_cameras_and_a_coarse_stride():
+    """The pipeline path of the report: ``camera_stride=8`` on 18-pixel-high images."""
+    (built,) = build_scene(lambda: tiny_cameras(world.scene(1)), BinaryBuildConfig(grid=world.GRID, camera_stride=8))
+    (full,) = build_scene(lambda: world.scene(1), BinaryBuildConfig(grid=world.GRID))  # 96 x 54, automatic stride
+    # four sparse rays per row still see most of what the full cameras see
+    assert iou(built.mask_camera, full.mask_camera, np.ones_like(full.mask_camera)) > 0.6
+
+
+def test_a_stride_that_leaves_no_ray_is_refused_in_one_line():
+    camera = world.front_camera(32, 18, 16.0)
+    occupied = wall_and_ground(world.GRID)
+    camera_mask([camera], occupied, world.GRID, 35.9)  # one ray row at 17.95 px: still inside the image
+    with pytest.raises(B2SError) as refused:
+        camera_mask([camera], occupied, world.GRID, 36.0)
+    message = str(refused.value)
+    assert "\n" not in message and "CAM_FRONT (32x18 px)" in message
+    assert "--camera-stride 36 leaves no camera ray" in message and "below 36 px" in message
+
+
+def test_cli_builds_tiny_images_and_refuses_a_stride_wider_than_them(tmp_path):
+    from typer.testing import CliRunner
+
+    from b2s_cli.app import app
+    from b2s_core.occfile import OccDataset
+    from b2s_core.synth import write_dataset
+
+    write_dataset(tmp_path / "synth", scenes=1, frames=1, formats=("nuscenes",), seed=0, image_size=(32, 18))
+
+    def build(out: str, stride: str):
+        return CliRunner().invoke(app, ["build-binary", "--source", "nuscenes", "--dataroot", str(tmp_path / "synth" / "nuscenes"),
+                                        "--out", str(tmp_path / out), "--grid", "-16,-16,-1,16,16,5.4:0.4", "--ray-sweeps", "2",
+                                        "--camera-stride", stride], env={"COLUMNS": "200"})
+
+    built = build("ok.h5", "8")
+    assert built.exit_code == 0, built.output
+    assert OccDataset(tmp_path / "ok.h5")[0].mask_camera.any()
+    refused = build("no.h5", "40")
+    errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    assert len(errors) == 1 and "(32x18 px): --camera-stride 40 leaves no camera ray" in errors[0], refused.output
+    assert not (tmp_path / "no.h5").exists()

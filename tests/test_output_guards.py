@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 from _eval_data import make_frames, write_file
 from b2s_cli.app import app
 from b2s_core.output_paths import Output, OutputInUseError, acquire_lock, release_lock
+from b2s_core.train.logging import MetricsLog
 from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
 
 
@@ -58,8 +60,8 @@ def work(tmp_path, originals, monkeypatch) -> Path:
 
     monkeypatch.setattr("b2s_cli.commands.convert.run_convert", fake_run)
     monkeypatch.setattr("b2s_cli.commands.build_binary.run_build", fake_run)
-    monkeypatch.setattr("b2s_cli.commands.pretrain.launch", fake_launch)
-    monkeypatch.setattr("b2s_cli.commands.finetune.launch", fake_launch)
+    # pretrain / finetune import launch when they run (torch stays out of `b2s --help`): patch its home
+    monkeypatch.setattr("b2s_core.train.launch.launch", fake_launch)
     return tmp_path
 
 
@@ -186,6 +188,52 @@ def test_training_resume_and_overwrite(work):
     started_over = run(work, ["pretrain", "--data", "{gt_h5}", "--out", "{root}/run", "--overwrite"])
     assert started_over.exit_code == 0, started_over.output
     assert not (work / "run" / "metrics.jsonl").exists() and not (work / "run" / "train.csv").exists()
+
+
+def training_run(folder: Path) -> Path:
+    """A run folder as the trainer's own logger writes it (metrics.jsonl, train.csv), for ``b2s curves``."""
+    with warnings.catch_warnings():  # "no TensorBoard logs" where the optional extra is missing: not what is tested
+        warnings.simplefilter("ignore")
+        log = MetricsLog(folder)
+    for step, loss in ((10, 2.0), (20, 1.5), (30, 1.2)):
+        log.log("train", {"step": step, "loss": loss, "lr": 1e-3})
+    log.close()
+    return folder
+
+
+def refused_in_one_line(result, problem: str, named: str) -> None:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    assert problem in lines[0] and named in lines[0], lines[0]
+
+
+def test_curves_replaces_an_existing_png_only_with_overwrite(work):
+    training_run(work / "run")
+    make(work, "c.png")
+    before = hashes(work)
+    refused_in_one_line(run(work, ["curves", "{root}/run", "--out", "{root}/c.png"]), "output exists; pass --overwrite", "c.png")
+    assert hashes(work) == before and not list(work.rglob("*.lock"))
+    replaced = run(work, ["curves", "{root}/run", "--out", "{root}/c.png", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (work / "c.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert {k: v for k, v in hashes(work).items() if k != "c.png"} == {k: v for k, v in before.items() if k != "c.png"}
+    assert not list(work.rglob("*.lock")) and not list(work.glob(".c.png.tmp-*"))
+
+
+# --out naming the run's own metrics.jsonl: as it is, through a hard link, through a symbolic link
+@pytest.mark.parametrize("link, problem", [(None, "give a path ending in .png"), (os.link, "--out is the same file as"),
+                                           (os.symlink, "--out is the same file as")], ids=["itself", "hard-link", "symlink"])
+def test_curves_never_writes_over_a_run_file(work, link, problem):
+    metrics = training_run(work / "run") / "metrics.jsonl"
+    out = metrics
+    if link is not None:
+        out = work / "curves.png"
+        link(metrics, out)
+    before = hashes(work)
+    # --overwrite does not lift it: the metrics are an input of the command
+    refused_in_one_line(run(work, ["curves", "{root}/run", "--out", str(out), "--overwrite"]), problem, "metrics.jsonl")
+    assert hashes(work) == before and not list(work.rglob("*.lock"))
 
 
 def live_process():

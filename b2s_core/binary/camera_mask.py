@@ -20,19 +20,33 @@ import numpy as np
 
 from b2s_core.binary.densify import ground_voxels
 from b2s_core.binary.raycast import traverse
+from b2s_core.errors import B2SError
 from b2s_core.grids import VoxelGrid
 from b2s_core.records import Camera
-
 
 
 def auto_stride(camera: Camera, grid: VoxelGrid) -> float:
     """Pixel stride at which neighbouring rays are one voxel apart at the grid's side edge.
 
     May be below one pixel for small images: a ray through any point of the image plane is a
-    valid camera ray, and coverage of the voxels is what matters.
+    valid camera ray, and coverage of the voxels is what matters. Never above the image's shorter
+    side, so that a long focal length on a tiny image still leaves rays (:func:`fitting_stride`).
     """
     focal = float(min(camera.intrinsic[0, 0], camera.intrinsic[1, 1]))
-    return max(0.05, focal * min(grid.voxel_size) / grid_reach(grid))
+    return min(max(0.05, focal * min(grid.voxel_size) / grid_reach(grid)), float(min(camera.width, camera.height)))
+
+
+def fitting_stride(camera: Camera, stride: float) -> float:
+    """``stride`` if rays ``stride`` pixels apart leave at least one ray per image row and column.
+
+    Rays sit at ``stride / 2 + k * stride`` (:func:`pixel_directions`), so a stride of twice the
+    image's shorter side or more leaves none: that is refused in one line naming the option.
+    """
+    limit = 2 * min(camera.width, camera.height)
+    if not stride < limit:
+        raise B2SError(f"camera {camera.name} ({camera.width}x{camera.height} px): --camera-stride {stride:g} leaves no "
+                       f"camera ray in the image; give a stride below {limit:g} px, or 'auto'")
+    return stride
 
 
 def grid_reach(grid: VoxelGrid) -> float:
@@ -119,14 +133,23 @@ def depth_image(camera: Camera, scene: _Scene, grid: VoxelGrid, stride: float, l
     coarser, and each following stretch doubles its far end and the ray density; a ray that hit
     something passes its depth to its children instead of tracing them. ``levels=1`` traces every
     ray over the whole grid: the straightforward reference.
+
+    A coarse level is only as coarse as keeps its rays about one voxel apart at the far end of its
+    stretch (the :func:`auto_stride` spacing times 2**k), which is what lets a ray that hit
+    something speak for its children; a ``stride`` sparser than that is traced at every level as
+    is (the reference's depths, stretch by stride). Coarse strides are also capped at the image's
+    shorter side, so that a small image keeps a ray per row and column at every level.
     """
     origin = camera.ego_from_cam[:3, 3]
     far = float(np.linalg.norm(np.subtract(grid.range_max, grid.range_min))) + float(np.linalg.norm(origin))
     reach = grid_reach(grid)
     bounds = [0.0] + [reach / 2 ** (levels - 1 - i) for i in range(levels - 1)] + [far]
+    stride = fitting_stride(camera, stride)
+    one_voxel = min(stride, auto_stride(camera, grid))  # at the grid edge: the finest a level needs to be
+    coarsest = max(stride, float(min(camera.width, camera.height)))
     depth_prev, stride_prev = None, None
     for level in range(levels):
-        level_stride = stride * 2 ** (levels - 1 - level)
+        level_stride = min(max(stride, one_voxel * 2 ** (levels - 1 - level)), coarsest)
         directions, rows, cols = pixel_directions(camera, level_stride)
         depth = np.full((rows, cols), np.inf)
         if depth_prev is not None:

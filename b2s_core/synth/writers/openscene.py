@@ -24,12 +24,23 @@ dataloader.py``: ``filter_scenes``), plus ``occ_gt_final_path``:
   ndarray; ``gt_velocity_3d`` (N, 3) in the LiDAR frame; ``instance_tokens`` (per-frame lidar_box
   tokens) and ``track_tokens``, lists of str.
 
+Scenes: the frames of one log are the nuPlan writer's key-frame ``lidar_pc`` rows (``token`` = the
+lidar_pc token), so each frame carries what the official writer takes from its lidar_pc: ``scene_token``
+= that lidar_pc's nuPlan scene (the log is cut into several, :func:`~b2s_core.synth.writers.nuplan.
+scene_parts`), ``frame_idx`` = its index within that nuPlan scene (the official writer restarts it at
+every new scene_token), ``roadblock_ids`` = the nuPlan scene's route (the nuPlan writer's
+:func:`~b2s_core.synth.writers.nuplan.roadblock_ids`), ``sample_prev`` / ``sample_next`` chained over
+the whole log. ``scene_name`` deliberately stays the b2s scene name (``scene-0001``) for the whole log,
+where the official writer writes ``f"log-{log_idx:04d}-{scene.name}"`` per nuPlan scene: b2s's reader
+groups OpenScene frames into scenes by ``scene_name`` (no official reader uses it: navsim keys on
+``log_name``, ``scene_token`` and ``token``), and the official name would cut a synthetic log into the
+one- or two-key-frame nuPlan scenes that exist only to satisfy the nuPlan devkit's scenario ranking.
+
 Pickles hold only dicts, lists, tuples, str, int, float, None and numpy arrays. ``lidar_path`` and
 ``data_path`` are relative to ``sensor_blobs/<split>``; ``occ_gt_final_path`` is relative to ``<root>``.
 Occupancy: 200 x 200 x 16 at 0.5 m over [-50, -50, -4, 50, 50, 4] in the ego frame, flat = x +
 200 * y + 200 * 200 * z, OpenScene labels (0 vehicle, 4 czone_sign, 5 bicycle, 6 generic_object,
-7 pedestrian, 8 traffic_cone, 9 barrier, 10 background); free voxels (16) are not listed. Frame
-tokens are the nuPlan ``lidar_pc`` tokens of the same scene.
+7 pedestrian, 8 traffic_cone, 9 barrier, 10 background); free voxels (16) are not listed.
 """
 
 from __future__ import annotations
@@ -44,7 +55,8 @@ from b2s_core.synth.geometry import quaternion_from_matrix
 from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord
 from b2s_core.synth.world import World
 from b2s_core.synth.writers.common import atomic_write_bytes, jpeg_bytes
-from b2s_core.synth.writers.nuplan import NuPlanWriter, log_name, nuplan_lidar_from_ego, pcd_bytes, tok
+from b2s_core.synth.writers.nuplan import (NuPlanWriter, log_name, nuplan_lidar_from_ego, pcd_bytes, roadblock_ids,
+                                          scene_parts, tok)
 from b2s_core.taxonomy import map_labels
 
 SPLIT = "mini"
@@ -62,13 +74,6 @@ def sparse_rows(semantics_occ3d: np.ndarray) -> np.ndarray:
     flat = x + X * y + X * Y * z
     order = np.argsort(flat, kind="stable")
     return np.stack([flat[order], labels[order]], axis=1).astype(np.int64)
-
-
-def roadblock_ids(spec: SceneSpec, world: World) -> list[str]:
-    """The route as nuPlan roadblock ids (str): one numeric id per piece of the ego's road path.
-    Never empty, so navsim's default scene filter (``has_route``) keeps the scene."""
-    pieces = world.roads.paths[world.ego_path].pieces
-    return [str(100_000 * (spec.index + 1) + 1_000 * world.ego_path + i) for i in range(len(pieces))]
 
 
 def driving_command(world: World, t: float, global_from_ego: np.ndarray) -> np.ndarray:
@@ -137,15 +142,21 @@ class OpenSceneWriter:
         # writer's ego_pose rows.
         can_bus = np.concatenate([pose[:3, 3], quaternion_from_matrix(pose[:3, :3]), np.zeros(3), [speed, 0.0, 0.0],
                                   np.zeros(3), np.zeros(2)]).astype(np.float64)
+        # The lidar_pc's own nuPlan scene (create_nuplan_info: scene_token = lidar_pc.scene_token) and the
+        # frame's index within it (frame_idx restarts at each new scene_token); scene_name: module docstring.
+        part = NuPlanWriter.part_of_sweep(spec, frame.sweep.sweep_index)
+        part_start = scene_parts(spec)[part][0]
         self.frames.append({
             "token": frame_token,
-            "frame_idx": int(frame.key_index),
+            "frame_idx": (frame.sweep.sweep_index - part_start) // spec.sweeps_per_key,
             "timestamp": int(frame.timestamp),
             "log_name": self.log,
             "log_token": NuPlanWriter.log_token(spec),
             "scene_name": spec.name,
-            "scene_token": NuPlanWriter.scene_token(spec),
+            "scene_token": NuPlanWriter.scene_token(spec, part),
             "map_location": "synth",
+            # create_nuplan_info: the lidar_pc's scene.roadblock_ids split on " ", the list the nuPlan writer joins;
+            # never empty, so navsim's default scene filter (has_route) keeps the scene
             "roadblock_ids": roadblock_ids(spec, frame.world),
             "vehicle_name": f"veh-{10 + spec.seed % 90}",
             "can_bus": can_bus,
