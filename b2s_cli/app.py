@@ -1,8 +1,15 @@
-"""The ``b2s`` command: registration only; each command lives in ``b2s_cli/commands/``."""
+"""The ``b2s`` command: registration only; each command lives in ``b2s_cli/commands/``.
+
+Every command module is imported here, so none may import torch at its top: ``b2s info`` and
+``b2s --help`` would pay seconds for it. Commands that run a model import the library code that needs
+torch inside the command function (tests/test_cli_consistency.py checks; benchmarks/bench_cli_startup.py
+measures the start-up).
+"""
 
 from __future__ import annotations
 
 import warnings
+from importlib.metadata import PackageNotFoundError, version as package_version
 
 import typer
 
@@ -12,6 +19,7 @@ from b2s_cli.commands import build_binary
 from b2s_cli.commands import convert
 from b2s_cli.commands import curves
 from b2s_cli.commands import evaluate
+from b2s_cli.commands import export
 from b2s_cli.commands import finetune
 from b2s_cli.commands import info
 from b2s_cli.commands import pretrain
@@ -27,8 +35,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(given: bool) -> None:
+    if not given:
+        return
+    try:
+        number = package_version("b2s")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        number = "unknown (the b2s package is not installed)"
+    typer.echo(f"b2s {number}")
+    raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version of b2s and exit."),
+) -> None:
     """b2s: camera-based 3D semantic occupancy that learns from large-scale binary occupancy data."""
 
 
@@ -42,6 +64,7 @@ app.command("pretrain")(pretrain.pretrain)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("autolabel")(autolabel.autolabel)
+app.command("export")(export.export)
 app.command("visualize")(visualize.visualize)
 app.command("curves")(curves.curves)
 

@@ -3,14 +3,24 @@ contradict each other, end the command with one line naming the option before an
 
 Errors are :class:`OptionValueError` (a B2SError: ``error: ...``, exit 1, like every other refusal
 of the commands), so that a value checked here and one checked by the library read the same.
+
+Options with a fixed set of values are typed with :func:`choices` instead: Typer lists the values in
+``--help`` and refuses any other as a usage error (exit 2) before the command starts.
+
+Nothing here imports torch: ``b2s info`` and ``b2s --help`` load this module and must start fast.
 """
 
 from __future__ import annotations
 
 import math
+from enum import Enum
+from typing import Callable, Iterable
+
+import typer
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import GridError, get_grid
+from b2s_core.train.config import DEVICES
 
 
 class OptionValueError(B2SError):
@@ -58,3 +68,80 @@ def parse_auto_float(option: str, text: str | None) -> float | None:
         raise OptionValueError(f"{option} must be a number of pixels or 'auto', got '{text}'") from None
     check_number(option, value, above=0)
     return value
+
+
+def source_callback(value: str) -> str:
+    """``--source`` (typer callback): a built-in source, an installed ``b2s.readers`` name or
+    ``package.module:Class`` -> its source id (:func:`converters.plugins.resolve_source`).
+
+    A value that names no reader is a usage error like a bad choice (exit 2), in one line that lists
+    the built-in and installed names; a plug-in that cannot be loaded is named with its problem.
+    """
+    import typer
+
+    from converters.errors import ConverterError
+    from converters.plugins import resolve_source
+
+    try:
+        return resolve_source(value)
+    except ConverterError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """The values of a choice option as a str Enum (member name = value): Typer lists them in --help and
+    refuses others with exit 2. The command passes ``option.value`` (a plain str) on to the library."""
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+def value_of(choice: Enum | None) -> str | None:
+    """A choice option's value as the library takes it (None: not given)."""
+    return None if choice is None else choice.value
+
+
+# --device of every command that runs a model or marches rays (evaluate, autolabel, pretrain, finetune).
+Device = choices("Device", DEVICES)
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu or cuda."
+
+# --mask of evaluate, align and visualize: which of the ground truth's visibility masks limits the voxels.
+# The same values as b2s_core.metrics.protocols.MASKS, written out here because that module imports torch
+# (tests/test_cli_consistency.py checks they agree).
+Mask = choices("Mask", ("camera", "lidar", "none"))
+
+# --on-error of convert and build-binary (converters.scene_run.check_run_options).
+OnError = choices("OnError", ("skip", "stop"))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is refused.
+
+    The rule of training's ``device: auto`` (b2s_core.train.loop.setup_distributed), for the commands
+    that hand a concrete torch device to the library."""
+    import torch  # here, not at the top: only commands that run a model pay for importing torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+    return device
+
+
+def comma_choices(allowed: Iterable[str]) -> Callable[[str], str]:
+    """A Typer callback for a comma-separated list option (``--format nuscenes,occ3d``): an unknown or
+    empty item is a usage error (exit 2) that lists the allowed values."""
+    allowed = tuple(allowed)
+
+    def check(text: str) -> str:
+        items = split_list(text)
+        unknown = [item for item in items if item not in allowed]
+        if unknown or not items:
+            problem = f"unknown '{unknown[0]}'" if unknown else "nothing given"
+            raise typer.BadParameter(f"{problem}: give a comma-separated list of {', '.join(allowed)}")
+        return text
+
+    return check
+
+
+def split_list(text: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: the items of a comma-separated option (--scenes, --format)."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]

@@ -4,7 +4,8 @@ Load -> evaluate -> render, as in nuscenes-devkit's detection evaluation:
 
 1. load: open the ground-truth data file and the predictions file (same unified HDF5 format:
    ``semantics`` = predicted labels, ``occupancy`` = predicted non-free, ``binary_pred`` = the
-   binary decoder's output), check they share grid and taxonomy, pair frames by token;
+   binary decoder's output; or a folder of per-token ``<token>.npz`` files as SparseOcc / FlashOcc
+   write them, :mod:`b2s_core.export`), check they share grid and taxonomy, pair frames by token;
 2. evaluate: stream the frames in batches through :class:`b2s_core.metrics.OccupancyEvaluator`
    (one confusion matrix over the whole split, binary-decoder IoU, RayIoU);
 3. render: a rich per-class table and a JSON file.
@@ -67,6 +68,16 @@ def _open(path: str | os.PathLike, what: str):
     if not path.is_file():
         raise EvaluateError(f"{path}: {what} file not found")
     return OccDataset(path)
+
+
+def _open_predictions(path: Path, data):
+    """A unified predictions file, or a folder of other tools' per-token ``<token>.npz`` files read on
+    the data file's grid and taxonomy (:class:`b2s_core.export.PredictionFolder`, docs/evaluation.md)."""
+    if path.is_dir():
+        from b2s_core.export import PredictionFolder
+
+        return PredictionFolder(path, data)
+    return _open(path, "predictions")
 
 
 def pair_frames(data, predictions, data_path: Path, pred_path: Path) -> list[tuple[int, int]]:
@@ -155,7 +166,11 @@ def evaluate_files(
     started = time.perf_counter()
     data_path, predictions_path = Path(data_path), Path(predictions_path)
     data = _open(data_path, "data")
-    predictions = _open(predictions_path, "predictions")
+    try:
+        predictions = _open_predictions(predictions_path, data)
+    except BaseException:
+        data.close()
+        raise
     try:
         # 1. pair frames and fix the protocol
         pairs = pair_frames(data, predictions, data_path, predictions_path)

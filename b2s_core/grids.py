@@ -229,3 +229,44 @@ def resample_labels(labels: np.ndarray, source: VoxelGrid, target: VoxelGrid, fr
     best = counts.argmax(axis=1)
     best[free_counts == blocks.shape[1]] = free_index
     return best.astype(labels.dtype).reshape(X, Y, Z)
+
+
+def resample_rigid(labels: np.ndarray, source: VoxelGrid, target: VoxelGrid, target_from_source: np.ndarray,
+                   outside: int, chunk: int = 16) -> np.ndarray:
+    """(Xs, Ys, Zs) uint8 labels on ``source`` (a grid in frame S) -> (Xt, Yt, Zt) uint8 on ``target`` (frame T).
+
+    Each target voxel takes the label of the source voxel that contains its centre, mapped into
+    frame S with ``inv(target_from_source)`` (4, 4); ``outside`` where that centre lies outside the
+    source grid. Pulling from the target keeps one label per target voxel: no holes where a
+    rotated source lattice skips a target voxel, no rule needed for two source voxels landing in
+    one. A translation by whole voxels moves every label exactly.
+    """
+    rotation, translation = target_from_source[:3, :3], target_from_source[:3, 3]
+    size_s, size_t = np.asarray(source.voxel_size), np.asarray(target.voxel_size)
+    # Continuous source index of target voxel (i, j, k) along source axis a: step[a] @ (i, j, k) + u0[a].
+    step = rotation.T * size_t[None, :] / size_s[:, None]  # (3, 3)
+    u0 = (rotation.T @ (target.origin + 0.5 * size_t - translation) - source.origin) / size_s  # (3,)
+    X, Y, Z = target.shape
+    shape_s = np.asarray(source.shape)
+    padded = np.append(labels.ravel(), np.uint8(outside))  # the last entry answers every centre outside
+    # The (j, k) part of each axis once, as (Y, Z) float64; each x slab only adds step[a, 0] * i.
+    plane = [step[a, 1] * np.arange(Y)[:, None] + step[a, 2] * np.arange(Z)[None, :] + u0[a] for a in range(3)]
+    # int32 halves the memory traffic (~1.6x faster) when no index, even of a centre far outside,
+    # can overflow it: u is linear in (i, j, k), so its extremes are at the grid's corners.
+    corners = np.array(np.meshgrid([0, X - 1], [0, Y - 1], [0, Z - 1], indexing="ij")).reshape(3, -1)  # (3, 8)
+    largest = float(np.abs(step @ corners + u0[:, None]).max()) + 1
+    fits = max(largest * (shape_s[1] * shape_s[2] + shape_s[2] + 1), len(padded)) < 2**31
+    index_dtype = np.int32 if fits else np.int64
+    out = np.empty((X, Y, Z), dtype=np.uint8)
+    for i0 in range(0, X, chunk):  # thin slabs of x keep the temporaries small (16 x 512 x 40: 1-3 MB each)
+        i = np.arange(i0, min(i0 + chunk, X))[:, None, None]
+        flat = np.zeros((len(i), Y, Z), dtype=index_dtype)
+        inside = np.ones((len(i), Y, Z), dtype=bool)
+        for axis in range(3):
+            u = np.floor(step[axis, 0] * i + plane[axis][None]).astype(index_dtype)
+            inside &= (u >= 0) & (u < shape_s[axis])
+            flat *= shape_s[axis]
+            flat += u  # C order over the source (X, Y, Z)
+        flat[~inside] = len(padded) - 1
+        out[i0:i0 + len(i)] = padded[flat]
+    return out

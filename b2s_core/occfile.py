@@ -278,6 +278,7 @@ class OccWriter:
         for name, ragged in (("labels_range", "labels"), ("top2_range", "top2"), ("points_range", "points")):
             table(frames, name, (2,), np.int64)
         table(frames, "lidar_origin", (3,), np.float32)
+        table(frames, "ego_from_lidar", (4, 4), np.float64, chunks=(256, 4, 4))
         for name in _PACKED_FIELDS:
             # One chunk per frame: O(1) random access decodes exactly one frame's bytes.
             table(frames, name, (P,), np.uint8, chunks=(1, P))
@@ -391,6 +392,9 @@ class OccWriter:
             flags |= FLAG_POINTS
         # NaN marks "unknown" so that readers can tell it from a sensor at the ego origin.
         origin = np.full(3, np.nan, np.float32) if frame.lidar_origin is None else np.asarray(frame.lidar_origin, np.float32)
+        ego_from_lidar = np.full((4, 4), np.nan) if frame.ego_from_lidar is None else np.asarray(frame.ego_from_lidar, np.float64)
+        if ego_from_lidar.shape != (4, 4):
+            raise OccFormatError(f"{self.path}: {where} ego_from_lidar must be 4x4, got {ego_from_lidar.shape}")
 
         self._append(self._ds("frames/scene_index"), np.array([scene_index]))
         self._append(self._ds("frames/token"), np.array([frame.token], dtype=object))
@@ -405,6 +409,7 @@ class OccWriter:
         self._append(self._ds("frames/top2_range"), np.array([top2_range]))
         self._append(self._ds("frames/points_range"), np.array([points_range]))
         self._append(self._ds("frames/lidar_origin"), origin[None])
+        self._append(self._ds("frames/ego_from_lidar"), ego_from_lidar[None])
         self._write_cameras(frame.cameras, where)
         self._num_frames += 1
 
@@ -462,6 +467,8 @@ class OccWriter:
                 else:
                     values = dataset[rows]
                 self._append(self._ds(path), values)
+        if "ego_from_lidar" not in src["frames"]:  # a file written before the calibration was stored: unknown
+            self._append(self._ds("frames/ego_from_lidar"), np.full((count, 4, 4), np.nan))
         flags = src["frames/flags"][rows]
         for key, flag in _PACKED_FIELDS.items():
             target = self._ds(f"frames/{key}")
@@ -691,6 +698,7 @@ class _Shard:
     points_range: np.ndarray  # (N, 2)
     scene_index: np.ndarray  # (N,)
     camera_names: list[str]
+    has_ego_from_lidar: bool = False  # files written before frames/ego_from_lidar existed read it as unknown
     handles: dict = field(default_factory=dict)  # pid -> (h5py.File, {path: Dataset}); never shared across fork
 
     def h5(self) -> h5py.File:
@@ -735,8 +743,11 @@ def _load_shard(path: Path) -> _Shard:
             scene_names=names, scene_ranges=ranges, flags=flags,
             labels_range=_whole(path, frames, "frames/labels_range"), top2_range=_whole(path, frames, "frames/top2_range"),
             points_range=_whole(path, frames, "frames/points_range"), scene_index=_whole(path, frames, "frames/scene_index"),
-            camera_names=camera_names,
+            camera_names=camera_names, has_ego_from_lidar="ego_from_lidar" in frames,
         )
+        if shard.has_ego_from_lidar and frames["ego_from_lidar"].shape != (shard.num_frames, 4, 4):
+            raise OccFormatError(f"{path}: frames/ego_from_lidar has shape {frames['ego_from_lidar'].shape}, "
+                                 f"expected ({shard.num_frames}, 4, 4)")
         for name in ("labels_range", "top2_range", "points_range"):
             if getattr(shard, name).shape != (shard.num_frames, 2):
                 raise OccFormatError(f"{path}: frames/{name} has shape {getattr(shard, name).shape}, expected ({shard.num_frames}, 2)")
@@ -1023,6 +1034,9 @@ class OccDataset:
             frame.points = _ragged(shard, "ragged/points", "frames/points_range", shard.points_range[i])
         origin = row("frames/lidar_origin", i)
         frame.lidar_origin = origin if np.isfinite(origin).all() else None
+        if shard.has_ego_from_lidar:
+            ego_from_lidar = row("frames/ego_from_lidar", i)
+            frame.ego_from_lidar = ego_from_lidar if np.isfinite(ego_from_lidar).all() else None
         return frame
 
     def _cameras(self, shard: _Shard, i: int, images: bool) -> list[Camera]:

@@ -154,7 +154,7 @@ def copy_frame(frame: OccFrame) -> OccFrame:
     """The metadata of a data frame (scene, token, pose, cameras without image bytes), no grids."""
     return OccFrame(
         scene=frame.scene, token=frame.token, timestamp=frame.timestamp, global_from_ego=frame.global_from_ego,
-        cameras=frame.cameras, occupancy=frame.occupancy, lidar_origin=frame.lidar_origin,
+        cameras=frame.cameras, occupancy=frame.occupancy, lidar_origin=frame.lidar_origin, ego_from_lidar=frame.ego_from_lidar,
         source_tokens=dict(frame.source_tokens),
     )
 

@@ -119,4 +119,5 @@ class OccFrame:
     binary_pred: np.ndarray | None = None  # (X, Y, Z) bool, a prediction file's binary-decoder output
     points: np.ndarray | None = None  # (N, 3) float32 key-frame LiDAR points in the ego frame
     lidar_origin: np.ndarray | None = None  # (3,) float32 LiDAR centre in the ego frame
+    ego_from_lidar: np.ndarray | None = None  # (4, 4) float64 key-frame LiDAR calibration (None: unknown)
     source_tokens: dict[str, str] = field(default_factory=dict)

@@ -2,7 +2,9 @@
 
 ``open_reader(source, dataroot, ...)`` returns a :class:`converters.base.SceneReader`:
 ``reader.scene_names()`` and ``reader.read_scene(name)`` -> key frames
-(:class:`b2s_core.records.SensorFrame`) in time order. The core never imports this package.
+(:class:`b2s_core.records.SensorFrame`) in time order. ``source`` is a built-in source or a reader
+of the user's own (an installed ``b2s.readers`` entry point or ``package.module:Class``,
+:mod:`converters.plugins`). The core never imports this package.
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ def open_reader(source: str, dataroot: str | Path, *, version: str | None = None
     ``version``: nuScenes table folder (default v1.0-mini). ``labels``: ``KIND:PATH`` with KIND
     occ3d / openoccupancy (nuScenes) or openscene (OpenScene). ``scenes``: scene names to read;
     ``split``: nuScenes official split (train, val, test, mini_train, mini_val), or the OpenScene /
-    nuPlan split folder. ``options`` go to the source's reader (e.g. ``max_sweeps``).
+    nuPlan split folder. ``options`` go to the source's reader (e.g. ``max_sweeps``). A plug-in
+    reader gets those of these that are given (:func:`converters.plugins.open_plugin`).
     """
+    from converters.plugins import open_plugin, resolve_source
+
+    source = resolve_source(source)  # an unknown name or a broken plug-in fails before the dataset is read
     dataroot = Path(dataroot).expanduser()
     if not dataroot.exists():
         raise ConverterError(dataroot, "dataset root not found")
     spec = LabelSpec.parse(labels) if isinstance(labels, str) else labels
+    if source not in SOURCES:
+        return open_plugin(source, dataroot, version=version, labels=spec, scenes=scenes, split=split, **options)
     if source == "nuscenes":
         from converters.nuscenes import NuScenesReader
 
@@ -39,11 +47,9 @@ def open_reader(source: str, dataroot: str | Path, *, version: str | None = None
         if spec is not None:
             raise ConverterError(spec.root, "nuPlan logs carry no semantic labels; use --source openscene for OpenScene labels")
         return NuPlanReader(dataroot, scenes=scenes, split=split, **options)
-    if source == "openscene":
-        from converters.openscene import OpenSceneReader
+    from converters.openscene import OpenSceneReader  # the last of SOURCES
 
-        return OpenSceneReader(dataroot, labels=spec, scenes=scenes, split=split, **options)
-    raise ConverterError(source, f"unknown source; use one of {', '.join(SOURCES)}")
+    return OpenSceneReader(dataroot, labels=spec, scenes=scenes, split=split, **options)
 
 
 __all__ = ["ConverterError", "LabelSpec", "SOURCES", "SceneReader", "open_reader"]

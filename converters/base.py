@@ -26,9 +26,12 @@ class SceneReader(abc.ABC):
     loaded only when a sweep's ``load`` is called, so a long log is streamed, never held at once.
     A frame whose inputs are bad (missing file, missing token, label of the wrong shape) raises
     :class:`ConverterError`, or, when ``on_error`` is given, is reported to it and left out.
+
+    A reader of your own (``--source package.module:Class`` or a ``b2s.readers`` entry point) is a
+    subclass too: :mod:`converters.plugins` lists what b2s reads of it and the defaults it fills in.
     """
 
-    source: str  # 'nuscenes' | 'nuplan' | 'openscene'
+    source: str  # built-in readers: 'nuscenes' | 'nuplan' | 'openscene' (a plug-in needs none)
     image_root: Path  # camera image paths are relative to this folder
     taxonomy: Taxonomy  # labels' taxonomy, else the source's default (box labels use it)
     label_grid: VoxelGrid | None  # the grid of the semantic labels, None when no labels are read

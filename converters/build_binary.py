@@ -8,7 +8,8 @@ done the parts are merged into ``--out`` atomically. An interrupted run keeps it
 a rerun whose output options differ (:meth:`BuildBinaryJob.output_options`) is refused.
 
 The core (``b2s_core.binary``) never imports this package: everything source-specific (which
-reader, which ego body, which default grid) is decided here.
+reader, which ego body, which default grid) is decided here; a plug-in reader states its own
+(``ego_body``, ``default_grid``: :mod:`converters.plugins`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ from b2s_core.occfile import ResumableWriter
 from b2s_core.taxonomy import BINARY
 from converters import open_reader
 from converters.base import SceneReader
-from converters.convert import DEFAULT_GRID
+from converters.convert import default_grid
 from converters.errors import ConverterError
+from converters.plugins import plugin_ego_body, resolve_source
 from converters.progress import SceneProgress
 from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
                                   run_scenes, select_scenes)
 
 EGO_BODY = {"nuscenes": EGO_BODY_NUSCENES, "nuplan": EGO_BODY_NUPLAN, "openscene": EGO_BODY_NUPLAN}
+
+
+def ego_body(source: str) -> EgoBody:
+    """The vehicle body whose returns are dropped, for a source id: the table above, or a plug-in's ``ego_body``."""
+    return EGO_BODY[source] if source in EGO_BODY else plugin_ego_body(source)
+
 
 __all__ = ["BuildBinaryJob", "BuildBinarySummary", "build_binary"]
 
@@ -40,7 +48,7 @@ __all__ = ["BuildBinaryJob", "BuildBinarySummary", "build_binary"]
 class BuildBinaryJob:
     """Everything ``b2s build-binary`` needs; the CLI fills it from its options."""
 
-    source: str
+    source: str  # built-in name, b2s.readers entry point or module:Class; made a source id on creation
     dataroot: Path
     out: Path
     version: str | None = None
@@ -62,6 +70,8 @@ class BuildBinaryJob:
 
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
+        self.source = resolve_source(self.source)  # workers and the resume record see the same id
+        ego_body(self.source)  # a plug-in without one fails here, before the dataset is opened
         check_run_options(self.on_error, self.workers, self.shard)
         if self.sweeps < 0 or self.ray_sweeps < 1:
             raise ConverterError(f"{self.sweeps}/{self.ray_sweeps}", "--sweeps must be >= 0 and --ray-sweeps >= 1")
@@ -70,11 +80,10 @@ class BuildBinaryJob:
             raise ConverterError(str(self.camera_stride), "--camera-stride must be a number of pixels > 0, or 'auto'")
         if not math.isfinite(self.z_offset):
             raise ConverterError(str(self.z_offset), "--z-offset must be a finite number of metres")
-        if self.grid is not None or self.source in DEFAULT_GRID:
-            grid = get_grid(self.grid or DEFAULT_GRID[self.source])  # a bad spec fails here, before the dataset is opened
-            height = grid.range_max[2] - grid.range_min[2]
-            if abs(self.z_offset) >= height:
-                raise ConverterError(f"{self.z_offset:g}", f"--z-offset must lie within the grid's height ({height:g} m)")
+        grid = get_grid(self.grid or default_grid(self.source))  # a bad spec fails here, before the dataset is opened
+        height = grid.range_max[2] - grid.range_min[2]
+        if abs(self.z_offset) >= height:
+            raise ConverterError(f"{self.z_offset:g}", f"--z-offset must lie within the grid's height ({height:g} m)")
 
     def reader_kwargs(self) -> dict:
         return dict(source=self.source, dataroot=self.dataroot, version=self.version, scenes=self.scenes,
@@ -82,7 +91,7 @@ class BuildBinaryJob:
 
     def core_config(self, ego_body: EgoBody) -> BinaryBuildConfig:
         return BinaryBuildConfig(
-            grid=get_grid(self.grid or DEFAULT_GRID[self.source]), sweeps=self.sweeps, ray_sweeps=self.ray_sweeps,
+            grid=get_grid(self.grid or default_grid(self.source)), sweeps=self.sweeps, ray_sweeps=self.ray_sweeps,
             ego_body=ego_body, camera_stride=self.camera_stride, dedupe_rays=not self.exact_rays,
             keep_points=self.keep_points, z_offset=self.z_offset,
         )
@@ -132,7 +141,7 @@ class _BuildTask:
     def run(self, reader: SceneReader, scene: str, on_frame) -> tuple[int, list[SkippedFrame]]:
         """Build one scene into its part file; returns (frames written, frames skipped)."""
         job = self.job
-        config = job.core_config(EGO_BODY[job.source])
+        config = job.core_config(ego_body(job.source))
         skipped: list[SkippedFrame] = []
         seen_bad: set[str] = set()
 
@@ -159,7 +168,7 @@ def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> 
     if job.out.exists() and not job.overwrite:
         raise ConverterError(job.out, "output exists; pass --overwrite to replace it")
     reader = open_reader(**job.reader_kwargs())
-    config = job.core_config(EGO_BODY[job.source])  # validates the grid before any work
+    config = job.core_config(ego_body(job.source))  # validates the grid before any work
     skipped = open_error_skips(reader, job.on_error)
     scenes = select_scenes(reader, job.shard, job.dataroot)
     writer_kwargs = dict(grid=config.grid, taxonomy=BINARY, source=job.source, command=job.command,

@@ -31,19 +31,26 @@ from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
 from converters.labels import LabelSpec
+from converters.plugins import plugin_default_grid, resolve_source
 from converters.progress import SceneProgress
 from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
                                   run_scenes, select_scenes)
 
-# The grid of an unlabelled conversion, per source: the grid its usual labels live on.
+# The grid of an unlabelled conversion, per built-in source: the grid its usual labels live on.
 DEFAULT_GRID = {"nuscenes": "occ3d", "nuplan": "openscene", "openscene": "openscene"}
+
+
+def default_grid(source: str) -> str | VoxelGrid:
+    """The grid of an unlabelled conversion, and of build-binary without --grid, for a source id
+    (:func:`converters.plugins.resolve_source`): the table above, or a plug-in reader's ``default_grid``."""
+    return DEFAULT_GRID[source] if source in DEFAULT_GRID else plugin_default_grid(source)
 
 
 @dataclass
 class ConvertConfig:
     """Everything ``b2s convert`` needs; the CLI fills it from its options."""
 
-    source: str
+    source: str  # built-in name, b2s.readers entry point or module:Class; made a source id on creation
     dataroot: Path
     out: Path
     version: str | None = None  # nuScenes version folder (default v1.0-mini)
@@ -62,6 +69,7 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
+        self.source = resolve_source(self.source)  # workers and the resume record see the same id
         check_run_options(self.on_error, self.workers, self.shard)
         if self.grid is not None:
             get_grid(self.grid)  # a bad spec fails here, before the dataset is opened
@@ -114,6 +122,7 @@ def occ_frame_of(frame: SensorFrame, *, grid: VoxelGrid, taxonomy: Taxonomy, ima
         mask_camera=labels.mask_camera if labels is not None else None,
         points=points_ego if store_points else None,
         lidar_origin=frame.lidar.ego_from_sensor[:3, 3].astype(np.float32) if frame.lidar is not None else None,
+        ego_from_lidar=np.asarray(frame.lidar.ego_from_sensor, np.float64) if frame.lidar is not None else None,
         source_tokens=dict(frame.source_tokens),
     )
 
@@ -187,7 +196,7 @@ def output_layout(reader: SceneReader, config: ConvertConfig) -> tuple[VoxelGrid
         if config.grid and not get_grid(config.grid).same_geometry(reader.label_grid):
             raise ConverterError(config.grid, f"--grid disagrees with the {reader.label_grid.name} grid of the labels; leave it out")
         return reader.label_grid, reader.taxonomy
-    return get_grid(config.grid or DEFAULT_GRID[config.source]), reader.taxonomy
+    return get_grid(config.grid or default_grid(config.source)), reader.taxonomy
 
 
 def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> ConvertSummary:
@@ -253,4 +262,4 @@ def _check_part_matches(part: Path, writer_kwargs: dict) -> None:
                                           "--embed-images differ); delete it or choose another --out")
 
 
-__all__ = ["ConvertConfig", "ConvertSummary", "convert", "occ_frame_of"]
+__all__ = ["ConvertConfig", "ConvertSummary", "convert", "default_grid", "occ_frame_of"]

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs b2s and what it needs on a fresh Debian/Ubuntu machine that has only Python 3.10+.
+# Installs b2s with its optional parts (3D views: open3d; TensorBoard logs) and test tools, at the
+# versions it is tested with (constraints.txt), on a fresh Debian/Ubuntu machine with Python 3.10+.
 # As root it installs the system libraries itself; otherwise it prints the apt-get line to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# open3d needs libusb and GL/EGL (headless rendering uses Mesa's EGL); the HTML viewer test uses
-# Debian's chromium.
-SYSTEM_PACKAGES="libusb-1.0-0 libgl1 libegl1 libgomp1 chromium"
+# open3d needs libusb and GL/EGL (headless rendering uses Mesa's EGL).
+SYSTEM_PACKAGES="libusb-1.0-0 libgl1 libegl1 libgomp1"
 missing=""
 for pkg in $SYSTEM_PACKAGES; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -21,8 +21,14 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-# torch first, pinned: the CPU build 2.13.0 is what b2s is tested with, and an unpinned request
-# could pull a multi-GB CUDA build. Users with a GPU install their CUDA torch beforehand.
-python3 -c "import torch" 2>/dev/null || python3 -m pip install -q "torch==2.13.0"
-python3 -m pip install -q -e ".[dev]"
+# A torch already there stays (users with a GPU install their CUDA torch beforehand): then every
+# pin but torch's applies. Otherwise torch comes at the tested version with the rest.
+constraints=constraints.txt
+if torch_version=$(python3 -c "import torch; print(torch.__version__)" 2>/dev/null); then
+    constraints=$(mktemp)
+    trap 'rm -f "$constraints"' EXIT
+    grep -v '^torch==' constraints.txt > "$constraints"
+    echo "keeping the installed torch $torch_version"
+fi
+python3 -m pip install -q -c "$constraints" -e ".[viz3d,tensorboard,dev]"
 echo "b2s installed: $(command -v b2s)"

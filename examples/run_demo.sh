@@ -100,12 +100,12 @@ step "8/9 autolabel (Top-2)"
 #    drawn inside the camera mask, the voxels the scores count; the pseudo-labels' second choice
 #    and margin; the learning curves of the training runs.
 step "9/9 visualize"
-b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --pred "$OUT/predictions.h5" --frame 2 --mask camera --html \
+b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --predictions "$OUT/predictions.h5" --frame 2 --mask camera --html \
     --out "$OUT/pictures" --overwrite
-b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --pred "$OUT/predictions-offboard.h5" --frame 2 --mask camera \
+b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --predictions "$OUT/predictions-offboard.h5" --frame 2 --mask camera \
     --out "$OUT/pictures-offboard" --overwrite
 # The Top-2 pseudo-labels of one binary log: first | second choice | logit margin (and the binary grid they label).
-b2s visualize scene-0001 --data "$OUT/binary.h5" --pred "$OUT/pseudo-labels.h5" --frame 2 --mask camera --no-3d \
+b2s visualize scene-0001 --data "$OUT/binary.h5" --predictions "$OUT/pseudo-labels.h5" --frame 2 --mask camera --no-3d \
     --no-cameras --out "$OUT/pictures-pseudo-labels" --overwrite
 # Learning curves of the three runs: loss and learning rate (they train without --val-data: the
 # held-out scene is only scored at the end, by step 7).

@@ -58,6 +58,8 @@ def test_cli_builds_the_real_keyframe(nuscenes_keyframe, tmp_path):
     assert frame.semantics is None and frame.occupancy.shape == (200, 200, 16)
     assert frame.occupancy.sum() > 5000 and frame.mask_lidar.sum() > 50_000 and frame.mask_camera.sum() > 100_000
     assert len(frame.cameras) == 6 and frame.lidar_origin is not None
+    # the LiDAR calibration travels with the grid (b2s export --format openoccupancy needs it)
+    assert frame.ego_from_lidar is not None and np.allclose(frame.ego_from_lidar[:3, 3], frame.lidar_origin, atol=1e-5)
     data.close()
     # a second run refuses to overwrite, with a one-line error
     again = CliRunner().invoke(_app(), args)

@@ -43,8 +43,8 @@ def no_training(monkeypatch):
     def refuse(config, gpus=1, **kwargs):
         raise AssertionError(f"training started with {config}")
 
-    monkeypatch.setattr("b2s_cli.commands.pretrain.launch", refuse)
-    monkeypatch.setattr("b2s_cli.commands.finetune.launch", refuse)
+    # pretrain / finetune import launch when they run (torch stays out of `b2s --help`): patch its home
+    monkeypatch.setattr("b2s_core.train.launch.launch", refuse)
 
 
 def _pretrain(*extra):

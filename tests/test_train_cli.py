@@ -22,8 +22,8 @@ def captured(monkeypatch):
         calls.append((config, gpus))
         return Path(config.out) / "checkpoint.pt"
 
-    monkeypatch.setattr("b2s_cli.commands.pretrain.launch", fake_launch)
-    monkeypatch.setattr("b2s_cli.commands.finetune.launch", fake_launch)
+    # pretrain / finetune import launch when they run (torch stays out of `b2s --help`): patch its home
+    monkeypatch.setattr("b2s_core.train.launch.launch", fake_launch)
     return calls
 
 

@@ -194,7 +194,6 @@ def test_align_cli_refusals_are_one_line(toy_files, tmp_path):
     cases = [
         (["--labels", str(_write(tmp_path / "wider.h5", wider, other_grid))], "differs from"),
         (["--labels", str(_write(tmp_path / "strangers.h5", strangers))], "share no frame token"),
-        (["--labels", str(labels), "--mask", "sometimes"], "mask must be"),
         (["--labels", str(labels), "--max-shift", "-1"], "--max-shift"),
         (["--labels", str(folder / "missing.h5")], "missing.h5"),
     ]
@@ -203,6 +202,10 @@ def test_align_cli_refusals_are_one_line(toy_files, tmp_path):
         assert result.exit_code == 1, (extra, result.output)
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+    # --mask is a choice: another value is a usage error (exit 2) that lists the values
+    result = CliRunner().invoke(_align_app(), ["align", "--binary", str(binary), "--labels", str(labels), "--mask", "sometimes"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "'sometimes' is not one of 'camera', 'lidar', 'none'" in result.output, result.output
 
 
 # -- build-binary's options and the resume guard ------------------------------------------------
@@ -227,11 +230,12 @@ def test_cli_label_convention_and_z_offset(monkeypatch, tmp_path):
         assert result.exit_code == 0, result.output
         assert seen[-1].z_offset == pytest.approx(offset)
     for extra, message in ((["--label-convention", "occ3d", "--z-offset", "-0.4"], "cannot be given together"),
-                           (["--label-convention", "ocd3"], "unknown label convention 'ocd3'"),
                            (["--z-offset", "7"], "within the grid's height (6.4 m)"),
                            (["--z-offset", "nan"], "--z-offset must be a finite number")):
         result = CliRunner().invoke(_build_app(), base + extra)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, (extra, result.output)
+    result = CliRunner().invoke(_build_app(), base + ["--label-convention", "ocd3"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "'ocd3' is not one of 'none', 'occ3d'" in result.output, result.output  # a choice
     assert len(seen) == 3
 
 

@@ -175,11 +175,12 @@ def test_cli_camera_options_reach_the_library_and_bad_values_are_one_line(tmp_pa
     assert CliRunner().invoke(app, base).exit_code == 0
     assert (seen["options"].camera_overlay, seen["options"].camera_distance) == ("outline", (2.5, np.inf))  # the defaults
     for args, message in ((["--camera-range", "4"], "NEAR:FAR"), (["--camera-range", "a:b"], "NEAR:FAR"),
-                          (["--camera-range", "9:4"], "FAR must be greater"), (["--camera-range", "-1:4"], "at least 0"),
-                          (["--camera-overlay", "blobs"], "unknown camera overlay")):
+                          (["--camera-range", "9:4"], "FAR must be greater"), (["--camera-range", "-1:4"], "at least 0")):
         result = CliRunner().invoke(app, base + args)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+    result = CliRunner().invoke(app, base + ["--camera-overlay", "blobs"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "'blobs' is not one of 'fill', 'outline'" in result.output, result.output  # a choice
 
 
 # -- outline mode -------------------------------------------------------------------------------------

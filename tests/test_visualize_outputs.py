@@ -207,11 +207,13 @@ def test_cli_forwards_its_options(tmp_path, monkeypatch):
 
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path):
     data, _ = write_tiny_files(tmp_path)
-    for args, message in ((["no-such-scene"], "no-such-scene"), (["tiny-scene", "--frame", "5"], "frames 0..1"),
-                          (["tiny-scene", "--mask", "radar"], "unknown mask")):
+    for args, message in ((["no-such-scene"], "no-such-scene"), (["tiny-scene", "--frame", "5"], "frames 0..1")):
         result = CliRunner().invoke(app, ["visualize", *args, "--data", str(data), "--out", str(tmp_path / "o")])
         assert result.exit_code == 1 and message in result.output, result.output
         assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["visualize", "tiny-scene", "--mask", "radar", "--data", str(data), "--out", str(tmp_path / "o")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "'radar' is not one of 'camera', 'lidar', 'none'" in result.output, result.output  # a choice
     assert not (tmp_path / "o").exists()  # nothing written for a bad request
 
 

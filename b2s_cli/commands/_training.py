@@ -5,15 +5,26 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from b2s_cli.options import choices
 from b2s_core.output_paths import Output, claim_outputs
-from b2s_core.train.config import ConfigError, TrainConfig
-from b2s_core.train.loop import TrainResult
+from b2s_core.train.config import AMP_MODES, BINARY_DATA, STRATEGIES, ConfigError, TrainConfig
+
+if TYPE_CHECKING:  # b2s_core.train.loop imports torch, which `b2s info` / `--help` must not load (b2s_cli/app.py)
+    from b2s_core.train.loop import TrainResult
+
+# b2s_core.models.config.VARIANTS and PRESETS, written out: importing them loads b2s_core.models and
+# torch; tests/test_cli_consistency.py checks they agree.
+Model = choices("Model", ("sparse-ls", "sparse-bevformer", "ls", "bevformer"))
+Preset = choices("Preset", ("paper", "small", "tiny"))
+Strategy = choices("Strategy", STRATEGIES)
+BinaryData = choices("BinaryData", BINARY_DATA)
+Amp = choices("Amp", AMP_MODES)
 
 # What a run writes into --out (b2s_core.train: loop, launch, logging) and, of those, the logs it
 # appends to: a run started over must not append its records to another run's.

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import check_number
+from b2s_cli.options import Mask, check_number
 from b2s_core.binary.convention import estimate_offset
 from b2s_core.occfile import OccDataset
 
@@ -21,7 +21,7 @@ def align(
     binary: Path = typer.Option(..., "--binary", help="Occupancy built by b2s build-binary (its own --z-offset, read from the file, is taken into account)."),
     labels: Path = typer.Option(..., "--labels", help="Labels converted by b2s convert, on the same grid, sharing frame tokens."),
     max_shift: int = typer.Option(4, "--max-shift", help="Shifts tried: -N .. N layers."),
-    mask: str = typer.Option("camera", "--mask", help="Score inside the labels' mask_camera ('camera'), mask_lidar ('lidar') or everywhere ('none')."),
+    mask: Mask = typer.Option("camera", "--mask", help="Score inside the labels' mask_camera ('camera'), mask_lidar ('lidar') or everywhere ('none')."),
 ) -> None:
     """Estimate the vertical offset of a label set: IoU of built vs label occupancy per layer shift, on shared frames.
 
@@ -34,12 +34,12 @@ def align(
     try:
         label_data = OccDataset(labels)
         try:
-            estimate = estimate_offset(built_data, label_data, max_shift=max_shift, mask=mask)
+            estimate = estimate_offset(built_data, label_data, max_shift=max_shift, mask=mask.value)
         finally:
             label_data.close()
     finally:
         built_data.close()
-    table = Table(title=f"built vs labels on {estimate.frames} shared frames (mask: {mask})", title_justify="left")
+    table = Table(title=f"built vs labels on {estimate.frames} shared frames (mask: {mask.value})", title_justify="left")
     for column in ("shift (layers)", "metres", "IoU", "intersection", "union"):
         table.add_column(column, justify="right")
     for score in estimate.scores:

@@ -12,9 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import check_number
-from b2s_core.autolabel import AutolabelConfig, AutolabelError, autolabel as run_autolabel
+from b2s_cli.options import DEVICE_HELP, Device, OptionValueError, check_number, choices, resolve_device, value_of
 from b2s_core.output_paths import Output, claim_outputs
+from b2s_core.taxonomy import TAXONOMIES
+
+# b2s_core.autolabel.FORMS, written out: that module imports torch, which this one must not
+# (b2s_cli/app.py); tests/test_cli_consistency.py checks they agree.
+Form = choices("Form", ("paper", "given-geometry"))
+Taxonomy = choices("Taxonomy", TAXONOMIES)
 
 
 @cli_errors
@@ -24,11 +29,11 @@ def autolabel(
     out: Path = typer.Option(..., "--out", help="Pseudo-label file to write (unified .h5).", show_default=False),
     top1: bool = typer.Option(False, "--top1", help="Store the best class of each occupied voxel (1 byte per voxel)."),
     top2: bool = typer.Option(False, "--top2", help="Store the two best classes and their logits (soft targets)."),
-    form: str = typer.Option("paper", "--form", help="paper: Top-k over all classes, free included (the model's geometry, App. D); given-geometry: the given occupied voxels keep their geometry and get the best non-free classes."),
+    form: Form = typer.Option("paper", "--form", help="paper: Top-k over all classes, free included (the model's geometry, App. D); given-geometry: the given occupied voxels keep their geometry and get the best non-free classes."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the logits of the four BEV flips."),
-    taxonomy: Optional[str] = typer.Option(None, "--taxonomy", help="Label set of the model (default: inferred from the checkpoint)."),
+    taxonomy: Optional[Taxonomy] = typer.Option(None, "--taxonomy", help="Label set of the model (default: inferred from the checkpoint).", show_default=False),
     batch_size: int = typer.Option(1, "--batch-size", help="Frames per model batch (1 or more)."),
-    device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
+    device: Device = typer.Option("auto", "--device", help=f"torch device for the model: {DEVICE_HELP}"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (0: load in this process)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
@@ -39,9 +44,12 @@ def autolabel(
     check_number("--batch-size", batch_size, at_least=1)
     check_number("--workers", workers, at_least=0)
     if top1 == top2:
-        raise AutolabelError("give exactly one of --top1 and --top2")
-    config = AutolabelConfig(mode="top1" if top1 else "top2", form=form, tta=tta, batch_size=batch_size, device=device,
-                             num_workers=workers, taxonomy=taxonomy)
+        raise OptionValueError("give exactly one of --top1 and --top2")
+    # Imported here, not at the top: b2s_core.autolabel imports torch, which `b2s info` / `--help` must not load.
+    from b2s_core.autolabel import AutolabelConfig, autolabel as run_autolabel
+
+    config = AutolabelConfig(mode="top1" if top1 else "top2", form=form.value, tta=tta, batch_size=batch_size,
+                             device=resolve_device(device.value), num_workers=workers, taxonomy=value_of(taxonomy))
     console = Console()
     columns = (TextColumn("labelling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     output = Output(out, parts=True)

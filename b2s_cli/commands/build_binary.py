@@ -12,14 +12,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import check_grids, check_number, parse_auto_float, refuse_together
+from b2s_cli.options import OnError, check_grids, check_number, choices, parse_auto_float, refuse_together, source_callback
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
-from b2s_core.binary.convention import label_convention as label_convention_named
+from b2s_core.binary.convention import LABEL_CONVENTIONS
 from b2s_core.output_paths import Output, claim_outputs
 from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
+from converters.plugins import source_choices
 from converters.scene_run import parse_shard
 
 _console = Console(highlight=False)
+LabelConvention = choices("LabelConvention", LABEL_CONVENTIONS)
 
 
 def _print_summary(summary: BuildBinarySummary) -> None:
@@ -33,7 +35,8 @@ def _print_summary(summary: BuildBinarySummary) -> None:
 
 @cli_errors
 def build_binary(
-    source: str = typer.Option(..., "--source", help="Dataset kind: nuscenes, nuplan or openscene."),
+    source: str = typer.Option(..., "--source", callback=source_callback, help=f"Dataset reader: {source_choices()} "
+                               "(a reader of your own: docs/converters.md, 'Your own dataset')."),
     dataroot: Path = typer.Option(..., "--dataroot", help="Root folder of the dataset as downloaded."),
     out: Path = typer.Option(..., "--out", help="Output HDF5 file (unified format, no semantics)."),
     version: Optional[str] = typer.Option(None, "--version", help="nuScenes table folder, e.g. v1.0-mini, v1.0-trainval."),
@@ -43,7 +46,7 @@ def build_binary(
     camera_stride: str = typer.Option("auto", "--camera-stride", help="Pixels between camera rays (a number > 0), or 'auto': rays one voxel apart at the grid edge."),
     exact_rays: bool = typer.Option(False, "--exact-rays", help="Trace every LiDAR point (default: one ray per sweep and end voxel, ~3x faster)."),
     points: bool = typer.Option(False, "--points/--no-points", help="Keep the key-frame LiDAR points in the file."),
-    label_convention: str = typer.Option("none", "--label-convention", help="Vertical convention of the labels to pair with: "
+    label_convention: LabelConvention = typer.Option("none", "--label-convention", help="Vertical convention of the labels to pair with: "
                                          "'none' (the ego frame as the grid states it) or 'occ3d' (--z-offset -0.8: Occ3D puts the ground in layer 0)."),
     z_offset: Optional[float] = typer.Option(None, "--z-offset", help="Metres, label z = ego z + offset: what stands at ego z goes to the layer of z + offset "
                                              "(b2s align estimates it)."),
@@ -51,7 +54,7 @@ def build_binary(
     split: Optional[str] = typer.Option(None, "--split", help="Official split (nuScenes: train, val, mini_train, ...; nuPlan/OpenScene: split folder)."),
     workers: int = typer.Option(1, "--workers", help="Processes building scenes in parallel."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: build every N-th scene starting at i (cluster array jobs)."),
-    on_error: str = typer.Option("skip", "--on-error", help="A frame the reader cannot read: 'skip' it (listed at the end) or 'stop'."),
+    on_error: OnError = typer.Option("skip", "--on-error", help="A frame the reader cannot read: 'skip' it (listed at the end) or 'stop'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
     """Build binary occupancy with LiDAR and camera visibility masks from raw LiDAR logs and boxes (resumable).
@@ -64,14 +67,14 @@ def build_binary(
     check_grids("--grid", grid)
     refuse_together("--scenes", scenes, "--split", split, "--scenes names the scenes to build, --split selects them by split")
     check_number("--z-offset", z_offset)
-    refuse_together("--label-convention", label_convention != "none", "--z-offset", z_offset is not None,
+    refuse_together("--label-convention", label_convention.value != "none", "--z-offset", z_offset is not None,
                     "a label convention is a named --z-offset")
-    offset = z_offset if z_offset is not None else label_convention_named(label_convention).z_offset
+    offset = z_offset if z_offset is not None else LABEL_CONVENTIONS[label_convention.value].z_offset
     job = BuildBinaryJob(
         source=source, dataroot=dataroot, out=out, version=version,
         scenes=[s.strip() for s in scenes.split(",") if s.strip()] if scenes else None, split=split, grid=grid,
         sweeps=sweeps, ray_sweeps=ray_sweeps, camera_stride=parse_auto_float("--camera-stride", camera_stride), exact_rays=exact_rays, keep_points=points,
-        z_offset=offset, workers=workers, shard=parse_shard(shard), on_error=on_error, overwrite=overwrite,
+        z_offset=offset, workers=workers, shard=parse_shard(shard), on_error=on_error.value, overwrite=overwrite,
         command=shlex.join(["b2s", *sys.argv[1:]]),
     )
     with claim_outputs([Output(out, parts=True)], {"--dataroot": dataroot}, overwrite=overwrite), \

@@ -6,18 +6,19 @@ from pathlib import Path
 
 import typer
 
-from b2s_cli.commands._training import claim_run_folder, expand_paths, print_result
+from b2s_cli.commands._training import Amp, Model, Preset, claim_run_folder, expand_paths, print_result
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import check_number
+from b2s_cli.options import DEVICE_HELP, Device, check_number, value_of
 from b2s_core.train.config import resolve_config
-from b2s_core.train.launch import launch
 
 
 @cli_errors
 def pretrain(
     data: list[Path] = typer.Option(None, "--data", help="Binary occupancy shard(s); repeat the option or quote a glob ('shards/*.h5').", show_default=False),
-    model: str = typer.Option(None, help="Variant: sparse-ls, sparse-bevformer (proposed), ls, bevformer (baselines). (default: sparse-ls)", show_default=False),
-    preset: str = typer.Option(None, help="Model sizes: paper, small or tiny. (default: small)", show_default=False),
+    # Choices with a metavar here name their values in the help text, not as the type: listed there they
+    # would widen the type column until option names are cut short in an 80-column terminal.
+    model: Model = typer.Option(None, metavar="<variant>", help="Variant: sparse-ls, sparse-bevformer (proposed), ls, bevformer (baselines). (default: sparse-ls)", show_default=False),
+    preset: Preset = typer.Option(None, metavar="<preset>", help="Model sizes: paper, small or tiny. (default: small)", show_default=False),
     epochs: int = typer.Option(None, help="Epochs over the data. (default: 24)", show_default=False),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch over all processes. (default: 8)", show_default=False),
     gpus: int = typer.Option(1, help="Processes on this machine (one per GPU; with --device cpu, Gloo processes). >1 starts torchrun."),
@@ -30,9 +31,9 @@ def pretrain(
     lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
     binary_balance: float = typer.Option(None, "--binary-balance", help="Weigh the BCE's occupied voxels by (free / occupied)^P over the training data; 0 = unweighted, as the paper; 0.5 helps short runs learn what stands on the ground. (default: 0)", show_default=False),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. (default: 1e-2)", show_default=False),
-    amp: str = typer.Option(None, help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
+    amp: Amp = typer.Option(None, metavar="<mode>", help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. (default: off)", show_default=False),
-    device: str = typer.Option(None, help="auto, cpu or cuda. (default: auto)", show_default=False),
+    device: Device = typer.Option(None, metavar="<device>", help=f"{DEVICE_HELP} (default: auto)", show_default=False),
     workers: int = typer.Option(None, help="DataLoader workers per process. (default: 2)", show_default=False),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (shortens the schedule).", show_default=False),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local ImageNet (torchvision layout) or detector checkpoint (backbone. / img_backbone. keys) for the image backbone; never downloaded.", show_default=False),
@@ -46,15 +47,18 @@ def pretrain(
     Example: b2s pretrain --data openscene-binary.h5 --model sparse-ls --preset paper --epochs 24 --batch-size 8 --gpus 4 --out runs/pre
     """
     check_number("--gpus", gpus, at_least=1)  # the other values are checked with the whole config
-    options = dict(stage="pretrain", data=expand_paths(data), model=model, preset=preset, epochs=epochs,
+    options = dict(stage="pretrain", data=expand_paths(data), model=value_of(model), preset=value_of(preset), epochs=epochs,
                    batch_size=batch_size, out=str(out) if out else None, resume=resume or None,
                    val_data=expand_paths(val_data), use_camera_mask=camera_mask, lr=lr, binary_balance=binary_balance,
-                   weight_decay=weight_decay, amp=amp, sync_bn=sync_bn,
-                   device=device, workers=workers, max_steps=max_steps,
+                   weight_decay=weight_decay, amp=value_of(amp), sync_bn=sync_bn,
+                   device=value_of(device), workers=workers, max_steps=max_steps,
                    backbone_weights=str(backbone_weights) if backbone_weights else None, frozen_stages=frozen_stages,
                    norm_eval=norm_eval, seed=seed)
     resolved = resolve_config(config_file=config, options=options, overrides=set_,
                               defaults={"out": "runs/pretrain", **({} if resume else {"model": "sparse-ls"})})
+    # Imported here, not at the top: training imports torch, which `b2s info` / `--help` must not load.
+    from b2s_core.train.launch import launch
+
     with claim_run_folder(resolved, config_file=config, overwrite=overwrite):
         result = launch(resolved, gpus)
     print_result(result)

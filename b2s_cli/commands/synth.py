@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import check_grids, check_number
+from b2s_cli.options import check_grids, check_number, comma_choices, split_list
 from b2s_core.output_paths import Output, claim_outputs
 from b2s_core.synth import FORMATS, SynthError, write_dataset
 
@@ -28,8 +28,10 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
     return width, height
 
 
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def grid_specs(values: list[str] | None) -> list[str]:
+    """Repeated --grid values -> one grid each: a custom spec (it holds ':'; its numbers are
+    comma-separated) stays whole, anything else is a comma-separated list of presets."""
+    return [spec for value in values or [] for spec in ([value.strip()] if ":" in value else split_list(value))]
 
 
 @cli_errors
@@ -37,10 +39,12 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Output folder (created; must be empty unless --overwrite).", show_default=False),
     scenes: int = typer.Option(2, "--scenes", help="Number of scenes, 1 or more (layouts cycle junction, curve, straight)."),
     frames: int = typer.Option(10, "--frames", help="Key frames per scene, 1 or more (2 Hz; nine 20 Hz LiDAR sweeps between them)."),
-    format: str = typer.Option("nuscenes,occ3d", "--format", help=f"Comma-separated formats to write: {', '.join(FORMATS)}."),
+    format: str = typer.Option("nuscenes,occ3d", "--format", callback=comma_choices(FORMATS),
+                               help=f"Comma-separated formats to write: {', '.join(FORMATS)}."),
     image_size: str = typer.Option("400x225", "--image-size", help="Camera resolution WxH (nuPlan cameras keep 16:9), or 'full' (1600x900 / 1920x1080)."),
     seed: int = typer.Option(0, "--seed", help="World seed (0 or more); the same seed writes the same bytes."),
-    grid: str = typer.Option("", "--grid", help="Extra grids for the exact ground truth (presets or xmin,ymin,zmin,xmax,ymax,zmax:voxel), comma-separated."),
+    grid: list[str] = typer.Option(None, "--grid", help="Extra grids for the exact ground truth: presets, comma-separated (occ3d,openscene), "
+                                   "or a custom xmin,ymin,zmin,xmax,ymax,zmax:voxel; repeat the option for more.", show_default=False),
     nuscenes_version: str = typer.Option("v1.0-mini", "--nuscenes-version", help="Version folder name of the nuScenes tables."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder, replacing files of the same names."),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="Save preview.png: six cameras and a BEV of the ground truth (needs nuscenes + occ3d)."),
@@ -53,8 +57,8 @@ def synth(
     check_number("--frames", frames, at_least=1)
     check_number("--seed", seed, at_least=0)  # numpy's generators take no negative seed
     console = Console()
-    formats = _split(format)
-    grids = [g.strip() for g in grid.split(";" if ":" in grid else ",") if g.strip()]
+    formats = split_list(format)
+    grids = grid_specs(grid)
     check_grids("--grid", grids)
     start = time.perf_counter()
     folder = Output(out, members=("*",), exists_hint="choose an empty folder, or pass --overwrite to write into it")
@@ -79,7 +83,9 @@ def synth(
         table.add_row("ground truth", escape(f"{out / 'ground_truth'}  (exact labels + masks per key frame)"))
         console.print(table)
         layouts = ", ".join(f"{s['name']} {s['layout']}" for s in manifest.data["scenes"])
-        console.print(f"{scenes} scenes x {frames} key frames ({escape(layouts)}) in {elapsed:.1f} s")
+        # Numbers with their units first, the free text last: rich wraps at any space, and the layout
+        # list used to push "in 4.3 s" over a line break between the number and its unit.
+        console.print(f"{scenes} scenes x {frames} key frames in {elapsed:.1f} s: {escape(layouts)}")
         if preview and {"nuscenes", "occ3d"} <= set(formats):
             from b2s_core.synth.contact_sheet import save_contact_sheet
 

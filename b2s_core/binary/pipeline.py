@@ -298,6 +298,7 @@ class SceneBuilder:
             mask_camera=self._output(mask_camera),
             points=placed.key_points.astype(np.float32) if cfg.keep_points else None,
             lidar_origin=lidar_origin,
+            ego_from_lidar=np.asarray(frame.lidar.ego_from_sensor, np.float64) if frame.lidar is not None else None,
             source_tokens=dict(frame.source_tokens),
         )
 

@@ -1,4 +1,5 @@
-"""Metrics of a run: JSONL (every record), CSV (one file per record kind), TensorBoard if installed.
+"""Metrics of a run: JSONL (every record), CSV (one file per record kind), TensorBoard with the
+``tensorboard`` extra (without it, one warning).
 
 Only the main process writes. Files are appended to, so a resumed run continues the same logs. A
 run killed after its last checkpoint logged steps that the resumed run does again: resuming from
@@ -10,9 +11,11 @@ logged it. ``read_metrics`` still keeps the last record of a step (logs of older
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,16 @@ class MetricsLog:
             if resumed_at is not None:
                 self._drop_after(resumed_at)
             try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard extra
+            except ImportError as err:
+                # An optional extra: the run goes on with its JSONL and CSV logs, and says once why
+                # there are no TensorBoard scalars.
+                reason = ("the tensorboard package is not installed (pip install 'b2s[tensorboard]')"
+                          if importlib.util.find_spec("tensorboard") is None else str(err))
+                warnings.warn(f"no TensorBoard logs: {reason}; metrics.jsonl and the CSV files are written")
+            else:
                 purge = None if resumed_at is None else resumed_at + 1  # hides the events of steps >= purge
                 self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge)
-            except ImportError:
-                self._tb = None
 
     @property
     def jsonl_path(self) -> Path:

@@ -171,6 +171,12 @@ class VoxelRenderer:
         self.width, self.height, self.view = width, height, view
         try:
             import open3d
+        except ModuleNotFoundError as err:
+            if err.name != "open3d":  # open3d is there but one of its own modules is not
+                raise RenderUnavailable(f"open3d cannot be imported ({err}); 3D views need it (or pass --no-3d)") from None
+            # An optional extra (about 900 MB): the plain install has no 3D views.
+            raise RenderUnavailable("open3d is not installed; install the viz3d extra for 3D views "
+                                    "(pip install 'b2s[viz3d]') or pass --no-3d") from None
         except (ImportError, OSError) as err:  # OSError: a missing shared library (libusb, libGL)
             raise RenderUnavailable(f"open3d cannot be imported ({err}); 3D views need it (or pass --no-3d)") from None
         self._o3d = open3d

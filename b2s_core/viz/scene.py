@@ -141,7 +141,7 @@ def visualize_scene(
     # Never a picture over the files drawn (the CLI also checks existing pictures and holds the lock).
     check_apart([picture_folder(out, scene)], {"data": data_path, "pred": pred_path})
     if options.errors and pred_path is None:
-        raise VisualizeError("--errors compares a prediction with the ground truth: pass a predictions file with --pred")
+        raise VisualizeError("--errors compares a prediction with the ground truth: pass a predictions file (--predictions)")
 
     # (1) files, frames, predictions matched by token
     data = OccDataset(data_path)

@@ -1,0 +1,247 @@
+"""Plug-in readers: a dataset reader of your own (a :class:`SceneReader` subclass) in ``b2s convert``
+and ``b2s build-binary``.
+
+``--source`` names a reader in one of three ways, tried in this order:
+
+1. a built-in source: ``nuscenes``, ``nuplan``, ``openscene`` (:data:`converters.SOURCES`);
+2. the name of an entry point in the ``b2s.readers`` group of an installed package
+   (``toyfleet = "toy_fleet.reader:ToyFleetReader"`` in its pyproject.toml);
+3. ``package.module:Class``, imported as written (installed, or on ``PYTHONPATH``).
+
+:func:`resolve_source` turns each into a *source id*: the built-in name, or the reader class's
+``module:Class`` path. The id is a plain string: it is what a worker process re-creates its reader
+from (``converters.scene_run``), what the resume record compares and what the output's ``source``
+attribute holds, so the entry-point name and the ``module:Class`` spelling of one reader are the same
+source. A class is never passed around itself: one defined in ``__main__`` could not be re-created.
+
+What a reader provides (docs/converters.md, "Your own dataset"); each missing or wrong piece is one
+:class:`ConverterError` naming the reader:
+
+class attributes, read before the dataset is opened:
+    ``default_grid``  grid preset or spec of an unlabelled conversion and of build-binary without
+                      ``--grid`` (default :data:`PLUGIN_DEFAULT_GRID`)
+    ``ego_body``      :class:`b2s_core.binary.aggregate.EgoBody`, the vehicle's box in the ego frame
+                      whose LiDAR returns build-binary drops (required by build-binary only)
+the constructor:
+    ``Class(dataroot: Path, **options)``, given only the options the user set: ``scenes`` (list of
+    names), ``split``, ``version`` (str), ``labels`` (:class:`converters.labels.LabelSpec`) and the
+    library caller's reader options
+instance attributes, checked once it is made:
+    ``camera_names``  list of str, the cameras every frame lists (required; empty without cameras)
+    ``taxonomy``      a taxonomy of :data:`b2s_core.taxonomy.TAXONOMIES` (default OCC3D): the
+                      output records its name only
+    ``label_grid``    VoxelGrid of the frames' ``labels``, or None (default: no labels)
+    ``image_root``    folder the cameras' ``image_path`` are relative to (default: the dataroot)
+    ``open_errors``   list of ConverterError found while opening (default: none)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from b2s_core.grids import GridError, VoxelGrid, get_grid
+from b2s_core.taxonomy import OCC3D, TAXONOMIES, Taxonomy
+from converters import SOURCES
+from converters.base import SceneReader
+from converters.errors import ConverterError
+
+READER_GROUP = "b2s.readers"
+PLUGIN_DEFAULT_GRID = "occ3d"  # the grid most occupancy benchmarks score on (200 x 200 x 16, 0.4 m)
+
+# Constructor keyword -> the command-line option that sets it, for "takes no --labels".
+_OPTION_FLAGS = {"scenes": "--scenes", "split": "--split", "version": "--version", "labels": "--labels"}
+
+
+def installed_readers() -> dict[str, list[str]]:
+    """Entry points of the ``b2s.readers`` group: name -> the ``module:Class`` values installed under it."""
+    readers: dict[str, list[str]] = {}
+    for point in entry_points(group=READER_GROUP):
+        values = readers.setdefault(point.name, [])
+        if point.value not in values:
+            values.append(point.value)
+    return readers
+
+
+def source_choices() -> str:
+    """'nuscenes, nuplan, openscene (built in), toyfleet (installed under b2s.readers) or package.module:Class'."""
+    installed = sorted(set(installed_readers()) - set(SOURCES))
+    text = f"{', '.join(SOURCES)} (built in)"
+    if installed:
+        text += f", {', '.join(installed)} (installed under {READER_GROUP})"
+    return text + " or package.module:Class"
+
+
+def resolve_source(source: str) -> str:
+    """A ``--source`` value -> its source id (built-in name or ``module:Class``), the reader class checked.
+
+    A name that is neither built in, nor installed, nor ``module:Class`` is a :class:`ConverterError`
+    listing the choices; so is a spec whose module cannot be imported, that names no attribute of it,
+    or whose attribute is not a usable SceneReader subclass.
+    """
+    source = source.strip()
+    if source in SOURCES:
+        return source
+    if ":" in source:  # entry-point names hold no colon; a worker re-opening a source id skips the scan
+        return _source_id(source, reader_class(source))
+    values = installed_readers().get(source)
+    if not values:
+        raise ConverterError(source, f"unknown source; use one of {source_choices()}")
+    if len(values) > 1:
+        raise ConverterError(source, f"installed twice under {READER_GROUP} ({', '.join(values)}); "
+                                     "uninstall one or give package.module:Class")
+    where = f"entry point {source} = {values[0]} of {READER_GROUP}"
+    return _source_id(values[0], reader_class(values[0], where=where))
+
+
+def _source_id(spec: str, cls: type) -> str:
+    """``module:Class`` by the class's own module and name, when that leads back to it; else ``spec``.
+
+    ``toy_fleet:ToyFleetReader`` (a re-export) and ``toy_fleet.reader:ToyFleetReader`` then record
+    the same source, so a run resumes whichever spelling started it.
+    """
+    own = f"{cls.__module__}:{cls.__qualname__}"
+    try:
+        return own if own == spec or _load(own) is cls else spec
+    except (ImportError, AttributeError):
+        return spec
+
+
+@functools.lru_cache(maxsize=None)
+def reader_class(spec: str, where: str | None = None) -> type[SceneReader]:
+    """Import ``module:Class`` and check it is a concrete SceneReader with usable class attributes.
+
+    ``where`` names the entry point the spec came from, for the message. Cached: build-binary asks
+    for the class's ``ego_body`` once per scene.
+    """
+    name = where or spec
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute or ":" in attribute:
+        raise ConverterError(name, "a reader is named package.module:Class")
+    if module_name == "__main__" or module_name.split(".")[0] == "__main__":
+        raise ConverterError(name, "a reader defined in __main__ cannot be re-created in worker processes; "
+                                   "move it into a module and name it module:Class")
+    try:
+        cls = _load(spec)
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise ConverterError(name, f"module {err.name} not found; install its package or put its folder "
+                                       "on PYTHONPATH") from err
+        raise ConverterError(name, f"importing {module_name} failed: {type(err).__name__}: {err}") from err
+    except AttributeError as err:
+        raise ConverterError(name, f"{err}") from err  # "module 'm' has no attribute 'C'", the missing part named
+    except Exception as err:  # the plug-in's own code failed while importing: say so in one line
+        raise ConverterError(name, f"importing {module_name} failed: {type(err).__name__}: {err}") from err
+    if not inspect.isclass(cls):
+        raise ConverterError(name, f"{attribute} is a {type(cls).__name__}, not a subclass of converters.base.SceneReader")
+    if not issubclass(cls, SceneReader):
+        raise ConverterError(name, f"{attribute} is not a subclass of converters.base.SceneReader")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise ConverterError(name, f"{attribute} does not implement {', '.join(missing)}")
+    grid = getattr(cls, "default_grid", PLUGIN_DEFAULT_GRID)
+    try:
+        get_grid(grid)
+    except (GridError, TypeError, AttributeError) as err:
+        raise ConverterError(name, f"{attribute}.default_grid {grid!r} is not a grid: {err}") from None
+    body = getattr(cls, "ego_body", None)
+    if body is not None:
+        from b2s_core.binary.aggregate import EgoBody
+
+        if not isinstance(body, EgoBody):
+            raise ConverterError(name, f"{attribute}.ego_body must be a b2s_core.binary.aggregate.EgoBody, "
+                                       f"got {type(body).__name__}")
+    return cls
+
+
+def _load(spec: str) -> Any:
+    """``module:Outer.Inner`` -> the object (ImportError / AttributeError when it is not there)."""
+    module_name, _, attribute = spec.partition(":")
+    value: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def plugin_default_grid(source: str) -> str:
+    """The ``default_grid`` of the plug-in reader ``source`` (a source id)."""
+    return getattr(reader_class(source), "default_grid", PLUGIN_DEFAULT_GRID)
+
+
+def plugin_ego_body(source: str):
+    """The ``ego_body`` (:class:`~b2s_core.binary.aggregate.EgoBody`) of the plug-in reader ``source``."""
+    body = getattr(reader_class(source), "ego_body", None)
+    if body is None:
+        raise ConverterError(source, "build-binary needs the reader's ego_body: set the class attribute ego_body = "
+                                     "EgoBody((xmin, ymin, zmin), (xmax, ymax, zmax)), the vehicle's box in the ego "
+                                     "frame whose LiDAR returns are dropped (b2s_core.binary.aggregate)")
+    return body
+
+
+def open_plugin(source: str, dataroot: Path, **options: Any) -> SceneReader:
+    """Make the plug-in reader ``source`` (a source id) for ``dataroot`` and check what it provides.
+
+    ``options`` that are None were not given and are not passed, so a reader need only take the
+    options its dataset has; one it does not take is refused naming its flag.
+    """
+    cls = reader_class(source)
+    given = {key: value for key, value in options.items() if value is not None}
+    _check_signature(cls, source, dataroot, given)
+    reader = cls(dataroot, **given)
+    _complete(reader, source, dataroot)
+    return reader
+
+
+def _check_signature(cls: type, source: str, dataroot: Path, given: dict[str, Any]) -> None:
+    """Refuse, naming its flag, an option the constructor does not take, before calling it (a TypeError
+    raised inside the constructor would be the reader's own bug, not the user's option)."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to read: the call itself will tell
+        return
+    parameters = signature.parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        refused = [key for key in given
+                   if key not in parameters or parameters[key].kind is inspect.Parameter.POSITIONAL_ONLY]
+        if refused:
+            raise ConverterError(source, f"the reader takes no {', '.join(_OPTION_FLAGS.get(k, k) for k in refused)}")
+    try:
+        signature.bind(dataroot, **given)
+    except TypeError as err:
+        raise ConverterError(source, f"the reader must be made as Class(dataroot, **options): {err}") from None
+
+
+def _complete(reader: SceneReader, source: str, dataroot: Path) -> None:
+    """Check the instance attributes convert and build-binary read; fill in the defaults."""
+    names = getattr(reader, "camera_names", None)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+        raise ConverterError(source, f"camera_names must be a list of camera names (empty without cameras), got {names!r}")
+    if len(set(names)) != len(names):
+        raise ConverterError(source, f"camera_names {list(names)} name a camera twice")
+    reader.camera_names = list(names)
+    taxonomy = getattr(reader, "taxonomy", OCC3D)
+    if not isinstance(taxonomy, Taxonomy) or TAXONOMIES.get(taxonomy.name) != taxonomy:
+        shown = taxonomy.name if isinstance(taxonomy, Taxonomy) else repr(taxonomy)
+        raise ConverterError(source, f"taxonomy {shown} is not one a b2s file can record; use one of "
+                                     f"b2s_core.taxonomy.TAXONOMIES ({', '.join(TAXONOMIES)})")
+    reader.taxonomy = taxonomy
+    label_grid = getattr(reader, "label_grid", None)
+    if label_grid is not None and not isinstance(label_grid, VoxelGrid):
+        raise ConverterError(source, f"label_grid must be a b2s_core.grids.VoxelGrid or None, got {type(label_grid).__name__}")
+    reader.label_grid = label_grid
+    image_root = getattr(reader, "image_root", dataroot)
+    if not isinstance(image_root, (str, Path)):
+        raise ConverterError(source, f"image_root must be a folder path, got {type(image_root).__name__}")
+    reader.image_root = Path(image_root)
+    open_errors = getattr(reader, "open_errors", [])
+    if not isinstance(open_errors, list) or not all(isinstance(e, ConverterError) for e in open_errors):
+        raise ConverterError(source, "open_errors must be a list of ConverterError")
+    reader.open_errors = open_errors
+
+
+__all__ = ["PLUGIN_DEFAULT_GRID", "READER_GROUP", "installed_readers", "open_plugin",
+           "plugin_default_grid", "plugin_ego_body", "reader_class", "resolve_source", "source_choices"]
