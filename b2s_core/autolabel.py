@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from b2s_core.output_paths import Output, atomic_path, check_apart
 from b2s_core.predict import ALL_FLIPS, NO_FLIP, Progress, check_grid, copy_frame, given_occupancy_of, iterate_batches, open_inputs, run_model
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import TAXONOMIES, Taxonomy, get_taxonomy
+
+if TYPE_CHECKING:
+    from b2s_core.inference_launch import Ranks
 
 MODES = ("top1", "top2")
 FORMS = ("paper", "given-geometry")
@@ -158,7 +161,8 @@ def autolabel_to_file(
     command: str = "",
     labeller: str = "",
     progress: Progress | None = None,
-) -> AutolabelReport:
+    ranks: Ranks | None = None,
+) -> AutolabelReport | None:
     """Label every frame of ``dataset`` (an OccTrainDataset over the binary data) and write ``out_path``.
 
     Long runs resume: each scene is written to its own part file under ``<out>.parts/`` as soon as
@@ -166,6 +170,10 @@ def autolabel_to_file(
     merged into ``out_path`` (atomically) at the end. ``labeller`` names the model (``autolabel``
     passes the checkpoint's identity): a rerun with another model, other data or other settings is
     refused rather than mixed with the finished scenes.
+
+    ranks: one worker of a data-parallel job (``b2s_core.inference_launch``): this process labels
+    its share of the scenes only, and rank 0 merges every rank's parts once all are written (the
+    other ranks return None).
     """
     from b2s_core.occfile import ResumableWriter
 
@@ -178,7 +186,8 @@ def autolabel_to_file(
     # Images travel with the labels so that the file trains on its own: embedded images are copied,
     # images stored by path keep their paths and the data file's image root.
     image_root = occ.attrs().get("image_root") or None
-    total, done = len(occ), 0
+    scenes = list(occ.scenes) if ranks is None else [occ.scenes[i] for i in ranks.share([len(s) for s in occ.scenes])]
+    total, done = sum(len(scene) for scene in scenes), 0
 
     def scene_frames(indices: range) -> Iterator[OccFrame]:
         nonlocal done
@@ -206,17 +215,25 @@ def autolabel_to_file(
     writer = ResumableWriter(out_path, grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
                              camera_names=occ.camera_names, image_root=image_root)
     data = [str(Path(path).resolve()) for path in occ.paths]
-    _check_resume_settings(writer.parts_dir, {"mode": config.mode, "form": config.form, "tta": config.tta,
-                                              "labeller": labeller, "data": data})
-    for scene in occ.scenes:
+    if ranks is None or ranks.is_main:
+        _check_resume_settings(writer.parts_dir, {"mode": config.mode, "form": config.form, "tta": config.tta,
+                                                  "labeller": labeller, "data": data})
+    if ranks is not None:
+        ranks.barrier()  # no rank adds parts before the earlier run's settings are checked
+    for scene in scenes:
         if writer.is_done(scene.name):
             done += len(scene)
             continue
         writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
+    if ranks is not None:
+        ranks.barrier()  # every rank's parts are written
+        if not ranks.is_main:
+            return None
     path = writer.finalize(scene_order=[scene.name for scene in occ.scenes])
     sizes = pseudo_label_bytes(path)
-    return AutolabelReport(path=path, mode=config.mode, form=config.form, frames=total,
-                           occupied_voxels=int(round(sizes["labels_raw"] * total)), bytes_per_frame=sizes)
+    frames = len(occ)
+    return AutolabelReport(path=path, mode=config.mode, form=config.form, frames=frames,
+                           occupied_voxels=int(round(sizes["labels_raw"] * frames)), bytes_per_frame=sizes)
 
 
 _SETTINGS_NAME = "labelling.json"
@@ -280,12 +297,29 @@ def autolabel(
     out_path: str | os.PathLike,
     config: AutolabelConfig = AutolabelConfig(),
     progress: Progress | None = None,
-) -> AutolabelReport:
-    """Load an offboard checkpoint and write pseudo-labels for a (binary) data file."""
+    *,
+    gpus: int = 1,
+) -> AutolabelReport | None:
+    """Load an offboard checkpoint and write pseudo-labels for a (binary) data file.
+
+    gpus > 1: as that many data-parallel processes through torchrun (``b2s_core.inference_launch``;
+    with ``device='cpu'``, Gloo processes), the same file as one process writes. Inside a torchrun
+    job, each process labels its share and rank 0 returns the report (the others None).
+    """
+    from b2s_core.inference_launch import inside_torchrun, join_ranks, launch
     from b2s_core.train.checkpoint import load_checkpoint
 
+    if gpus < 1:
+        raise AutolabelError(f"--gpus must be at least 1, got {gpus}")
     # Labels written over their own data (or the model) would destroy it; the CLI checks this too.
     check_apart([Output(out_path, option="out", parts=True)], {"data": data_path, "checkpoint": checkpoint})
+    if gpus > 1 and not inside_torchrun():
+        args = {"checkpoint": str(checkpoint), "data_path": str(data_path), "out_path": str(out_path), "config": asdict(config)}
+        report = launch("autolabel", args, gpus=gpus, device=config.device)
+        return AutolabelReport(**{**report, "path": Path(report["path"])})
+    ranks = join_ranks(config.device)
+    if ranks is not None:
+        config = replace(config, device=ranks.device(config.device))
     loaded = load_checkpoint(checkpoint, map_location=config.device)
     taxonomy = model_taxonomy(loaded.model_config, loaded.train_config, config.taxonomy)
     dataset = open_inputs(data_path, loaded.model_config)
@@ -294,4 +328,4 @@ def autolabel(
     stat = Path(checkpoint).stat()
     labeller = f"{Path(checkpoint).resolve()} ({stat.st_size} bytes, modified {stat.st_mtime_ns})"
     return autolabel_to_file(loaded.model, dataset, out_path, model_config=loaded.model_config, taxonomy=taxonomy,
-                             config=config, command=command, labeller=labeller, progress=progress)
+                             config=config, command=command, labeller=labeller, progress=progress, ranks=ranks)

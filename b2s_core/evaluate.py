@@ -21,9 +21,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Collection
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from b2s_core.errors import B2SError
 from b2s_core.metrics import EvaluationResult, OccupancyEvaluator, Protocol, get_protocol, protocol_for_taxonomy, ray_origins
 from b2s_core.metrics.protocols import MASKS
 from b2s_core.output_paths import atomic_path
+
+if TYPE_CHECKING:
+    from b2s_core.inference_launch import Ranks
 
 # Where rays start when a file carries no LiDAR origin: the nuScenes LIDAR_TOP position in the
 # ego frame (the default SparseOcc's RayIoU code notes for nuScenes).
@@ -80,8 +83,8 @@ def _open_predictions(path: Path, data):
     return _open(path, "predictions")
 
 
-def pair_frames(data, predictions, data_path: Path, pred_path: Path) -> list[tuple[int, int]]:
-    """(data index, prediction index) for every data frame, paired by (scene, token).
+def pair_frames(data, predictions, data_path: Path, pred_path: Path, scenes: Collection[str] | None = None) -> list[tuple[int, int]]:
+    """(data index, prediction index) for every data frame (of ``scenes`` only, when given), paired by (scene, token).
 
     Every frame of the data file must have a prediction: a partial predictions file would make
     the scores of the missing frames silently vanish.
@@ -94,6 +97,8 @@ def pair_frames(data, predictions, data_path: Path, pred_path: Path) -> list[tup
     pred_keys = {key: j for j, key in enumerate(frame_keys(predictions))}
     pairs, missing = [], []
     for i, key in enumerate(frame_keys(data)):
+        if scenes is not None and key[0] not in scenes:
+            continue
         j = pred_keys.get(key)
         if j is None:
             missing.append(key[1])
@@ -101,7 +106,7 @@ def pair_frames(data, predictions, data_path: Path, pred_path: Path) -> list[tup
             pairs.append((i, j))
     if missing:
         raise EvaluateError(
-            f"{pred_path}: no prediction for {len(missing)} of {len(data)} frames of {data_path} (first: token '{missing[0]}')"
+            f"{pred_path}: no prediction for {len(missing)} of {len(missing) + len(pairs)} frames of {data_path} (first: token '{missing[0]}')"
         )
     return pairs
 
@@ -158,8 +163,15 @@ def evaluate_files(
     predictions_path: str | os.PathLike,
     config: EvaluateConfig = EvaluateConfig(),
     progress: Progress | None = None,
-) -> EvaluationResult:
-    """Score a predictions file against a data file; see the module docstring."""
+    *,
+    ranks: Ranks | None = None,
+) -> EvaluationResult | None:
+    """Score a predictions file against a data file; see the module docstring.
+
+    ranks: one worker of a data-parallel job (``b2s_core.inference_launch``): this process scores
+    its share of the scenes, the counts are summed over the ranks, and rank 0 returns the result of
+    the whole file (the other ranks None).
+    """
     from b2s_core.metrics import lidar_ray_directions
     from b2s_core.occfile import FLAG_BINARY_PRED
 
@@ -173,7 +185,8 @@ def evaluate_files(
         raise
     try:
         # 1. pair frames and fix the protocol
-        pairs = pair_frames(data, predictions, data_path, predictions_path)
+        mine = None if ranks is None else {data.scenes[i].name for i in ranks.share([len(s) for s in data.scenes])}
+        pairs = pair_frames(data, predictions, data_path, predictions_path, scenes=mine)
         protocol = choose_protocol(config, data)
         directions = lidar_ray_directions(config.ray_azimuth_step) if config.rayiou else None
         evaluator = OccupancyEvaluator(protocol, grid=data.grid, rayiou=config.rayiou, ray_directions=directions, device=config.device)
@@ -214,18 +227,42 @@ def evaluate_files(
         data.close()
         predictions.close()
 
+    if ranks is not None:
+        _sum_over_ranks(evaluator, with_binary, ranks)
+        if not ranks.is_main:
+            return None
     result = evaluator.result()
     seconds = time.perf_counter() - started
     result.extra = {
         "data": str(data_path),
         "predictions": str(predictions_path),
         "seconds": round(seconds, 3),
-        "frames_per_second": round(len(pairs) / seconds, 3) if seconds > 0 else None,
+        "frames_per_second": round(result.frames / seconds, 3) if seconds > 0 else None,
         "units": "percent",
         "rayiou_azimuth_step_deg": config.ray_azimuth_step if config.rayiou else None,
         "config": asdict(config),
     }
     return result
+
+
+def _sum_over_ranks(evaluator: OccupancyEvaluator, with_binary: bool, ranks: Ranks) -> None:
+    """Replace one rank's counts by the sums over all ranks (integers: the scores equal one process's).
+
+    The binary-decoder IoU is scored when every frame, over all ranks, has a binary prediction.
+    """
+    rays = evaluator.rays
+    binary = evaluator.binary_confusion if evaluator.binary_confusion is not None else np.zeros((2, 2), np.int64)
+    counts = np.array([evaluator.frames, 0 if with_binary else 1, 0 if rays is None else rays.rays])
+    arrays = [evaluator.confusion, binary, counts]
+    if rays is not None:
+        arrays += [rays.gt_count, rays.pred_count, rays.tp]
+    summed = ranks.sum(arrays)
+    evaluator.confusion, binary, counts = summed[:3]
+    evaluator.frames = int(counts[0])
+    evaluator.binary_confusion = binary if counts[1] == 0 else None
+    if rays is not None:
+        rays.rays = int(counts[2])
+        rays.gt_count, rays.pred_count, rays.tp = summed[3:]
 
 
 def evaluate_checkpoint(
@@ -239,25 +276,43 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     tta: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
-) -> EvaluationResult:
+    gpus: int = 1,
+) -> EvaluationResult | None:
     """Run a trained model over a data file, write its predictions file, and score it.
 
-    progress(done, total, stage) is called with stage 'predicting', then 'scoring'.
+    progress(done, total, stage) is called with stage 'predicting', then 'scoring'. gpus > 1: as
+    that many data-parallel processes through torchrun (``b2s_core.inference_launch``; with
+    ``device='cpu'``, Gloo processes), the same predictions file and scores as one process. Inside
+    a torchrun job, each process predicts and scores its share and rank 0 returns the result (the
+    others None).
     """
+    from b2s_core.inference_launch import inside_torchrun, join_ranks, launch
     from b2s_core.output_paths import Output, check_apart
     from b2s_core.predict import predict_checkpoint_to_file
 
+    if gpus < 1:
+        raise EvaluateError(f"--gpus must be at least 1, got {gpus}")
     # The model's predictions must never land on the file they are scored against (a 100 % score
     # over a destroyed ground truth); the CLI also checks this, library callers get it here.
-    check_apart([Output(predictions_path, option="predictions")], {"data": data_path, "checkpoint": checkpoint})
+    check_apart([Output(predictions_path, option="predictions", parts=gpus > 1)], {"data": data_path, "checkpoint": checkpoint})
+    if gpus > 1 and not inside_torchrun():
+        args = {"checkpoint": str(checkpoint), "data_path": str(data_path), "predictions_path": str(predictions_path),
+                "config": asdict(config), "device": device, "batch_size": batch_size, "num_workers": num_workers, "tta": tta}
+        return EvaluationResult(**launch("evaluate-checkpoint", args, gpus=gpus, device=device))
+    ranks = join_ranks(device)
+    if ranks is not None:
+        device = ranks.device(device)
+        if config.device is not None:  # the ray marching runs beside the model
+            config = replace(config, device=device)
 
     def staged(stage: str) -> Progress | None:
         return None if progress is None else (lambda done, total: progress(done, total, stage))
 
     predict_checkpoint_to_file(checkpoint, data_path, predictions_path, device=device, batch_size=batch_size,
-                               num_workers=num_workers, tta=tta, progress=staged("predicting"))
-    result = evaluate_files(data_path, predictions_path, config, progress=staged("scoring"))
-    result.extra["checkpoint"] = str(checkpoint)
+                               num_workers=num_workers, tta=tta, progress=staged("predicting"), ranks=ranks)
+    result = evaluate_files(data_path, predictions_path, config, progress=staged("scoring"), ranks=ranks)
+    if result is not None:
+        result.extra["checkpoint"] = str(checkpoint)
     return result
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ import torch
 from b2s_core.errors import B2SError
 from b2s_core.models.occupied_set import given_occupancy, upsample_occupancy
 from b2s_core.records import OccFrame
+
+if TYPE_CHECKING:
+    from b2s_core.inference_launch import Ranks
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
 NO_FLIP = ((False, False),)
@@ -172,13 +176,17 @@ def predict_to_file(
     tta: bool = False,
     command: str = "",
     progress: Progress | None = None,
+    ranks: Ranks | None = None,
 ) -> Path:
     """Write the predictions of ``model`` on every frame of ``dataset`` to ``out_path`` (atomically).
 
     dataset: a :class:`b2s_core.data.dataset.OccTrainDataset` (``dataset.occ`` is the data file);
     model_config: the model's :class:`ModelConfig` (output grid, free index, threshold).
+    ranks: one worker of a data-parallel job (``b2s_core.inference_launch``): this process predicts
+    its share of the scenes into ``<out>.parts/``, rank 0 merges the parts in the data's scene
+    order, and every rank returns once ``out_path`` is complete.
     """
-    from b2s_core.occfile import OccWriter
+    from b2s_core.occfile import OccWriter, ResumableWriter
 
     occ = dataset.occ
     check_grid(model_config, occ, occ.paths[0])
@@ -191,7 +199,8 @@ def predict_to_file(
     model = model.to(device).eval()
     flips = ALL_FLIPS if tta else NO_FLIP
     shape = occ.grid.shape
-    total, done = len(occ), 0
+    scenes = list(occ.scenes) if ranks is None else [occ.scenes[i] for i in ranks.share([len(s) for s in occ.scenes])]
+    total, done = sum(len(scene) for scene in scenes), 0
 
     def scene_frames(indices: range) -> Iterator[OccFrame]:
         nonlocal done
@@ -213,10 +222,25 @@ def predict_to_file(
                 progress(done, total)
 
     image_root = occ.attrs().get("image_root") or None
-    with OccWriter(out_path, grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
-                   camera_names=occ.camera_names, image_root=image_root) as writer:
-        for scene in occ.scenes:
-            writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
+    file_attrs = dict(grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
+                      camera_names=occ.camera_names, image_root=image_root)
+    if ranks is None:
+        with OccWriter(out_path, **file_attrs) as writer:
+            for scene in scenes:
+                writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
+        return Path(out_path)
+    # Predictions do not resume: parts an interrupted earlier run left could come from another model.
+    parts_dir = Path(out_path).with_name(Path(out_path).name + ".parts")
+    if ranks.is_main:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    ranks.barrier()
+    parts = ResumableWriter(out_path, **file_attrs)
+    for scene in scenes:
+        parts.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
+    ranks.barrier()  # every rank's parts are written
+    if ranks.is_main:
+        parts.finalize(scene_order=[scene.name for scene in occ.scenes])
+    ranks.barrier()  # the merged file is there for every rank to read
     return Path(out_path)
 
 
@@ -230,8 +254,10 @@ def predict_checkpoint_to_file(
     num_workers: int = 0,
     tta: bool = False,
     progress: Progress | None = None,
+    ranks: Ranks | None = None,
 ) -> Path:
-    """Load a checkpoint (``b2s_core.train.checkpoint.load_checkpoint``) and write its predictions file."""
+    """Load a checkpoint (``b2s_core.train.checkpoint.load_checkpoint``) and write its predictions file
+    (ranks: see :func:`predict_to_file`)."""
     from b2s_core.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, map_location=device)
@@ -243,4 +269,5 @@ def predict_checkpoint_to_file(
     dataset = open_inputs(data_path, loaded.model_config)
     command = f"b2s evaluate --checkpoint {checkpoint} --data {data_path}"
     return predict_to_file(loaded.model, dataset, out_path, model_config=loaded.model_config, batch_size=batch_size,
-                           device=device, num_workers=num_workers, tta=tta, command=command, progress=progress)
+                           device=device, num_workers=num_workers, tta=tta, command=command, progress=progress,
+                           ranks=ranks)

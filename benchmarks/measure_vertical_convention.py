@@ -20,7 +20,6 @@ The facts it prints are asserted by ``tests/test_vertical_convention.py``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,7 +30,8 @@ from b2s_core.binary.aggregate import EGO_BODY_NUSCENES, transform, voxels_in_bo
 from b2s_core.binary.convention import LABEL_CONVENTIONS, column_floors, shift_layers
 from b2s_core.binary.pipeline import BinaryBuildConfig, build_scene
 from b2s_core.grids import VoxelGrid, get_grid
-from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
+from b2s_core.records import SensorFrame
+from b2s_core.viz.samples import keyframe_sensor_frame
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("B2S_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -66,32 +66,6 @@ def shifted_histogram(histogram: np.ndarray, shift: int) -> np.ndarray:
     return shift_layers(histogram[None, None], shift)[0, 0]
 
 
-def yaw_pose(x: float, y: float, z: float, yaw: float) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
-    pose = np.eye(4)
-    pose[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
-    pose[:3, 3] = (x, y, z)
-    return pose
-
-
-def load_keyframe(root: Path) -> tuple[SensorFrame, np.ndarray]:
-    """frame.json + .pcd.bin -> (SensorFrame, (N, 3) ego-frame points); boxes go from LIDAR_TOP to global."""
-    meta = json.loads((root / "frame.json").read_text())
-    global_from_ego = np.array(meta["ego2global"])
-    ego_from_lidar = np.array(meta["lidar"]["lidar2ego"])
-    points = np.fromfile(root / meta["lidar"]["filename"], dtype=np.float32).reshape(-1, 5)
-    sweep = LidarSweep(ego_from_lidar, global_from_ego, meta["timestamp_us"], True, lambda: points)
-    boxes = []
-    for number, row in enumerate(meta["boxes_lidar_frame"]["boxes"]):
-        x, y, z, length, width, height, yaw = row["box"]
-        boxes.append(Box(global_from_ego @ ego_from_lidar @ yaw_pose(x, y, z, yaw), np.array([length, width, height]),
-                         str(number), row["category"], 0))
-    cameras = [Camera(name, np.array(c["intrinsic"]), np.array(c["cam2ego"]), 1600, 900, c["filename"])
-               for name, c in meta["cameras"].items()]
-    frame = SensorFrame("scene-0061", meta["sample_token"], meta["timestamp_us"], global_from_ego, cameras, sweep, [], boxes)
-    return frame, transform(points[:, :3], ego_from_lidar)
-
-
 def occ3d_facts(path: Path, grid: VoxelGrid) -> dict:
     """What the real Occ3D sample says about heights (see the module docstring)."""
     semantics = np.load(path)["semantics"]
@@ -105,7 +79,7 @@ def occ3d_facts(path: Path, grid: VoxelGrid) -> dict:
 
 def keyframe_facts(root: Path, grid: VoxelGrid, z_offset: float) -> dict:
     """The real key frame built on ``grid`` with ``z_offset``: column floors and where its cars are."""
-    frame, points_ego = load_keyframe(root)
+    frame, points_ego = keyframe_sensor_frame(root)
     config = BinaryBuildConfig(grid=grid, z_offset=z_offset)
     built = next(build_scene(lambda: [frame], config))
     ego_from_global = np.linalg.inv(frame.global_from_ego)

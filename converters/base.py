@@ -46,6 +46,16 @@ class SceneReader(abc.ABC):
     def read_scene(self, name: str, on_error: FrameErrorHandler | None = None) -> Iterator[SensorFrame]:
         """Key frames of scene ``name`` in time order."""
 
+    def scene_length(self, name: str) -> int:
+        """Key frames scene ``name`` holds, from the dataset's index alone (no sensor file is read).
+
+        It weighs scenes when they are spread over shards (``--shard``, longest first), so it must be
+        cheap and the same in every process. The built-in readers count from their tables; this
+        default, which a plug-in reader inherits unless it overrides it, weighs every scene as 1 frame
+        (the shards then hold equal numbers of scenes).
+        """
+        return 1
+
     def box_label(self, category: str, mapping: Callable[[str], int]) -> int:
         # A category the taxonomy does not know (e.g. a custom class) is kept as a box but not scored.
         try:

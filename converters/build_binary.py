@@ -30,6 +30,7 @@ from converters.convert import default_grid
 from converters.errors import ConverterError
 from converters.plugins import plugin_ego_body, resolve_source
 from converters.progress import SceneProgress
+from converters.ray_backend import check_backend
 from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
                                   run_scenes, select_scenes)
 
@@ -67,12 +68,15 @@ class BuildBinaryJob:
     overwrite: bool = False
     command: str = ""
     reader_options: dict = field(default_factory=dict)
+    backend: str = "local"  # 'local' (this process or a process pool) or 'ray' (converters.ray_backend)
+    ray_address: str | None = None  # a Ray cluster to join; None: a local Ray instance of `workers` CPUs
 
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
         self.source = resolve_source(self.source)  # workers and the resume record see the same id
         ego_body(self.source)  # a plug-in without one fails here, before the dataset is opened
         check_run_options(self.on_error, self.workers, self.shard)
+        check_backend(self.backend, self.ray_address)
         if self.sweeps < 0 or self.ray_sweeps < 1:
             raise ConverterError(f"{self.sweeps}/{self.ray_sweeps}", "--sweeps must be >= 0 and --ray-sweeps >= 1")
         if self.camera_stride is not None and not (math.isfinite(self.camera_stride) and self.camera_stride > 0):
@@ -100,7 +104,7 @@ class BuildBinaryJob:
         """The options that shape a scene's frames, by flag: a resumed build must repeat them.
 
         Which scenes are built (--scenes, --split, --shard, --version: a scene's frames are the same
-        whatever selects it) and how (--workers, --on-error) may change between runs.
+        whatever selects it) and how (--workers, --backend, --on-error) may change between runs.
         """
         return {
             "--source": self.source,
@@ -179,7 +183,8 @@ def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> 
     done = [s for s in scenes if writer.is_done(s)]
     todo = [s for s in scenes if s not in set(done)]
     progress.start(len(scenes), len(done))
-    frames, bad = run_scenes(_BuildTask(job, writer), reader, todo, workers=job.workers, progress=progress)
+    frames, bad = run_scenes(_BuildTask(job, writer), reader, todo, workers=job.workers, progress=progress,
+                             backend=job.backend, ray_address=job.ray_address)
     skipped += bad
     writer.finalize(scene_order=scenes)
     return BuildBinarySummary(job.out, len(scenes), len(done), frames, skipped, time.perf_counter() - started)

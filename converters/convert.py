@@ -33,6 +33,7 @@ from converters.errors import ConverterError
 from converters.labels import LabelSpec
 from converters.plugins import plugin_default_grid, resolve_source
 from converters.progress import SceneProgress
+from converters.ray_backend import check_backend
 from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
                                   run_scenes, select_scenes)
 
@@ -58,7 +59,7 @@ class ConvertConfig:
     scenes: list[str] | None = None
     split: str | None = None
     workers: int = 1
-    shard: tuple[int, int] = (0, 1)  # (i, N): this job converts every N-th scene starting at i
+    shard: tuple[int, int] = (0, 1)  # (i, N): this job converts shard i of N (scene_run.balanced_shards)
     embed_images: bool = False  # copy the encoded image bytes into the file (else paths under image_root)
     on_error: str = "skip"  # 'skip' a bad frame (and list it) or 'stop' the run
     store_points: bool = True  # keep the key-frame LiDAR points (ego frame) in the file
@@ -66,11 +67,14 @@ class ConvertConfig:
     overwrite: bool = False
     command: str = ""
     reader_options: dict = field(default_factory=dict)
+    backend: str = "local"  # 'local' (this process or a process pool) or 'ray' (converters.ray_backend)
+    ray_address: str | None = None  # a Ray cluster to join; None: a local Ray instance of `workers` CPUs
 
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
         self.source = resolve_source(self.source)  # workers and the resume record see the same id
         check_run_options(self.on_error, self.workers, self.shard)
+        check_backend(self.backend, self.ray_address)
         if self.grid is not None:
             get_grid(self.grid)  # a bad spec fails here, before the dataset is opened
 
@@ -225,7 +229,8 @@ def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> Con
         if log.is_file():
             skipped += [SkippedFrame(**row) for row in json.loads(log.read_text())]
     progress.start(len(scenes), len(done))
-    frames, bad = run_scenes(job, reader, todo, workers=config.workers, progress=progress)
+    frames, bad = run_scenes(job, reader, todo, workers=config.workers, progress=progress, backend=config.backend,
+                             ray_address=config.ray_address)
     skipped += bad
     merge_started = time.perf_counter()
     writer.finalize(scene_order=scenes)
@@ -237,7 +242,7 @@ def output_options(config: ConvertConfig, grid: VoxelGrid) -> dict:
     """The options that shape a scene's frames, by flag: a resumed run must repeat them.
 
     Which scenes are converted (--scenes, --split, --shard, --version: a scene's frames are the same
-    whatever selects it) and how (--workers, --on-error) may change between runs.
+    whatever selects it) and how (--workers, --backend, --on-error) may change between runs.
     """
     labels = LabelSpec.parse(config.labels) if config.labels else None
     return {

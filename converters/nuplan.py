@@ -182,18 +182,7 @@ class NuPlanReader(SceneReader):
             sweeps = con.execute(
                 "SELECT token, timestamp, filename, ego_pose_token, lidar_token FROM lidar_pc "
                 "WHERE scene_token = ? ORDER BY timestamp", (ref.token,)).fetchall()
-            # Split the sweeps into key frames and the non-key sweeps before each of them.
-            groups: list[tuple[tuple, list[tuple]]] = []
-            pending: list[tuple] = []
-            last_key: int | None = None
-            for row in sweeps:
-                timestamp = int(row[1])
-                if last_key is not None and timestamp - last_key < self.key_frame_period_us - KEY_FRAME_TOLERANCE_US:
-                    pending.append(row)
-                    continue
-                last_key = timestamp
-                groups.append((row, pending))
-                pending = []
+            groups = self._key_frames(sweeps)
             box_rows = log.boxes_of_scene([bytes(key[0]) for key, _ in groups])
             for key, before in groups:
                 try:
@@ -204,6 +193,36 @@ class NuPlanReader(SceneReader):
                     yield frame
         finally:
             con.close()
+
+    def _key_frames(self, sweeps: list[tuple]) -> list[tuple[tuple, list[tuple]]]:
+        """lidar_pc rows in time order (timestamp second) -> (key frame row, the non-key sweeps before it)."""
+        groups: list[tuple[tuple, list[tuple]]] = []
+        pending: list[tuple] = []
+        last_key: int | None = None
+        for row in sweeps:
+            timestamp = int(row[1])
+            if last_key is not None and timestamp - last_key < self.key_frame_period_us - KEY_FRAME_TOLERANCE_US:
+                pending.append(row)
+                continue
+            last_key = timestamp
+            groups.append((row, pending))
+            pending = []
+        return groups
+
+    def scene_length(self, name: str) -> int:
+        """Key frames of the scene: its lidar_pc timestamps split as read_scene splits them."""
+        ref = self._scenes.get(name)
+        if ref is None:
+            raise ConverterError(self.dataroot, f"no nuPlan scene named {name}")
+        con = self._connect(ref.db)
+        try:
+            rows = con.execute("SELECT token, timestamp FROM lidar_pc WHERE scene_token = ? ORDER BY timestamp",
+                               (ref.token,)).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise ConverterError(ref.db, f"not a readable nuPlan SQLite log ({err})") from None
+        finally:
+            con.close()
+        return len(self._key_frames(rows))
 
 
 class _Log:

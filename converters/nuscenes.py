@@ -127,6 +127,20 @@ class NuScenesReader(SceneReader):
     def scene_names(self) -> list[str]:
         return list(self._selected)
 
+    def scene_length(self, name: str) -> int:
+        """Samples on the scene's chain (scene.json first_sample_token, then each sample's next), as read_scene walks it."""
+        scene = self._scene_by_name.get(name)
+        if scene is None:
+            raise ConverterError(self.dataroot / self.version / "scene.json", f"no scene named {name}")
+        count, token = 0, scene["first_sample_token"]
+        while token:
+            try:
+                token = self.nusc.get("sample", token)["next"]
+            except KeyError:
+                break  # a broken chain: read_scene stops here too
+            count += 1
+        return count
+
     # -- frames ------------------------------------------------------------------------------------
     def read_scene(self, name: str, on_error: FrameErrorHandler | None = None) -> Iterator[SensorFrame]:
         scene = self._scene_by_name.get(name)

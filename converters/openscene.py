@@ -73,6 +73,7 @@ class OpenSceneReader(SceneReader):
         if not metas:
             raise ConverterError(self.dataroot / "meta_datas", f"no OpenScene meta pickle found{' for split ' + split if split else ''}")
         self._scene_logs: dict[str, _LogRef] = {}
+        self._scene_frames: dict[str, int] = {}  # scene -> frames its log lists (scene_length)
         channels: set[str] = set()
         for ref in metas:
             try:
@@ -81,7 +82,9 @@ class OpenSceneReader(SceneReader):
                 self.open_errors.append(err)  # a corrupt log is reported, the others still convert
                 continue
             for frame in frames:
-                self._scene_logs.setdefault(self._scene_of(frame, ref.meta), ref)
+                scene = self._scene_of(frame, ref.meta)
+                if self._scene_logs.setdefault(scene, ref) is ref:  # read_scene reads the first log naming the scene
+                    self._scene_frames[scene] = self._scene_frames.get(scene, 0) + 1
                 channels |= set(frame.get("cams", {}) or {})
         if not self._scene_logs and self.open_errors:
             # Every log failed to open: say why, not "no scene selected" further down.
@@ -126,6 +129,9 @@ class OpenSceneReader(SceneReader):
 
     def scene_names(self) -> list[str]:
         return list(self._selected)
+
+    def scene_length(self, name: str) -> int:
+        return self._scene_frames.get(name, 0)
 
     # -- frames ------------------------------------------------------------------------------------
     def _log_frames(self, meta: Path) -> list[dict]:

@@ -29,9 +29,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from b2s_core.grids import VoxelGrid
+from b2s_core.shards import balanced_shares
 from b2s_core.output_paths import atomic_path
 from converters import open_reader
 from converters.base import SceneReader
@@ -57,14 +58,47 @@ def check_run_options(on_error: str, workers: int, shard: tuple[int, int]) -> No
         raise ConverterError(f"{index}/{count}", "--shard must be i/N with 0 <= i < N")
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/N' -> (i, N); None -> (0, 1)."""
+def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """'i/N' -> (i, N); None -> (0, 1); 'auto' -> this task's place in a SLURM job array (:func:`slurm_array_shard`)."""
     if not text:
         return (0, 1)
+    if text.strip() == "auto":
+        return slurm_array_shard(os.environ if environ is None else environ)
     try:
         index, count = (int(v) for v in text.split("/"))
     except ValueError:
         raise ConverterError(text, "--shard must look like i/N, e.g. 0/4") from None
+    return index, count
+
+
+def slurm_array_shard(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(i, N) of this task in a SLURM job array, from the variables sbatch sets for each array task.
+
+    ``--array=0-7`` and ``--array=1-8`` both give shards 0/8 .. 7/8; ``--array=0-15:4`` (step 4) gives
+    0/4 .. 3/4. N is SLURM_ARRAY_TASK_COUNT, else (MAX - MIN) / STEP + 1 for SLURMs that do not set
+    it; i is (SLURM_ARRAY_TASK_ID - MIN) / STEP. An index list with gaps (``--array=1,5,6``) has no
+    such i: give ``--shard i/N`` yourself.
+    """
+    if "SLURM_ARRAY_TASK_ID" not in environ:
+        raise ConverterError("--shard auto", "not inside a SLURM job array (SLURM_ARRAY_TASK_ID is not set); "
+                                             "submit with sbatch --array=0-N or give --shard i/N")
+    try:
+        task = int(environ["SLURM_ARRAY_TASK_ID"])
+        low = int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        step = int(environ.get("SLURM_ARRAY_TASK_STEP", "1"))
+        if "SLURM_ARRAY_TASK_COUNT" in environ:
+            count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+        else:
+            count = (int(environ["SLURM_ARRAY_TASK_MAX"]) - low) // max(step, 1) + 1
+    except KeyError as err:
+        raise ConverterError("--shard auto", f"SLURM sets SLURM_ARRAY_TASK_ID but not {err.args[0]} "
+                                             "(nor SLURM_ARRAY_TASK_COUNT); give --shard i/N") from None
+    except ValueError as err:
+        raise ConverterError("--shard auto", f"a SLURM_ARRAY_TASK_* variable is not a whole number ({err})") from None
+    index, off_step = divmod(task - low, max(step, 1))
+    if off_step or not 0 <= index < count:
+        raise ConverterError("--shard auto", f"array task {task} is not one of {count} evenly spaced tasks from {low} "
+                                             f"by {step}; use --array=0-{count - 1} or give --shard i/N")
     return index, count
 
 
@@ -79,12 +113,32 @@ def open_error_skips(reader: SceneReader, on_error: str) -> list[SkippedFrame]:
 
 
 def select_scenes(reader: SceneReader, shard: tuple[int, int], dataroot: Path) -> list[str]:
-    """Every N-th scene of the reader starting at i, for shard (i, N); none is an error."""
+    """The reader's scenes that shard (i, N) holds, in dataset order (:func:`balanced_shards`); none is an error."""
     index, count = shard
-    scenes = reader.scene_names()[index::count]
+    names = reader.scene_names()
+    if count == 1:
+        scenes = names
+    else:
+        scenes = balanced_shards({name: _scene_length(reader, name) for name in names}, count)[index]
     if not scenes:
-        raise ConverterError(dataroot, f"no scene selected (shard {index}/{count} of {len(reader.scene_names())})")
+        raise ConverterError(dataroot, f"no scene selected (shard {index}/{count} of {len(names)} scenes)")
     return scenes
+
+
+def balanced_shards(lengths: dict[str, int], count: int) -> list[list[str]]:
+    """Scene name -> key frames, split into ``count`` shards of near-equal total frames
+    (:func:`b2s_core.shards.balanced_shares`; ties go by dataset order). Each shard lists its scenes
+    in the order of ``lengths`` (dataset order), so its output is ordered as an unsharded run's."""
+    names = list(lengths)
+    return [[names[i] for i in share] for share in balanced_shares([lengths[n] for n in names], count)]
+
+
+def _scene_length(reader: SceneReader, name: str) -> int:
+    length = reader.scene_length(name)
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ConverterError(f"{type(reader).__module__}:{type(reader).__qualname__}",
+                             f"scene_length({name!r}) returned {length!r}, not a frame count (an int >= 0)")
+    return length
 
 
 # -- resuming only what the same options made -------------------------------------------------------
@@ -207,12 +261,19 @@ def _worker_scene(scene: str) -> tuple[str, int, list[SkippedFrame]]:
 
 
 def run_scenes(task: Any, reader: SceneReader, todo: list[str], *, workers: int,
-               progress: SceneProgress) -> tuple[int, list[SkippedFrame]]:
+               progress: SceneProgress, backend: str = "local",
+               ray_address: str | None = None) -> tuple[int, list[SkippedFrame]]:
     """Run ``task`` over the scenes ``todo``; returns (frames written, frames skipped).
 
     One worker (or one scene): in this process, with per-frame progress. Otherwise a pool of
-    ``workers`` processes, progress per finished scene.
+    ``workers`` processes, progress per finished scene. ``backend='ray'``: one Ray task per scene
+    on a local Ray instance of ``workers`` CPUs or the cluster at ``ray_address``
+    (:mod:`converters.ray_backend`), progress per finished scene.
     """
+    if backend == "ray":
+        from converters.ray_backend import run_scenes_ray  # imports ray: only when asked for
+
+        return run_scenes_ray(task, reader, todo, workers=workers, address=ray_address, progress=progress)
     frames, skipped = 0, []
     if workers == 1 or len(todo) <= 1:
         for scene in todo:
@@ -258,4 +319,4 @@ def _terminate_on_sigterm():
 
 
 __all__ = ["OPTIONS_RECORD", "SkippedFrame", "check_resume_options", "check_run_options", "grid_text", "open_error_skips",
-           "parse_shard", "run_scenes", "select_scenes"]
+           "parse_shard", "run_scenes", "select_scenes", "balanced_shards", "slurm_array_shard"]

@@ -30,5 +30,5 @@ if torch_version=$(python3 -c "import torch; print(torch.__version__)" 2>/dev/nu
     grep -v '^torch==' constraints.txt > "$constraints"
     echo "keeping the installed torch $torch_version"
 fi
-python3 -m pip install -q -c "$constraints" -e ".[viz3d,tensorboard,dev]"
+python3 -m pip install -q -c "$constraints" -e ".[viz3d,tensorboard,ray,dev]"
 echo "b2s installed: $(command -v b2s)"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,7 +11,6 @@ from b2s_core.binary.aggregate import (
     PointSet,
     assign_to_boxes,
     interpolate_boxes,
-    transform,
     voxels_in_boxes,
     voxels_in_extents,
 )
@@ -26,27 +22,11 @@ from b2s_core.binary.preview import bev_panels
 from b2s_core.binary.raycast import traverse
 from b2s_core.errors import B2SError
 from b2s_core.grids import get_grid
-from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
+from b2s_core.records import Box, SensorFrame
+from b2s_core.viz.samples import keyframe_sensor_frame
 
 
 # -- the real key frame (single-frame input) ---------------------------------------------------
-def keyframe_sensor_frame(root: Path) -> tuple[SensorFrame, np.ndarray]:
-    """frame.json + .pcd.bin -> a SensorFrame (boxes moved from the LIDAR_TOP frame to global)."""
-    meta = json.loads((root / "frame.json").read_text())
-    global_from_ego = np.array(meta["ego2global"])
-    ego_from_lidar = np.array(meta["lidar"]["lidar2ego"])
-    points = np.fromfile(root / meta["lidar"]["filename"], dtype=np.float32).reshape(-1, 5)
-    sweep = LidarSweep(ego_from_lidar, global_from_ego, meta["timestamp_us"], True, lambda: points)
-    boxes = []
-    for number, row in enumerate(meta["boxes_lidar_frame"]["boxes"]):
-        x, y, z, length, width, height, yaw = row["box"]
-        lidar_from_box = world.yaw_pose(x, y, z, yaw)
-        boxes.append(Box(global_from_ego @ ego_from_lidar @ lidar_from_box, np.array([length, width, height]), str(number), row["category"], 0))
-    cameras = [Camera(name, np.array(c["intrinsic"]), np.array(c["cam2ego"]), 1600, 900, c["filename"]) for name, c in meta["cameras"].items()]
-    frame = SensorFrame("scene-0061", meta["sample_token"], meta["timestamp_us"], global_from_ego, cameras, sweep, [], boxes)
-    return frame, transform(points, ego_from_lidar)
-
-
 @pytest.fixture(scope="module")
 def keyframe_build(nuscenes_keyframe):
     frame, points_ego = keyframe_sensor_frame(nuscenes_keyframe)

@@ -136,7 +136,7 @@ def seen_devices(monkeypatch, tmp_path):
         seen["evaluate"] = config.device
         raise SystemExit(0)
 
-    def fake_autolabel(checkpoint, data, out, config, progress=None):
+    def fake_autolabel(checkpoint, data, out, config, progress=None, **kwargs):
         seen["autolabel"] = config.device
         raise SystemExit(0)
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMPORT_NAME = {
     "torch": "torch", "numpy": "numpy", "typer": "typer", "rich": "rich", "h5py": "h5py", "hdf5plugin": "hdf5plugin",
     "nuscenes-devkit": "nuscenes", "pillow": "PIL", "pyyaml": "yaml", "tomli": "tomli", "matplotlib": "matplotlib",
-    "open3d": "open3d", "tensorboard": "torch.utils.tensorboard",
+    "open3d": "open3d", "tensorboard": "torch.utils.tensorboard", "ray": "ray",
 }
 
 

@@ -35,6 +35,7 @@ def autolabel(
     batch_size: int = typer.Option(1, "--batch-size", help="Frames per model batch (1 or more)."),
     device: Device = typer.Option("auto", "--device", help=f"torch device for the model: {DEVICE_HELP}"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (0: load in this process)."),
+    gpus: int = typer.Option(1, "--gpus", help="Data-parallel processes on this machine (one per GPU; with --device cpu, Gloo processes), each labelling its share of the scenes. >1 starts torchrun."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
     """Write Top1 / Top2 pseudo-labels of binary occupancy data with an offboard model (rerun to resume).
@@ -43,6 +44,7 @@ def autolabel(
     """
     check_number("--batch-size", batch_size, at_least=1)
     check_number("--workers", workers, at_least=0)
+    check_number("--gpus", gpus, at_least=1)
     if top1 == top2:
         raise OptionValueError("give exactly one of --top1 and --top2")
     # Imported here, not at the top: b2s_core.autolabel imports torch, which `b2s info` / `--help` must not load.
@@ -56,7 +58,8 @@ def autolabel(
     with claim_outputs([output], {"--data": data, "--checkpoint": checkpoint}, overwrite=overwrite), \
             Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("labelling", total=None)
-        report = run_autolabel(checkpoint, data, out, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        report = run_autolabel(checkpoint, data, out, config, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                               gpus=gpus)
     table = Table(title=f"{report.mode} pseudo-labels ({report.form} form) · {report.frames} frames", show_header=True)
     table.add_column("bytes per frame")
     table.add_column("compressed", justify="right")

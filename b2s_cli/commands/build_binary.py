@@ -18,9 +18,11 @@ from b2s_core.binary.convention import LABEL_CONVENTIONS
 from b2s_core.output_paths import Output, claim_outputs
 from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
 from converters.plugins import source_choices
+from converters.ray_backend import BACKENDS
 from converters.scene_run import parse_shard
 
 _console = Console(highlight=False)
+Backend = choices("Backend", BACKENDS)  # --backend (converters.scene_run.run_scenes)
 LabelConvention = choices("LabelConvention", LABEL_CONVENTIONS)
 
 
@@ -53,7 +55,10 @@ def build_binary(
     scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names to build (default: all)."),
     split: Optional[str] = typer.Option(None, "--split", help="Official split (nuScenes: train, val, mini_train, ...; nuPlan/OpenScene: split folder)."),
     workers: int = typer.Option(1, "--workers", help="Processes building scenes in parallel."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: build every N-th scene starting at i (cluster array jobs)."),
+    backend: Backend = typer.Option("local", "--backend", help="local: --workers processes on this machine; ray: one Ray task per scene "
+                                    "(local Ray instance of --workers CPUs, or --ray-address; needs the ray extra)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --backend ray (e.g. auto, or HOST:6379)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: build shard i of N, shards of equal total frames (cluster array jobs); auto: from SLURM_ARRAY_TASK_ID/COUNT."),
     on_error: OnError = typer.Option("skip", "--on-error", help="A frame the reader cannot read: 'skip' it (listed at the end) or 'stop'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
@@ -74,7 +79,7 @@ def build_binary(
         source=source, dataroot=dataroot, out=out, version=version,
         scenes=[s.strip() for s in scenes.split(",") if s.strip()] if scenes else None, split=split, grid=grid,
         sweeps=sweeps, ray_sweeps=ray_sweeps, camera_stride=parse_auto_float("--camera-stride", camera_stride), exact_rays=exact_rays, keep_points=points,
-        z_offset=offset, workers=workers, shard=parse_shard(shard), on_error=on_error.value, overwrite=overwrite,
+        z_offset=offset, workers=workers, backend=backend.value, ray_address=ray_address, shard=parse_shard(shard), on_error=on_error.value, overwrite=overwrite,
         command=shlex.join(["b2s", *sys.argv[1:]]),
     )
     with claim_outputs([Output(out, parts=True)], {"--dataroot": dataroot}, overwrite=overwrite), \

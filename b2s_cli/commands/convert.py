@@ -12,14 +12,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import OnError, check_grids, check_number, refuse_together, source_callback
+from b2s_cli.options import OnError, check_grids, check_number, choices, refuse_together, source_callback
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.output_paths import Output, claim_outputs
 from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert
 from converters.plugins import source_choices
+from converters.ray_backend import BACKENDS
 from converters.scene_run import parse_shard
 
 _console = Console(highlight=False)
+Backend = choices("Backend", BACKENDS)  # --backend (converters.scene_run.run_scenes)
 
 
 def _print_summary(summary: ConvertSummary) -> None:
@@ -42,7 +44,10 @@ def convert(
     scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names to convert (default: all)."),
     split: Optional[str] = typer.Option(None, "--split", help="Official split (nuScenes: train, val, test, mini_train, mini_val; nuPlan/OpenScene: split folder)."),
     workers: int = typer.Option(1, "--workers", help="Processes converting scenes in parallel."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: convert every N-th scene starting at i (cluster array jobs)."),
+    backend: Backend = typer.Option("local", "--backend", help="local: --workers processes on this machine; ray: one Ray task per scene "
+                                    "(local Ray instance of --workers CPUs, or --ray-address; needs the ray extra)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --backend ray (e.g. auto, or HOST:6379)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: convert shard i of N, shards of equal total frames (cluster array jobs); auto: from SLURM_ARRAY_TASK_ID/COUNT."),
     embed_images: bool = typer.Option(False, "--embed-images", help="Copy the camera images into the file (else store paths under the dataset root)."),
     on_error: OnError = typer.Option("skip", "--on-error", help="A frame with bad input: 'skip' it (listed at the end) or 'stop' the run."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Grid of an unlabelled conversion (labels fix their own): occ3d, openoccupancy, openscene or a custom spec."),
@@ -59,7 +64,8 @@ def convert(
     config = ConvertConfig(
         source=source, dataroot=dataroot, out=out, version=version, labels=labels,
         scenes=[s.strip() for s in scenes.split(",") if s.strip()] if scenes else None, split=split,
-        workers=workers, shard=parse_shard(shard), embed_images=embed_images, on_error=on_error.value,
+        workers=workers, backend=backend.value, ray_address=ray_address, shard=parse_shard(shard),
+        embed_images=embed_images, on_error=on_error.value,
         store_points=points, grid=grid, overwrite=overwrite, command=shlex.join(["b2s", *sys.argv[1:]]),
     )
     inputs = {"--dataroot": dataroot, "--labels": labels.split(":", 1)[-1] if labels else None}  # KIND:PATH

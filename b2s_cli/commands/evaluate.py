@@ -38,6 +38,7 @@ def evaluate(
     batch_size: int = typer.Option(8, "--batch-size", help="Frames per metric update (1 or more)."),
     device: Device = typer.Option("auto", "--device", help=f"torch device for the model and the ray marching: {DEVICE_HELP}"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes when running a checkpoint (0: load in this process)."),
+    gpus: int = typer.Option(1, "--gpus", help="With --checkpoint: data-parallel processes on this machine (one per GPU; with --device cpu, Gloo processes), each predicting and scoring its share of the scenes. >1 starts torchrun."),
     tta: bool = typer.Option(False, "--tta", help="With --checkpoint: average the logits of the four BEV flips."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and --predictions-out) if they exist."),
 ) -> None:
@@ -49,14 +50,17 @@ def evaluate(
     check_number("--ray-step", ray_step, above=0, at_most=360)
     check_number("--batch-size", batch_size, at_least=1)
     check_number("--workers", workers, at_least=0)
+    check_number("--gpus", gpus, at_least=1)
     if (predictions is None) == (checkpoint is None):
         raise EvaluateOptionError("give exactly one of --predictions and --checkpoint")
     if checkpoint is None and (tta or predictions_out is not None or workers):
         raise EvaluateOptionError("--tta, --predictions-out and --workers apply only with --checkpoint")
+    if checkpoint is None and gpus > 1:
+        raise EvaluateOptionError("--gpus runs a checkpoint in parallel; scoring --predictions runs in one process: drop --gpus")
     if not rayiou and ray_step != 1.0:
         raise EvaluateOptionError("--ray-step sets the RayIoU rays; --no-rayiou computes none: give one of them")
     pred_path = None if checkpoint is None else predictions_out or out.with_name(out.stem + ".predictions.h5")
-    outputs = [Output(out)] + ([] if pred_path is None else [Output(pred_path, option="--predictions-out")])
+    outputs = [Output(out)] + ([] if pred_path is None else [Output(pred_path, option="--predictions-out", parts=gpus > 1)])
     inputs = {"--data": data, "--predictions": predictions, "--checkpoint": checkpoint}
     # Imported here, not at the top: b2s_core.evaluate imports torch, which `b2s info` / `--help` must not load.
     from b2s_core.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_files, render_table, summary_line, write_json
@@ -76,7 +80,7 @@ def evaluate(
 
         if checkpoint is not None:
             result = evaluate_checkpoint(checkpoint, data, pred_path, config, device=torch_device, batch_size=1,
-                                         num_workers=workers, tta=tta, progress=progress)
+                                         num_workers=workers, tta=tta, progress=progress, gpus=gpus)
         else:
             result = evaluate_files(data, predictions, config, progress=progress)
         scores = write_json(result, out)

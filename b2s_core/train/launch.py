@@ -21,6 +21,7 @@ import torch
 from b2s_core.errors import B2SError
 from b2s_core.train.config import ConfigError, TrainConfig, read_config_file
 from b2s_core.train.loop import CHECKPOINT_NAME, TrainResult, train
+from b2s_core.train.slurm import slurm_ranks
 
 
 class LaunchError(B2SError):
@@ -40,6 +41,16 @@ def launch(config: TrainConfig, gpus: int = 1, *, show_progress: bool = True) ->
     """
     if gpus < 1:
         raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    srun = slurm_ranks(os.environ)
+    if srun is not None:
+        # Every task of a bare srun runs this whole command and claims --out, so only one of them
+        # gets here. It leaves the resolved config for the worker module (one rank per task, no claim).
+        config_path = Path(config.out) / "launch.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config.save_yaml(config_path)
+        raise ConfigError(f"{config.out}: started as one of {srun['WORLD_SIZE']} srun tasks, which would each train alone; "
+                          f"wrote {config_path}: run 'srun python -m b2s_core.train.launch {config_path}' (one rank per "
+                          "task) or one task per node running torchrun (docs/training.md, Multi-node and SLURM)")
     if gpus == 1 or "WORLD_SIZE" in os.environ:
         return train(config, show_progress=show_progress)
     wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())

@@ -46,6 +46,7 @@ from b2s_core.train.logging import MetricsLog
 from b2s_core.train.model_api import adapt_model_config, make_model_config, run_model
 from b2s_core.train.objectives import binary_loss, depth_loss, loss_targets, semantic_loss
 from b2s_core.train.strategies import plan_for, select_trainable
+from b2s_core.train.slurm import slurm_ranks
 from b2s_core.train.validate import validate
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -69,7 +70,10 @@ class Distributed:
 
 
 def setup_distributed(device_choice: str) -> Distributed:
-    """Rank and world size from the environment torchrun sets; 1 process when it is absent."""
+    """Rank and world size from the environment torchrun sets (or srun's, mapped by
+    :func:`b2s_core.train.slurm.slurm_ranks`); 1 process when both are absent."""
+    # Into os.environ: init_process_group reads MASTER_ADDR / MASTER_PORT from there.
+    os.environ.update(slurm_ranks(os.environ) or {})
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,6 +1,8 @@
 """The real sample frames in ``../shared/data`` as layers and frames, for example pictures and tests.
 
 * :func:`occ3d_sample_layer`: the Occ3D-nuScenes ground-truth grid (real labels).
+* :func:`keyframe_sensor_frame`: the nuScenes key frame as the :class:`SensorFrame` a reader
+  gives (one LiDAR sweep, the annotated boxes, six cameras), for building binary occupancy from it.
 * :func:`nuscenes_keyframe`: the nuScenes key frame as an :class:`OccFrame` with its six real
   cameras; its occupancy is the key-frame LiDAR voxelised on the Occ3D grid, and its semantics
   a rough labelling made here: points inside an annotated box take the box's class, the rest are
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
-from b2s_core.records import Camera, OccFrame
+from b2s_core.records import Box, Camera, LidarSweep, OccFrame, SensorFrame
 from b2s_core.taxonomy import OCC3D
 from b2s_core.viz.voxels import VisualizeError, VoxelLayer
 
@@ -44,6 +46,31 @@ def _box_labels(points_lidar: np.ndarray, boxes: list[dict]) -> np.ndarray:
         inside = (np.abs(along) <= length / 2) & (np.abs(across) <= width / 2) & (np.abs(local[:, 2]) <= height / 2)
         labels[inside] = OCC3D.class_names.index(box["category"])
     return labels
+
+
+def keyframe_sensor_frame(folder: Path) -> tuple[SensorFrame, np.ndarray]:
+    """frame.json + .pcd.bin -> (the SensorFrame, (N, 3) float64 key-frame points in the ego frame).
+
+    The boxes are stored in the LIDAR_TOP frame; they are moved to the global frame, as readers give them.
+    """
+    meta = json.loads((folder / "frame.json").read_text())
+    global_from_ego = np.array(meta["ego2global"])
+    ego_from_lidar = np.array(meta["lidar"]["lidar2ego"])
+    points = np.fromfile(folder / meta["lidar"]["filename"], dtype=np.float32).reshape(-1, 5)
+    sweep = LidarSweep(ego_from_lidar, global_from_ego, meta["timestamp_us"], True, lambda: points)
+    boxes = []
+    for number, row in enumerate(meta["boxes_lidar_frame"]["boxes"]):
+        x, y, z, length, width, height, yaw = row["box"]
+        lidar_from_box = np.eye(4)
+        lidar_from_box[:3, :3] = [[np.cos(yaw), -np.sin(yaw), 0.0], [np.sin(yaw), np.cos(yaw), 0.0], [0.0, 0.0, 1.0]]
+        lidar_from_box[:3, 3] = (x, y, z)
+        boxes.append(Box(global_from_ego @ ego_from_lidar @ lidar_from_box, np.array([length, width, height]),
+                         str(number), row["category"], 0))
+    cameras = [Camera(name, np.array(c["intrinsic"]), np.array(c["cam2ego"]), 1600, 900, c["filename"])
+               for name, c in meta["cameras"].items()]
+    frame = SensorFrame("scene-0061", meta["sample_token"], meta["timestamp_us"], global_from_ego, cameras, sweep, [], boxes)
+    xyz = points[:, :3].astype(np.float64)
+    return frame, xyz @ ego_from_lidar[:3, :3].T + ego_from_lidar[:3, 3]
 
 
 def nuscenes_keyframe(folder: Path, grid: VoxelGrid = GRID_PRESETS["occ3d"]) -> tuple[OccFrame, dict[str, bytes]]:
