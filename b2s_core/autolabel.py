@@ -175,18 +175,52 @@ def autolabel_to_file(
     its share of the scenes only, and rank 0 merges every rank's parts once all are written (the
     other ranks return None).
     """
-    from b2s_core.occfile import ResumableWriter
+    occ = dataset.occ
+    _check_model(model_config, occ)
+    scenes = list(occ.scenes) if ranks is None else [occ.scenes[i] for i in ranks.share([len(s) for s in occ.scenes])]
+    writer = _open_writer(out_path, occ, taxonomy, command)
+    if ranks is None or ranks.is_main:
+        _check_resume_settings(writer.parts_dir, _settings(config, labeller, occ))
+    if ranks is not None:
+        ranks.barrier()  # no rank adds parts before the earlier run's settings are checked
+    _label_scenes(model, dataset, writer, scenes, model_config=model_config, taxonomy=taxonomy, config=config,
+                  progress=progress)
+    if ranks is not None:
+        ranks.barrier()  # every rank's parts are written
+        if not ranks.is_main:
+            return None
+    return _merge(writer, occ, config)
 
+
+def _check_model(model_config, occ) -> None:
     if not model_config.offboard:
         raise AutolabelError("the checkpoint is an online model; autolabel needs an offboard model (trained with the GT binary as input)")
-    occ = dataset.occ
     check_grid(model_config, occ, occ.paths[0])
-    model = model.to(config.device).eval()
-    flips = ALL_FLIPS if config.tta else NO_FLIP
+
+
+def _open_writer(out_path: str | os.PathLike, occ, taxonomy: Taxonomy, command: str):
+    """The part-file writer of ``out_path``; every process that labels scenes of it opens the same one."""
+    from b2s_core.occfile import ResumableWriter
+
     # Images travel with the labels so that the file trains on its own: embedded images are copied,
     # images stored by path keep their paths and the data file's image root.
     image_root = occ.attrs().get("image_root") or None
-    scenes = list(occ.scenes) if ranks is None else [occ.scenes[i] for i in ranks.share([len(s) for s in occ.scenes])]
+    return ResumableWriter(out_path, grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
+                           camera_names=occ.camera_names, image_root=image_root)
+
+
+def _settings(config: AutolabelConfig, labeller: str, occ) -> dict:
+    """What a resumed run must share with the run that wrote the finished parts."""
+    return {"mode": config.mode, "form": config.form, "tta": config.tta, "labeller": labeller,
+            "data": [str(Path(path).resolve()) for path in occ.paths]}
+
+
+def _label_scenes(model: torch.nn.Module, dataset, writer, scenes: list, *, model_config, taxonomy: Taxonomy,
+                  config: AutolabelConfig, progress: Progress | None = None) -> None:
+    """Label ``scenes`` (of ``dataset.occ``) into their part files, skipping the parts already done."""
+    occ = dataset.occ
+    model = model.to(config.device).eval()
+    flips = ALL_FLIPS if config.tta else NO_FLIP
     total, done = sum(len(scene) for scene in scenes), 0
 
     def scene_frames(indices: range) -> Iterator[OccFrame]:
@@ -212,23 +246,15 @@ def autolabel_to_file(
             if progress is not None:
                 progress(done, total)
 
-    writer = ResumableWriter(out_path, grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
-                             camera_names=occ.camera_names, image_root=image_root)
-    data = [str(Path(path).resolve()) for path in occ.paths]
-    if ranks is None or ranks.is_main:
-        _check_resume_settings(writer.parts_dir, {"mode": config.mode, "form": config.form, "tta": config.tta,
-                                                  "labeller": labeller, "data": data})
-    if ranks is not None:
-        ranks.barrier()  # no rank adds parts before the earlier run's settings are checked
     for scene in scenes:
         if writer.is_done(scene.name):
             done += len(scene)
             continue
         writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
-    if ranks is not None:
-        ranks.barrier()  # every rank's parts are written
-        if not ranks.is_main:
-            return None
+
+
+def _merge(writer, occ, config: AutolabelConfig) -> AutolabelReport:
+    """The parts merged in the data file's scene order, and what the pseudo-labels cost per frame."""
     path = writer.finalize(scene_order=[scene.name for scene in occ.scenes])
     sizes = pseudo_label_bytes(path)
     frames = len(occ)
@@ -299,18 +325,32 @@ def autolabel(
     progress: Progress | None = None,
     *,
     gpus: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> AutolabelReport | None:
     """Load an offboard checkpoint and write pseudo-labels for a (binary) data file.
 
     gpus > 1: as that many data-parallel processes through torchrun (``b2s_core.inference_launch``;
     with ``device='cpu'``, Gloo processes), the same file as one process writes. Inside a torchrun
     job, each process labels its share and rank 0 returns the report (the others None).
+    backend 'ray': one Ray task per scene (:func:`_autolabel_ray`) on a local Ray instance or the
+    cluster at ``ray_address``; the same file again.
     """
     from b2s_core.inference_launch import inside_torchrun, join_ranks, launch
+    from b2s_core.ray_engine import BACKENDS, import_ray
     from b2s_core.train.checkpoint import load_checkpoint
 
     if gpus < 1:
         raise AutolabelError(f"--gpus must be at least 1, got {gpus}")
+    if backend not in BACKENDS:
+        raise AutolabelError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if ray_address and backend != "ray":
+        raise AutolabelError(f"--ray-address {ray_address} joins a Ray cluster; it needs --backend ray")
+    if backend == "ray":
+        if gpus > 1 or inside_torchrun():
+            raise AutolabelError("--backend ray schedules one task per scene on the Ray cluster's GPUs; "
+                                 "it does not combine with --gpus or torchrun")
+        import_ray()  # before the checkpoint is loaded: a missing extra is told at once
     # Labels written over their own data (or the model) would destroy it; the CLI checks this too.
     check_apart([Output(out_path, option="out", parts=True)], {"data": data_path, "checkpoint": checkpoint})
     if gpus > 1 and not inside_torchrun():
@@ -320,12 +360,109 @@ def autolabel(
     ranks = join_ranks(config.device)
     if ranks is not None:
         config = replace(config, device=ranks.device(config.device))
-    loaded = load_checkpoint(checkpoint, map_location=config.device)
+    # The Ray driver only reads the model's settings: the workers run it, each on its own device.
+    loaded = load_checkpoint(checkpoint, map_location="cpu" if backend == "ray" else config.device)
     taxonomy = model_taxonomy(loaded.model_config, loaded.train_config, config.taxonomy)
     dataset = open_inputs(data_path, loaded.model_config)
     command = (f"b2s autolabel --checkpoint {checkpoint} --data {data_path} --{config.mode} --form {config.form} "
                f"--out {out_path}" + (" --tta" if config.tta else ""))
     stat = Path(checkpoint).stat()
     labeller = f"{Path(checkpoint).resolve()} ({stat.st_size} bytes, modified {stat.st_mtime_ns})"
+    if backend == "ray":
+        job = _SceneJob(checkpoint=str(Path(checkpoint).resolve()), data_path=str(Path(data_path).resolve()),
+                        out_path=str(Path(out_path).resolve()), config=config, command=command, labeller=labeller)
+        return _autolabel_ray(job, dataset, loaded.model_config, taxonomy, address=ray_address, progress=progress)
     return autolabel_to_file(loaded.model, dataset, out_path, model_config=loaded.model_config, taxonomy=taxonomy,
                              config=config, command=command, labeller=labeller, progress=progress, ranks=ranks)
+
+
+# -- on Ray: one task per scene ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _SceneJob:
+    """What a Ray worker needs to label any scene of the run (paths absolute: workers start elsewhere)."""
+
+    checkpoint: str
+    data_path: str
+    out_path: str
+    config: AutolabelConfig
+    command: str
+    labeller: str  # the checkpoint's identity (path, size, modification time)
+
+    @property
+    def cuda(self) -> bool:
+        return self.config.device.startswith("cuda")
+
+
+def _autolabel_ray(job: _SceneJob, dataset, model_config, taxonomy: Taxonomy, *, address: str | None,
+                   progress: Progress | None) -> AutolabelReport:
+    """The Ray driver: the settings check, one task per unfinished scene (longest first), the merge.
+
+    Each task labels its scene into that scene's part file exactly as :func:`autolabel_to_file`
+    does (same batches, same writer), so the merged file equals the local backend's. A task takes
+    one GPU when the device is CUDA (Ray assigns it: the worker sees it as ``cuda``), else one CPU.
+    A worker that dies mid-scene leaves only a temporary file; Ray re-runs the scene
+    (:data:`b2s_core.ray_engine.MAX_RETRIES`).
+    """
+    from b2s_core import ray_engine
+
+    occ = dataset.occ
+    _check_model(model_config, occ)
+    writer = _open_writer(job.out_path, occ, taxonomy, job.command)
+    _check_resume_settings(writer.parts_dir, _settings(job.config, job.labeller, occ))
+    todo = [i for i, scene in enumerate(occ.scenes) if not writer.is_done(scene.name)]
+    total = len(occ)
+    done = total - sum(len(occ.scenes[i]) for i in todo)
+    if progress is not None:
+        progress(done, total)
+    if todo:
+        with ray_engine.ray_session(address) as ray:
+            remote = ray_engine.task(ray, _scene_task, num_cpus=1, num_gpus=1 if job.cuda else 0)
+            job_ref = ray.put(job)  # shipped to the object store once, not once per scene
+            # Longest first; sorted() is stable, so scenes of equal length keep the file's order.
+            order = sorted(todo, key=lambda i: -len(occ.scenes[i]))
+
+            def finished(frames: int) -> None:
+                nonlocal done
+                done += frames
+                if progress is not None:
+                    progress(done, total)
+
+            ray_engine.run_tasks(ray, {remote.remote(job_ref, i): occ.scenes[i].name for i in order}, finished)
+    return _merge(writer, occ, job.config)
+
+
+# In a Ray worker process: the model and data of the last job, loaded once for all its scenes.
+_WORKER: dict[tuple, tuple] = {}
+
+
+def _worker_state(job: _SceneJob) -> tuple:
+    """(model on this worker's device, model config, taxonomy, dataset, writer, config) of ``job``."""
+    from b2s_core.train.checkpoint import load_checkpoint
+
+    # Ray hides the other GPUs from a task (CUDA_VISIBLE_DEVICES): its GPU is always 'cuda' here.
+    config = replace(job.config, device="cuda") if job.cuda else job.config
+    data_stat = Path(job.data_path).stat()
+    key = (job.labeller, job.data_path, data_stat.st_size, data_stat.st_mtime_ns, job.out_path, job.command,
+           config.device, config.taxonomy)
+    if key not in _WORKER:
+        _WORKER.clear()  # one model at a time: a second one would hold its memory for nothing
+        loaded = load_checkpoint(job.checkpoint, map_location=config.device)
+        taxonomy = model_taxonomy(loaded.model_config, loaded.train_config, config.taxonomy)
+        dataset = open_inputs(job.data_path, loaded.model_config)
+        writer = _open_writer(job.out_path, dataset.occ, taxonomy, job.command)
+        _WORKER[key] = (loaded.model, loaded.model_config, taxonomy, dataset, writer, config)
+    return _WORKER[key]
+
+
+def _label_one_scene(job: _SceneJob, index: int) -> int:
+    model, model_config, taxonomy, dataset, writer, config = _worker_state(job)
+    scene = dataset.occ.scenes[index]
+    _label_scenes(model, dataset, writer, [scene], model_config=model_config, taxonomy=taxonomy, config=config)
+    return len(scene)
+
+
+def _scene_task(job: _SceneJob, index: int) -> int | B2SError:
+    """Scene ``index`` of the data file labelled in a Ray worker -> its frame count, or the error that stops the run."""
+    from b2s_core.ray_engine import errors_as_values
+
+    return errors_as_values(_label_one_scene, job, index)

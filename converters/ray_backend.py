@@ -13,8 +13,9 @@ The same work as the local pool of :func:`converters.scene_run.run_scenes`, sche
   the machine: it is never retried and stops the run (``--on-error stop``) as it does locally;
 * progress is reported per finished scene; an error or Ctrl-C cancels the tasks still running.
 
-``ray`` is an optional extra (``pip install 'b2s[ray]'``), imported only when the backend is used.
-The part files must be on storage every Ray node sees (one machine, or a shared file system).
+The engine-neutral parts (importing Ray, the session, retries, the cancel-on-error loop) are
+:mod:`b2s_core.ray_engine`, shared with ``b2s autolabel --backend ray``. The part files must be
+on storage every Ray node sees (one machine, or a shared file system).
 """
 
 from __future__ import annotations
@@ -22,24 +23,18 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from b2s_core import ray_engine
 from b2s_core.errors import B2SError
+from b2s_core.ray_engine import BACKENDS, MAX_RETRIES
 from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
 from converters.progress import SceneProgress
 
-BACKENDS = ("local", "ray")
-MAX_RETRIES = 3  # re-runs of a scene whose worker process died; a fourth death stops the run
-_INSTALL = "pip install 'b2s[ray]'"
-
 
 def import_ray():
     """The ``ray`` module, or a :class:`ConverterError` naming the extra that installs it."""
-    try:
-        import ray
-    except ImportError:
-        raise ConverterError("--backend ray", f"Ray is not installed; install the ray extra: {_INSTALL}") from None
-    return ray
+    return ray_engine.import_ray(ConverterError)
 
 
 def check_backend(backend: str, ray_address: str | None) -> None:
@@ -65,17 +60,14 @@ def _reader_of(reader_kwargs: dict) -> SceneReader:
     return _READERS[key]
 
 
-def _scene_task(task: Any, scene: str) -> tuple[str, int, list, B2SError | None]:
-    """One scene in a Ray worker -> (scene, frames written, frames skipped, the error that stops the run).
+def _run_scene(task: Any, scene: str) -> tuple[str, int, list]:
+    count, skipped = task.run(_reader_of(task.reader_kwargs), scene, None)
+    return scene, count, skipped
 
-    A B2SError (bad input, ``--on-error stop``) comes back as a value, not raised: Ray would wrap it
-    in its own error class with the worker's traceback, and the user is owed the one-line message.
-    """
-    try:
-        count, skipped = task.run(_reader_of(task.reader_kwargs), scene, None)
-    except B2SError as err:
-        return scene, 0, [], err
-    return scene, count, skipped, None
+
+def _scene_task(task: Any, scene: str) -> tuple[str, int, list] | B2SError:
+    """One scene in a Ray worker -> (scene, frames written, frames skipped), or the error that stops the run."""
+    return ray_engine.errors_as_values(_run_scene, task, scene)
 
 
 # -- in the driver --------------------------------------------------------------------------------
@@ -83,58 +75,26 @@ def run_scenes_ray(task: Any, reader: SceneReader, todo: list[str], *, workers: 
                    progress: SceneProgress) -> tuple[int, list]:
     """Run ``task`` over the scenes ``todo`` as Ray tasks; returns (frames written, frames skipped).
 
-    ``address``: a running Ray cluster to join (``ray start --head`` prints it; ``auto`` finds the
-    local one). Without it, and unless this process already called ``ray.init``, a Ray instance
-    with ``workers`` CPUs is started here and stopped at the end.
+    ``address``: a running Ray cluster to join; without it a local Ray instance with ``workers``
+    CPUs is started here (:func:`b2s_core.ray_engine.ray_session`).
     """
     if not todo:
         return 0, []
-    ray = import_ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    try:
-        return _run(ray, task, reader, todo, progress)
-    finally:
-        if started_here:
-            ray.shutdown()
+    with ray_engine.ray_session(address, num_cpus=workers, error=ConverterError) as ray:
+        remote = ray_engine.task(ray, _scene_task)
+        task_ref = ray.put(task)  # shipped to the object store once, not once per scene
+        # Longest first; sorted() is stable, so scenes of equal length keep the dataset's order.
+        order = sorted(todo, key=lambda scene: -reader.scene_length(scene))
+        totals = {"frames": 0, "skipped": []}
 
-
-def _run(ray, task: Any, reader: SceneReader, todo: list[str], progress: SceneProgress) -> tuple[int, list]:
-    # max_retries re-runs a task whose worker died; retry_exceptions=False: an exception the task
-    # raises (a bug, bad input) would only fail again, so it is not retried.
-    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_scene_task)
-    task_ref = ray.put(task)  # shipped to the object store once, not once per scene
-    # Longest first; sorted() is stable, so scenes of equal length keep the dataset's order.
-    order = sorted(todo, key=lambda scene: -reader.scene_length(scene))
-    scene_of = {remote.remote(task_ref, scene): scene for scene in order}
-    pending = list(scene_of)
-    frames, skipped = 0, []
-    try:
-        while pending:
-            finished, pending = ray.wait(pending, num_returns=1)
-            try:
-                scene, count, bad, err = ray.get(finished[0])
-            except ray.exceptions.RayTaskError as failed:  # an unexpected exception in the task: a bug, shown whole
-                cause = getattr(failed, "cause", None)
-                raise cause if isinstance(cause, Exception) else failed from None
-            except ray.exceptions.RayError as failed:  # its worker died once more than MAX_RETRIES allow
-                raise ConverterError(scene_of[finished[0]], f"Ray lost the scene's worker {MAX_RETRIES + 1} times "
-                                                            f"({type(failed).__name__}); rerun to resume") from None
-            if err is not None:
-                raise err
-            frames += count
-            skipped += bad
+        def finished(result: tuple[str, int, list]) -> None:
+            scene, count, bad = result
+            totals["frames"] += count
+            totals["skipped"] += bad
             progress.scene_done(scene, count, len(bad))
-    finally:
-        # An error, Ctrl-C or SIGTERM: stop the scenes still running. force=True kills their worker
-        # processes; what they were writing stays a temporary file, cleared by the next run.
-        for ref in pending:
-            ray.cancel(ref, force=True)
-    return frames, skipped
+
+        ray_engine.run_tasks(ray, {remote.remote(task_ref, scene): scene for scene in order}, finished, ConverterError)
+    return totals["frames"], totals["skipped"]
 
 
 __all__ = ["BACKENDS", "MAX_RETRIES", "check_backend", "import_ray", "run_scenes_ray"]

@@ -1,4 +1,5 @@
-"""``--backend ray`` of convert and build-binary (converters.ray_backend) on a local Ray instance of 2 CPUs.
+"""``--backend ray`` of convert and build-binary (converters.ray_backend) and of autolabel
+(b2s_core.autolabel) on a local Ray instance of 2 CPUs.
 
 The Ray runs must equal the local runs frame for frame, survive a worker killed mid-scene with every
 frame written once, and, without Ray installed, end in one line naming the extra.
@@ -171,3 +172,46 @@ def test_ray_missing_is_one_line(monkeypatch, tmp_path):
 def test_ray_address_needs_the_ray_backend(tmp_path):
     with pytest.raises(ConverterError, match="needs --backend ray"):
         ConvertConfig("nuplan", tmp_path, tmp_path / "out.h5", ray_address="auto")
+
+
+@needs_ray
+def test_autolabel_ray_equals_local(ray_cluster, tmp_path):
+    from _eval_data import make_frames, write_file
+    from b2s_cli.app import app
+    from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
+
+    # Scene "b" is the longer: its task starts first, so the merge must restore the file's order.
+    rng = np.random.default_rng(5)
+    scenes = {name: make_frames(rng, name, count, grid=GRID16) for name, count in (("a", 1), ("b", 2))}
+    data = write_file(tmp_path / "data.h5", scenes, grid=GRID16)
+    checkpoint = save_tiny_checkpoint(tmp_path / "offboard.pt", offboard=True)
+    outputs = {}
+    for backend in ("local", "ray"):
+        outputs[backend] = tmp_path / f"labels-{backend}.h5"
+        result = CliRunner().invoke(app, ["autolabel", "--checkpoint", str(checkpoint), "--data", str(data), "--top2",
+                                          "--out", str(outputs[backend]), "--device", "cpu", "--backend", backend])
+        assert result.exit_code == 0 and "3 frames" in result.output, result.output
+    fields = ("occupancy", "semantics", "top2_labels", "top2_logits", "top2_support", "mask_camera")
+    assert _same_frames(outputs["local"], outputs["ray"], fields) == 3
+    assert not (tmp_path / "labels-ray.h5.parts").exists()  # merged, parts removed
+
+
+def test_autolabel_ray_refuses_gpus_in_one_line(tmp_path):
+    from b2s_cli.app import app
+
+    result = CliRunner().invoke(app, ["autolabel", "--checkpoint", str(tmp_path / "c.pt"), "--data", str(tmp_path / "d.h5"),
+                                      "--top1", "--out", str(tmp_path / "x.h5"), "--backend", "ray", "--gpus", "2"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "--gpus" in lines[0] and "--backend ray" in lines[0], result.output
+    assert not (tmp_path / "x.h5.parts").exists()
+
+
+def test_autolabel_ray_missing_is_one_line(monkeypatch, tmp_path):
+    from b2s_cli.app import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as when not installed
+    result = CliRunner().invoke(app, ["autolabel", "--checkpoint", str(tmp_path / "c.pt"), "--data", str(tmp_path / "d.h5"),
+                                      "--top1", "--out", str(tmp_path / "x.h5"), "--backend", "ray"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "b2s[ray]" in lines[0], result.output
+    assert not (tmp_path / "x.h5.parts").exists()
