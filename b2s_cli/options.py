@@ -20,6 +20,7 @@ import typer
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import GridError, get_grid
+from b2s_core.ray_engine import BACKENDS
 from b2s_core.train.config import DEVICES
 
 
@@ -77,8 +78,6 @@ def source_callback(value: str) -> str:
     A value that names no reader is a usage error like a bad choice (exit 2), in one line that lists
     the built-in and installed names; a plug-in that cannot be loaded is named with its problem.
     """
-    import typer
-
     from converters.errors import ConverterError
     from converters.plugins import resolve_source
 
@@ -110,6 +109,10 @@ Mask = choices("Mask", ("camera", "lidar", "none"))
 
 # --on-error of convert and build-binary (converters.scene_run.check_run_options).
 OnError = choices("OnError", ("skip", "stop"))
+
+# --backend and --ray-address of convert, build-binary and autolabel (b2s_core.ray_engine).
+Backend = choices("Backend", BACKENDS)
+RAY_ADDRESS_HELP = "Ray cluster to join with --backend ray (e.g. auto, or HOST:6379)."
 
 
 def resolve_device(device: str) -> str:

@@ -337,20 +337,16 @@ def autolabel(
     cluster at ``ray_address``; the same file again.
     """
     from b2s_core.inference_launch import inside_torchrun, join_ranks, launch
-    from b2s_core.ray_engine import BACKENDS, import_ray
+    from b2s_core.ray_engine import check_backend
     from b2s_core.train.checkpoint import load_checkpoint
 
     if gpus < 1:
         raise AutolabelError(f"--gpus must be at least 1, got {gpus}")
-    if backend not in BACKENDS:
-        raise AutolabelError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-    if ray_address and backend != "ray":
-        raise AutolabelError(f"--ray-address {ray_address} joins a Ray cluster; it needs --backend ray")
-    if backend == "ray":
-        if gpus > 1 or inside_torchrun():
-            raise AutolabelError("--backend ray schedules one task per scene on the Ray cluster's GPUs; "
-                                 "it does not combine with --gpus or torchrun")
-        import_ray()  # before the checkpoint is loaded: a missing extra is told at once
+    if backend == "ray" and (gpus > 1 or inside_torchrun()):
+        raise AutolabelError("--backend ray schedules one task per scene on the Ray cluster's GPUs; "
+                             "it does not combine with --gpus or torchrun")
+    # before the checkpoint is loaded: a missing extra is told at once
+    check_backend(backend, ray_address, lambda where, problem: AutolabelError(f"{where}: {problem}"))
     # Labels written over their own data (or the model) would destroy it; the CLI checks this too.
     check_apart([Output(out_path, option="out", parts=True)], {"data": data_path, "checkpoint": checkpoint})
     if gpus > 1 and not inside_torchrun():

@@ -190,7 +190,7 @@ def openoccupancy_rows(semantics: np.ndarray, grid: VoxelGrid, ego_from_lidar: n
     lidar_from_ego = np.linalg.inv(ego_from_lidar)
     beyond = ~lidar.inside(lidar.index_of(centres @ lidar_from_ego[:3, :3].T + lidar_from_ego[:3, 3]))  # (M,)
     labels.ravel()[ignored[beyond]] = 0
-    on_lidar = resample_rigid(labels, ego, lidar, np.linalg.inv(ego_from_lidar), outside=0)  # outside the ego grid: not listed
+    on_lidar = resample_rigid(labels, ego, lidar, lidar_from_ego, outside=0)  # outside the ego grid: not listed
     x, y, z = np.nonzero(on_lidar)
     values = on_lidar[x, y, z].astype(np.int64)
     values[values == IGNORE_INDEX] = 0  # b2s reads OpenOccupancy's noise (0) as 255: back to 0

@@ -40,6 +40,18 @@ def import_ray(error: Callable[[str, str], Exception] = _plain_error):
     return ray
 
 
+def check_backend(backend: str, ray_address: str | None,
+                  error: Callable[[str, str], Exception] = _plain_error) -> None:
+    """``--backend`` / ``--ray-address`` of every command that takes them, checked before any work:
+    a known backend, an address only with Ray, and Ray installed when it is asked for."""
+    if backend not in BACKENDS:
+        raise error(backend, f"--backend must be one of {', '.join(BACKENDS)}")
+    if ray_address and backend != "ray":
+        raise error(ray_address, "--ray-address joins a Ray cluster; it needs --backend ray")
+    if backend == "ray":
+        import_ray(error)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, *, num_cpus: int | None = None,
                 error: Callable[[str, str], Exception] = _plain_error) -> Iterator[Any]:
@@ -115,4 +127,4 @@ def run_tasks(ray, names: dict, on_result: Callable[[Any], None],
             ray.cancel(ref, force=True)
 
 
-__all__ = ["BACKENDS", "MAX_RETRIES", "RAY_MISSING", "errors_as_values", "import_ray", "ray_session", "run_tasks", "task"]
+__all__ = ["BACKENDS", "MAX_RETRIES", "RAY_MISSING", "check_backend", "errors_as_values", "import_ray", "ray_session", "run_tasks", "task"]

@@ -8,7 +8,7 @@ The same work as the local pool of :func:`converters.scene_run.run_scenes`, sche
   spawned local worker does) and calls ``task.run``, which writes the scene's part file atomically
   (:class:`b2s_core.occfile.ResumableWriter`); the driver merges the parts as before;
 * a task whose worker process dies (killed, out of memory, node lost) is re-run by Ray, up to
-  :data:`MAX_RETRIES` times; a half-written part is only a temporary file, so the retry writes the
+  :data:`b2s_core.ray_engine.MAX_RETRIES` times; a half-written part is only a temporary file, so the retry writes the
   scene whole and the merge sees every frame once. A :class:`ConverterError` is not a failure of
   the machine: it is never retried and stops the run (``--on-error stop``) as it does locally;
 * progress is reported per finished scene; an error or Ctrl-C cancels the tasks still running.
@@ -25,26 +25,15 @@ from typing import Any
 
 from b2s_core import ray_engine
 from b2s_core.errors import B2SError
-from b2s_core.ray_engine import BACKENDS, MAX_RETRIES
 from converters import open_reader
 from converters.base import SceneReader
 from converters.errors import ConverterError
 from converters.progress import SceneProgress
 
 
-def import_ray():
-    """The ``ray`` module, or a :class:`ConverterError` naming the extra that installs it."""
-    return ray_engine.import_ray(ConverterError)
-
-
 def check_backend(backend: str, ray_address: str | None) -> None:
     """``--backend`` / ``--ray-address`` of convert and build-binary, checked before the dataset is opened."""
-    if backend not in BACKENDS:
-        raise ConverterError(backend, f"--backend must be one of {', '.join(BACKENDS)}")
-    if ray_address and backend != "ray":
-        raise ConverterError(ray_address, "--ray-address joins a Ray cluster; it needs --backend ray")
-    if backend == "ray":
-        import_ray()
+    ray_engine.check_backend(backend, ray_address, ConverterError)
 
 
 # -- in a Ray worker process --------------------------------------------------------------------------
@@ -97,4 +86,4 @@ def run_scenes_ray(task: Any, reader: SceneReader, todo: list[str], *, workers: 
     return totals["frames"], totals["skipped"]
 
 
-__all__ = ["BACKENDS", "MAX_RETRIES", "check_backend", "import_ray", "run_scenes_ray"]
+__all__ = ["check_backend", "run_scenes_ray"]

@@ -254,12 +254,18 @@ def test_resume_with_other_output_options_is_refused_and_keeps_the_parts(opensce
     assert (summary.resumed, summary.frames, len(OccDataset(out))) == (1, 3, 6)
 
 
-def test_other_options_may_start_over_when_no_scene_was_finished(nuplan, tmp_path):
+def _stop_at_a_broken_lidar(nuplan, scene: str, out: Path) -> None:
+    """Break the first LiDAR file of ``scene`` and run a conversion that stops there (--on-error stop)."""
     root, truth = nuplan
-    (truth["sensor_root"] / truth["scenes"]["scene-0000"][0]["lidar"]).write_bytes(b"broken")
-    out = tmp_path / "a.h5"
+    (truth["sensor_root"] / truth["scenes"][scene][0]["lidar"]).write_bytes(b"broken")
     with pytest.raises(ConverterError):
         convert(ConvertConfig("nuplan", root, out, on_error="stop"))
+
+
+def test_other_options_may_start_over_when_no_scene_was_finished(nuplan, tmp_path):
+    root, _ = nuplan
+    out = tmp_path / "a.h5"
+    _stop_at_a_broken_lidar(nuplan, "scene-0000", out)
     assert not list((tmp_path / "a.h5.parts").glob("*.h5")) and (tmp_path / "a.h5.parts" / "options.json").is_file()
     summary = convert(ConvertConfig("nuplan", root, out, store_points=False))  # nothing to mix: the record is replaced
     assert summary.resumed == 0 and len(summary.skipped) == 1 and OccDataset(out)[0].points is None
@@ -438,11 +444,9 @@ def test_nuplan_split_folder(nuplan):
 
 
 def test_resume_refuses_parts_of_another_conversion(nuplan, tmp_path):
-    root, truth = nuplan
-    (truth["sensor_root"] / truth["scenes"]["scene-0001"][0]["lidar"]).write_bytes(b"broken")
+    root, _ = nuplan
     out = tmp_path / "a.h5"
-    with pytest.raises(ConverterError):
-        convert(ConvertConfig("nuplan", root, out, on_error="stop"))
+    _stop_at_a_broken_lidar(nuplan, "scene-0001", out)
     with pytest.raises(ConverterError, match=r"a\.h5\.parts: holds scenes of a different conversion"):
         convert(ConvertConfig("nuplan", root, out, embed_images=True))
 

@@ -12,16 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import DEVICE_HELP, Device, OptionValueError, check_number, choices, refuse_together, resolve_device, value_of
+from b2s_cli.options import (DEVICE_HELP, RAY_ADDRESS_HELP, Backend, Device, OptionValueError, check_number, choices, refuse_together,
+                             resolve_device, value_of)
 from b2s_core.output_paths import Output, claim_outputs
-from b2s_core.ray_engine import BACKENDS
+from b2s_core.ray_engine import check_backend
 from b2s_core.taxonomy import TAXONOMIES
 
 # b2s_core.autolabel.FORMS, written out: that module imports torch, which this one must not
 # (b2s_cli/app.py); tests/test_cli_consistency.py checks they agree.
 Form = choices("Form", ("paper", "given-geometry"))
 Taxonomy = choices("Taxonomy", TAXONOMIES)
-Backend = choices("Backend", BACKENDS)  # --backend (b2s_core.autolabel.autolabel)
 
 
 @cli_errors
@@ -40,7 +40,7 @@ def autolabel(
     gpus: int = typer.Option(1, "--gpus", help="Data-parallel processes on this machine (one per GPU; with --device cpu, Gloo processes), each labelling its share of the scenes. >1 starts torchrun."),
     backend: Backend = typer.Option("local", "--backend", help="local: this process (or --gpus torchrun processes); ray: one Ray task per scene, "
                                     "one GPU each with a CUDA --device (local Ray instance, or --ray-address; needs the ray extra)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --backend ray (e.g. auto, or HOST:6379)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
 ) -> None:
     """Write Top1 / Top2 pseudo-labels of binary occupancy data with an offboard model (rerun to resume).
@@ -54,12 +54,8 @@ def autolabel(
         raise OptionValueError("give exactly one of --top1 and --top2")
     refuse_together("--backend ray", backend.value == "ray", "--gpus", gpus > 1,
                     "Ray gives each scene's task a GPU of its own; --gpus starts torchrun instead")
-    if ray_address and backend.value != "ray":
-        raise OptionValueError(f"--ray-address {ray_address} joins a Ray cluster; it needs --backend ray")
-    if backend.value == "ray":
-        from b2s_core.ray_engine import import_ray
-
-        import_ray()  # a missing extra is told before any output is claimed
+    # a missing extra is told before any output is claimed
+    check_backend(backend.value, ray_address, lambda where, problem: OptionValueError(f"{where}: {problem}"))
     # Imported here, not at the top: b2s_core.autolabel imports torch, which `b2s info` / `--help` must not load.
     from b2s_core.autolabel import AutolabelConfig, autolabel as run_autolabel
 

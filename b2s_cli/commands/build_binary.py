@@ -12,17 +12,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import OnError, check_grids, check_number, choices, parse_auto_float, refuse_together, source_callback
+from b2s_cli.options import RAY_ADDRESS_HELP, Backend, OnError, check_grids, check_number, choices, parse_auto_float, refuse_together, source_callback
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.binary.convention import LABEL_CONVENTIONS
 from b2s_core.output_paths import Output, claim_outputs
 from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
 from converters.plugins import source_choices
-from converters.ray_backend import BACKENDS
 from converters.scene_run import parse_shard
 
 _console = Console(highlight=False)
-Backend = choices("Backend", BACKENDS)  # --backend (converters.scene_run.run_scenes)
 LabelConvention = choices("LabelConvention", LABEL_CONVENTIONS)
 
 
@@ -57,7 +55,7 @@ def build_binary(
     workers: int = typer.Option(1, "--workers", help="Processes building scenes in parallel."),
     backend: Backend = typer.Option("local", "--backend", help="local: --workers processes on this machine; ray: one Ray task per scene "
                                     "(local Ray instance of --workers CPUs, or --ray-address; needs the ray extra)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --backend ray (e.g. auto, or HOST:6379)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: build shard i of N, shards of equal total frames (cluster array jobs); auto: from SLURM_ARRAY_TASK_ID/COUNT."),
     on_error: OnError = typer.Option("skip", "--on-error", help="A frame the reader cannot read: 'skip' it (listed at the end) or 'stop'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),

@@ -12,16 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import OnError, check_grids, check_number, choices, refuse_together, source_callback
+from b2s_cli.options import RAY_ADDRESS_HELP, Backend, OnError, check_grids, check_number, refuse_together, source_callback
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.output_paths import Output, claim_outputs
 from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert
 from converters.plugins import source_choices
-from converters.ray_backend import BACKENDS
 from converters.scene_run import parse_shard
 
 _console = Console(highlight=False)
-Backend = choices("Backend", BACKENDS)  # --backend (converters.scene_run.run_scenes)
 
 
 def _print_summary(summary: ConvertSummary) -> None:
@@ -46,7 +44,7 @@ def convert(
     workers: int = typer.Option(1, "--workers", help="Processes converting scenes in parallel."),
     backend: Backend = typer.Option("local", "--backend", help="local: --workers processes on this machine; ray: one Ray task per scene "
                                     "(local Ray instance of --workers CPUs, or --ray-address; needs the ray extra)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --backend ray (e.g. auto, or HOST:6379)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: convert shard i of N, shards of equal total frames (cluster array jobs); auto: from SLURM_ARRAY_TASK_ID/COUNT."),
     embed_images: bool = typer.Option(False, "--embed-images", help="Copy the camera images into the file (else store paths under the dataset root)."),
     on_error: OnError = typer.Option("skip", "--on-error", help="A frame with bad input: 'skip' it (listed at the end) or 'stop' the run."),

@@ -38,7 +38,14 @@ def bev_image(
     colors = layer.taxonomy.color_array()[top_labels]  # (X, Y, 3)
     if layer.height_shaded:
         colors = shade(colors, height_shade(top, Z))
-    image = np.where(any_occupied[:, :, None], colors, np.asarray(background, dtype=np.uint8))
+    return columns_image(colors, any_occupied, layer, scale=scale, background=background, draw_ego=draw_ego)
+
+
+def columns_image(colors: np.ndarray, drawn: np.ndarray, layer: VoxelLayer, *, scale: int = 2,
+                  background: tuple[int, int, int] = BACKGROUND, draw_ego: bool = True) -> np.ndarray:
+    """(X, Y, 3) uint8 colour per grid column, shown where (X, Y) ``drawn`` -> (X * scale, Y * scale, 3)
+    uint8 in the BEV orientation, the ego footprint of ``layer``'s grid outlined."""
+    image = np.where(drawn[:, :, None], colors, np.asarray(background, dtype=np.uint8))
     image = image[::-1, ::-1]  # rows: +x up; columns: +y left
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)

@@ -31,7 +31,7 @@ import numpy as np
 from b2s_core.grids import VoxelGrid
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import Taxonomy
-from b2s_core.viz.bev import bev_image, draw_ego_marker, top_voxels
+from b2s_core.viz.bev import bev_image, columns_image, top_voxels
 from b2s_core.viz.compose import legend, side_by_side, stacked, titled
 from b2s_core.viz.voxels import BACKGROUND, VisualizeError, VoxelLayer
 
@@ -94,14 +94,8 @@ def margin_bev(layers: Top2Layers, *, scale: int = 2, background: tuple[int, int
     """(X, Y) column margins -> (X * scale, Y * scale, 3) uint8 in the ramp's colours."""
     margin = layers.margin
     drawn = ~np.isnan(margin)  # (X, Y)
-    image = np.where(drawn[:, :, None], margin_colors(np.where(drawn, margin, 0.0)), np.asarray(background, dtype=np.uint8))
-    image = image[::-1, ::-1]  # rows: +x up; columns: +y left (as bev_image)
-    if scale > 1:
-        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
-    image = np.ascontiguousarray(image)
-    if draw_ego:
-        draw_ego_marker(image, layers.first, scale)
-    return image
+    return columns_image(margin_colors(np.where(drawn, margin, 0.0)), drawn, layers.first, scale=scale,
+                         background=background, draw_ego=draw_ego)
 
 
 def margin_of_share(share: float) -> float:
