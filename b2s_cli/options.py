@@ -73,13 +73,13 @@ def parse_auto_float(option: str, text: str | None) -> float | None:
 
 def source_callback(value: str) -> str:
     """``--source`` (typer callback): a built-in source, an installed ``b2s.readers`` name or
-    ``package.module:Class`` -> its source id (:func:`converters.plugins.resolve_source`).
+    ``package.module:Class`` -> its source id (:func:`converters.readers.plugins.resolve_source`).
 
     A value that names no reader is a usage error like a bad choice (exit 2), in one line that lists
     the built-in and installed names; a plug-in that cannot be loaded is named with its problem.
     """
     from converters.errors import ConverterError
-    from converters.plugins import resolve_source
+    from converters.readers.plugins import resolve_source
 
     try:
         return resolve_source(value)
@@ -107,7 +107,7 @@ DEVICE_HELP = "auto (cuda when available, else cpu), cpu or cuda."
 # (tests/test_cli_consistency.py checks they agree).
 Mask = choices("Mask", ("camera", "lidar", "none"))
 
-# --on-error of convert and build-binary (converters.scene_run.check_run_options).
+# --on-error of convert and build-binary (converters.jobs.scene_run.check_run_options).
 OnError = choices("OnError", ("skip", "stop"))
 
 # --backend and --ray-address of convert, build-binary and autolabel (b2s_core.ray_engine).

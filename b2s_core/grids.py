@@ -159,7 +159,7 @@ GRID_PRESETS: dict[str, VoxelGrid] = {
 # pc_range, grid_size; voxel centre = pc_range[:3] + (index + 0.5) * voxel) and the configs'
 # point_cloud_range / occ_size; "GT voxels are in LiDAR coordinate"
 # (https://github.com/JeffWang987/OpenOccupancy/issues/19). Not a preset: b2s grids are ego-frame,
-# and converters.labels.read_openoccupancy resamples these files onto GRID_PRESETS["openoccupancy"].
+# and converters.readers.labels.read_openoccupancy resamples these files onto GRID_PRESETS["openoccupancy"].
 OPENOCCUPANCY_LIDAR_GRID = VoxelGrid((-51.2, -51.2, -5.0), (51.2, 51.2, 3.0), (0.2, 0.2, 0.2), "openoccupancy-lidar")
 
 

@@ -1,5 +1,5 @@
 """What every ``--backend ray`` run shares, whatever its tasks do (convert / build-binary in
-:mod:`converters.ray_backend`, autolabel in :mod:`b2s_core.autolabel`).
+:mod:`converters.jobs.ray_backend`, autolabel in :mod:`b2s_core.apps.autolabel`).
 
 * :func:`import_ray`: ``ray`` is an optional extra (``pip install 'b2s[ray]'``), imported only when
   the backend is used; without it, one line naming the extra.

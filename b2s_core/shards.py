@@ -1,8 +1,8 @@
 """Splitting scenes of unequal length into shares of near-equal total frames.
 
 One rule for every engine that divides work: ``--shard i/N`` of convert / build-binary
-(converters/scene_run.py), the ranks of data-parallel autolabel and evaluate
-(b2s_core/inference_launch.py).
+(converters/jobs/scene_run.py), the ranks of data-parallel autolabel and evaluate
+(b2s_core/apps/launch.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from converters import open_reader  # noqa: E402
-from converters.convert import ConvertConfig, convert  # noqa: E402
+from converters.jobs.convert import ConvertConfig, convert  # noqa: E402
 
 SHARED = Path(os.environ.get("B2S_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from b2s_core.evaluate import EvaluateConfig, evaluate_files  # noqa: E402
+from b2s_core.apps.evaluate import EvaluateConfig, evaluate_files  # noqa: E402
 from b2s_core.grids import get_grid  # noqa: E402
 from b2s_core.metrics import (  # noqa: E402
     OccupancyEvaluator,
@@ -181,7 +181,7 @@ def main() -> None:
         "rayiou_march_seconds_per_frame": {"reference_scaled": t_ref_all, "vectorised": t_vec, "rays": rays, "identical": agree},
     }
     # 4. pseudo-label storage
-    from b2s_core.autolabel import pseudo_label_bytes
+    from b2s_core.apps.autolabel import pseudo_label_bytes
 
     rng = np.random.default_rng(1)
     storage = {}

@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from b2s_core.occfile import OccDataset
-from converters.build_binary import BuildBinaryJob, build_binary
-from converters.convert import ConvertConfig, convert
+from converters.jobs.build_binary import BuildBinaryJob, build_binary
+from converters.jobs.convert import ConvertConfig, convert
 
 GRID = "-25.6,-25.6,-2,25.6,25.6,4.4:0.4"  # 128 x 128 x 16: a scene takes about a second per core
 

@@ -36,14 +36,14 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from b2s_core.autolabel import AutolabelConfig, autolabel  # noqa: E402
+from b2s_core.apps.autolabel import AutolabelConfig, autolabel  # noqa: E402
 from b2s_core.binary.pipeline import BinaryBuildConfig, StageTimes, build_scene  # noqa: E402
 from b2s_core.grids import get_grid  # noqa: E402
 from b2s_core.occfile import ResumableWriter  # noqa: E402
 from b2s_core.synth import write_dataset  # noqa: E402
 from converters import open_reader  # noqa: E402
-from converters.build_binary import BuildBinaryJob, build_binary  # noqa: E402
-from converters.convert import ConvertConfig, convert  # noqa: E402
+from converters.jobs.build_binary import BuildBinaryJob, build_binary  # noqa: E402
+from converters.jobs.convert import ConvertConfig, convert  # noqa: E402
 
 SHARED = Path(os.environ.get("B2S_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -131,8 +131,8 @@ def geometry_recall(checkpoint: Path, data: Path, every: int = 3) -> dict:
 
     from b2s_core.models.occupied_set import pool_binary_target
     from b2s_core.occfile import OccDataset
-    from b2s_core.predict import iterate_batches, open_inputs, run_model
-    from b2s_core.train.checkpoint import load_checkpoint
+    from b2s_core.apps.predict import iterate_batches, open_inputs, run_model
+    from b2s_core.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     model, config = loaded.model.eval(), loaded.model_config

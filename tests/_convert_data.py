@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from converters.pcd import write_pcd
+from converters.readers.pcd import write_pcd
 
 # frame.json's detection names -> full nuScenes category names
 NUSCENES_CATEGORY = {

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from _eval_data import SMALL, StandInConfig, StandInModel, make_frames, write_file
-from b2s_core.autolabel import AutolabelConfig, AutolabelError, autolabel_to_file, model_taxonomy, pseudo_labels
+from b2s_core.apps.autolabel import AutolabelConfig, AutolabelError, autolabel_to_file, model_taxonomy, pseudo_labels
 from b2s_core.occfile import OccDataset
-from b2s_core.predict import ALL_FLIPS, given_occupancy_of, iterate_batches, open_inputs, run_model
+from b2s_core.apps.predict import ALL_FLIPS, given_occupancy_of, iterate_batches, open_inputs, run_model
 from b2s_core.taxonomy import OCC3D
 
 OFFBOARD = StandInConfig(offboard=True)
@@ -168,12 +168,12 @@ def test_online_model_is_refused(tmp_path, binary_data):
 
 
 def test_model_taxonomy():
-    assert model_taxonomy(StandInConfig(), None, None).name == "occ3d"
-    assert model_taxonomy(StandInConfig(num_classes=17, free_index=16), None, None).name == "openscene"
+    assert model_taxonomy(StandInConfig(), {}, None).name == "occ3d"
+    assert model_taxonomy(StandInConfig(num_classes=17, free_index=16), {}, None).name == "openscene"
     with pytest.raises(AutolabelError, match="pass --taxonomy"):
-        model_taxonomy(StandInConfig(num_classes=5, free_index=4), None, None)
+        model_taxonomy(StandInConfig(num_classes=5, free_index=4), {}, None)
     with pytest.raises(AutolabelError, match="has 17 labels"):
-        model_taxonomy(StandInConfig(), None, "openscene")
+        model_taxonomy(StandInConfig(), {}, "openscene")
 
 
 def test_top2_soft_targets_train(tmp_path, binary_data):

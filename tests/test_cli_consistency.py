@@ -20,7 +20,7 @@ from b2s_cli.app import app
 from b2s_cli.commands import convert as convert_cli
 from b2s_cli.options import OptionValueError, resolve_device
 from b2s_core.synth import SynthManifest
-from converters.convert import ConvertSummary
+from converters.jobs.convert import ConvertSummary
 
 WIDE = {"COLUMNS": "300"}  # one option per line of --help, one line per error panel
 
@@ -91,12 +91,12 @@ def test_cli_copies_of_library_lists_agree():
     from b2s_cli.commands.autolabel import Form
     from b2s_cli.commands.evaluate import Protocol
     from b2s_cli.options import Mask, OnError
-    from b2s_core.autolabel import FORMS
+    from b2s_core.apps.autolabel import FORMS
     from b2s_core.metrics.protocols import MASKS, PROTOCOLS
     from b2s_core.models.config import PRESETS, VARIANTS
     from b2s_core.viz.scene import MASKS as DRAWN_MASKS
     from converters.errors import ConverterError
-    from converters.scene_run import check_run_options
+    from converters.jobs.scene_run import check_run_options
 
     def values(choice):
         return [member.value for member in choice]
@@ -145,8 +145,8 @@ def seen_devices(monkeypatch, tmp_path):
         raise SystemExit(0)
 
     # The commands import these when they run (torch stays out of `b2s --help`): patch their homes.
-    monkeypatch.setattr("b2s_core.evaluate.evaluate_files", fake_evaluate)
-    monkeypatch.setattr("b2s_core.autolabel.autolabel", fake_autolabel)
+    monkeypatch.setattr("b2s_core.apps.evaluate.evaluate_files", fake_evaluate)
+    monkeypatch.setattr("b2s_core.apps.autolabel.autolabel", fake_autolabel)
     monkeypatch.setattr("b2s_core.train.launch.launch", fake_launch)
     for name in ("gt.h5", "p.h5", "off.pt"):
         (tmp_path / name).write_bytes(b"")

@@ -247,7 +247,7 @@ def test_synth_out_with_markup(tmp_path):
 def test_scene_progress_and_training_result_print_markup_literally():
     from b2s_cli.commands._training import print_result
     from b2s_cli.scene_progress import RichSceneProgress, print_skipped
-    from converters.scene_run import SkippedFrame
+    from converters.jobs.scene_run import SkippedFrame
 
     console = Console(file=io.StringIO(), width=400, highlight=False)
     with Progress(console=console) as progress:

@@ -17,10 +17,10 @@ import pytest
 from _convert_data import CAMERAS_TINY, EGO_FROM_LIDAR_TINY, wrap_nuscenes_keyframe, write_tiny_nuplan, write_tiny_openscene
 from b2s_core.occfile import OccDataset
 from converters import open_reader
-from converters.convert import ConvertConfig, convert
+from converters.jobs.convert import ConvertConfig, convert
 from converters.errors import ConverterError
-from converters.progress import SceneProgress
-from converters.scene_run import _start_method
+from converters.jobs.progress import SceneProgress
+from converters.jobs.scene_run import _start_method
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_workers_never_fork_a_process_that_has_threads():
         stop.set()
         other.join()
     if sys.platform.startswith("linux"):  # a fresh single-threaded process keeps the cheap fork
-        code = "from converters.scene_run import _start_method; print(_start_method())"
+        code = "from converters.jobs.scene_run import _start_method; print(_start_method())"
         assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "fork"
 
 
@@ -490,7 +490,7 @@ def test_nuplan_pickled_column_is_read_safely(nuplan, tmp_path):
 
 
 def test_interrupted_run_resumes(nuplan, tmp_path):
-    from converters.progress import SceneProgress
+    from converters.jobs.progress import SceneProgress
 
     class CtrlCAfterFirstScene(SceneProgress):
         def scene_done(self, scene, frames, skipped):

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from _convert_data import write_tiny_nuplan
 from b2s_cli.commands import convert as convert_command
 from b2s_core.occfile import OccDataset
-from converters.convert import ConvertSummary
+from converters.jobs.convert import ConvertSummary
 
 
 def _app() -> typer.Typer:

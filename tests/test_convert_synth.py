@@ -8,7 +8,7 @@ import pytest
 from b2s_core.occfile import OccDataset
 from b2s_core.taxonomy import map_labels
 from converters import open_reader
-from converters.convert import ConvertConfig, convert
+from converters.jobs.convert import ConvertConfig, convert
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import safe_pickle
+from converters.readers import safe_pickle
 from converters.errors import ConverterError
-from converters.labels import LabelSpec, read_occ3d, read_openoccupancy, read_openscene
-from converters.pcd import read_pcd, read_pcd_bytes, write_pcd
+from converters.readers.labels import LabelSpec, read_occ3d, read_openoccupancy, read_openscene
+from converters.readers.pcd import read_pcd, read_pcd_bytes, write_pcd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ HOSTILE_GLOBALS = [
 def test_safe_pickle_refuses_hostile_globals_before_importing_them(module, name):
     script = f"""
 import sys
-from converters import safe_pickle
+from converters.readers import safe_pickle
 from converters.errors import ConverterError
 before = set(sys.modules)
 try:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from _eval_data import SMALL, make_frames, prediction_of, write_file
-from b2s_core.evaluate import EvaluateConfig, EvaluateError, evaluate_files, render_table, write_json
+from b2s_core.apps.evaluate import EvaluateConfig, EvaluateError, evaluate_files, render_table, write_json
 from b2s_core.grids import get_grid
 from b2s_core.metrics import OccupancyEvaluator, get_protocol, lidar_ray_directions, ray_origins
 from b2s_core.records import OccFrame

@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from _eval_data import StandInConfig, StandInModel, make_frames, write_file
-from b2s_core.evaluate import EvaluateConfig, evaluate_files
+from b2s_core.apps.evaluate import EvaluateConfig, evaluate_files
 from b2s_core.grids import VoxelGrid
 from b2s_core.occfile import OccDataset
-from b2s_core.predict import PredictError, open_inputs, predict_to_file
+from b2s_core.apps.predict import PredictError, open_inputs, predict_to_file
 
 GRID16 = VoxelGrid((-3.2, -3.2, -1.0), (3.2, 3.2, 2.2), (0.4, 0.4, 0.4), "grid16")  # 16 x 16 x 8
 GRID16_SPEC = "-3.2,-3.2,-1,3.2,3.2,2.2:0.4"
@@ -62,7 +62,7 @@ def test_model_and_data_must_agree(tmp_path, semantic_data):
 
 def save_tiny_checkpoint(path, offboard: bool, stage: str = "finetune"):
     from b2s_core.models import build_model, model_config
-    from b2s_core.train.checkpoint import config_to_dict, save_checkpoint
+    from b2s_core.models.checkpoint import save_checkpoint
     from b2s_core.train.config import TrainConfig
 
     torch.manual_seed(0)
@@ -70,7 +70,7 @@ def save_tiny_checkpoint(path, offboard: bool, stage: str = "finetune"):
     data = {"semantic_data": [str(path) + ".missing.h5"]} if stage == "finetune" else {"data": [str(path) + ".missing.h5"]}
     train = TrainConfig(stage=stage, offboard=offboard, **data)
     save_checkpoint(path, {"model_variant": config.variant, "model_config": config.to_dict(),
-                           "train_config": config_to_dict(train), "model": build_model(config).state_dict()})
+                           "train_config": train.to_dict(), "model": build_model(config).state_dict()})
     return path
 
 

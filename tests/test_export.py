@@ -29,14 +29,14 @@ from typer.testing import CliRunner
 from _convert_data import wrap_nuscenes_keyframe
 from _eval_data import SMALL, make_frames, prediction_of, write_file
 from b2s_cli.app import app
-from b2s_core.evaluate import EvaluateConfig, EvaluateError, evaluate_files
-from b2s_core.export import FORMATS, ExportError, export, openoccupancy_rows
+from b2s_core.apps.evaluate import EvaluateConfig, EvaluateError, evaluate_files
+from b2s_core.apps.export import FORMATS, ExportError, export, openoccupancy_rows
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
 from b2s_core.occfile import OccDataset, OccFormatError, OccWriter, ResumableWriter
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import OCC3D, OPENOCCUPANCY
-from converters.convert import ConvertConfig, convert
-from converters.labels import read_openoccupancy
+from converters.jobs.convert import ConvertConfig, convert
+from converters.readers.labels import read_openoccupancy
 
 runner = CliRunner()
 

@@ -129,8 +129,8 @@ def test_offboard_output_is_free_outside_the_given_set():
 def test_evaluate_offboard_checkpoint_scores_the_given_geometry(tmp_path):
     """A model handed the occupancy that calls every voxel it may label occupied scores the given
     set's own geometry IoU (100 when the binary grid is the label grid), not ~0 as before."""
-    from b2s_core.evaluate import EvaluateConfig, evaluate_checkpoint
-    from b2s_core.train.checkpoint import save_checkpoint
+    from b2s_core.apps.evaluate import EvaluateConfig, evaluate_checkpoint
+    from b2s_core.models.checkpoint import save_checkpoint
 
     data = write_toy_dataset(tmp_path / "val.h5", 2, seed=4, image_hw=(32, 64))
     grid = OccDataset(data).grid

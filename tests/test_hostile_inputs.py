@@ -32,10 +32,10 @@ from b2s_cli.app import app
 from b2s_core.occfile import OccDataset, OccFormatError, check_frames
 from b2s_core.synth import SynthError, write_dataset
 from converters import open_reader
-from converters.build_binary import BuildBinaryJob, build_binary
-from converters.convert import ConvertConfig, convert
+from converters.jobs.build_binary import BuildBinaryJob, build_binary
+from converters.jobs.convert import ConvertConfig, convert
 from converters.errors import ConverterError
-from converters.pcd import write_pcd
+from converters.readers.pcd import write_pcd
 from test_occfile import make_frame, write
 
 SMALL_GRID = "-16,-16,-1,16,16,5.4:0.4"  # build-binary plumbing only

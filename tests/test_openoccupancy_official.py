@@ -22,7 +22,7 @@ from b2s_core.grids import GRID_PRESETS
 from b2s_core.occfile import OccDataset
 from b2s_core.taxonomy import map_labels
 from converters.errors import ConverterError
-from converters.labels import read_openoccupancy
+from converters.readers.labels import read_openoccupancy
 
 # OpenOccupancy's volume in the LiDAR frame (loading.py LoadOccupancy defaults, the configs' values).
 PC_RANGE_MIN = np.array([-51.2, -51.2, -5.0])

@@ -21,7 +21,7 @@ from b2s_core.synth.sensors import NUPLAN_CAMERAS
 from b2s_core.synth.writers.nuplan import pcd_bytes, tok
 from converters import open_reader
 from converters.errors import ConverterError
-from converters.nuplan import CAMERA_ORDER
+from converters.readers.nuplan import CAMERA_ORDER
 
 CM = 0.01  # placement tolerance, metres
 YAW_TOL = 1e-3  # radians

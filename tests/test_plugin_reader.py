@@ -1,4 +1,4 @@
-"""Plug-in readers (converters/plugins.py) with the example under examples/plugin_reader: a toy fleet
+"""Plug-in readers (converters/readers/plugins.py) with the example under examples/plugin_reader: a toy fleet
 converted and built through ``--source module:Class`` and through a ``b2s.readers`` entry point,
 worker processes included; bad specs and incomplete readers end in one line; the resume guard
 tells readers apart."""
@@ -21,10 +21,10 @@ from b2s_cli.commands import convert as convert_command
 from b2s_core.grids import get_grid
 from b2s_core.occfile import OccDataset
 from converters import open_reader
-from converters.build_binary import BuildBinaryJob
-from converters.convert import ConvertConfig, convert
+from converters.jobs.build_binary import BuildBinaryJob
+from converters.jobs.convert import ConvertConfig, convert
 from converters.errors import ConverterError
-from converters.plugins import installed_readers, reader_class, resolve_source
+from converters.readers.plugins import installed_readers, reader_class, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "plugin_reader"
@@ -33,7 +33,7 @@ VARIANTS = "b2s_test_plugin_variants"  # a module of deliberately incomplete rea
 
 VARIANTS_SOURCE = '''
 from b2s_core.taxonomy import OCC3D, Taxonomy
-from converters.base import SceneReader
+from converters.readers.base import SceneReader
 from toy_fleet.reader import ToyFleetReader
 from toy_fleet.reader import ToyFleetReader as Alias  # a re-export: the same reader under another name
 
@@ -199,9 +199,9 @@ def test_entry_point_name_converts_and_builds(toy, tmp_path):
     ("toy_fleet.reader:Missing", "toy_fleet.reader:Missing: module 'toy_fleet.reader' has no attribute 'Missing'"),
     ("brokenfleet", "entry point brokenfleet = toy_fleet.reader:Missing of b2s.readers: module 'toy_fleet.reader' has no "
                     "attribute 'Missing'"),
-    (f"{VARIANTS}:NotAReader", "NotAReader is not a subclass of converters.base.SceneReader"),
-    ("toy_fleet.make_toy:main", "main is a function, not a subclass of converters.base.SceneReader"),
-    ("converters.base:SceneReader", "SceneReader does not implement read_scene, scene_names"),
+    (f"{VARIANTS}:NotAReader", "NotAReader is not a subclass of converters.readers.base.SceneReader"),
+    ("toy_fleet.make_toy:main", "main is a function, not a subclass of converters.readers.base.SceneReader"),
+    ("converters.readers.base:SceneReader", "SceneReader does not implement read_scene, scene_names"),
     (f"{VARIANTS}:BadGrid", "BadGrid.default_grid 'hexagonal' is not a grid: unknown grid 'hexagonal'"),
     ("__main__:Reader", "a reader defined in __main__ cannot be re-created in worker processes"),
     ("toy_fleet.reader:", "a reader is named package.module:Class"),
@@ -242,7 +242,7 @@ def test_defaults_fill_what_a_reader_leaves_out(plugin_paths, tmp_path):
     assert reader.image_root == tmp_path and reader.taxonomy.name == "occ3d" and reader.label_grid is None
     assert reader.open_errors == [] and reader.camera_names == []
     assert ConvertConfig(source=f"{VARIANTS}:Bare", dataroot=tmp_path, out=tmp_path / "o.h5").source == f"{VARIANTS}:Bare"
-    from converters.convert import default_grid
+    from converters.jobs.convert import default_grid
 
     assert default_grid(f"{VARIANTS}:Bare") == "occ3d"
     # A re-export is the same reader: its source id is the class's own module path.

@@ -1,5 +1,5 @@
-"""``--backend ray`` of convert and build-binary (converters.ray_backend) and of autolabel
-(b2s_core.autolabel) on a local Ray instance of 2 CPUs.
+"""``--backend ray`` of convert and build-binary (converters.jobs.ray_backend) and of autolabel
+(b2s_core.apps.autolabel) on a local Ray instance of 2 CPUs.
 
 The Ray runs must equal the local runs frame for frame, survive a worker killed mid-scene with every
 frame written once, and, without Ray installed, end in one line naming the extra.
@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from _convert_data import write_tiny_nuplan
 from b2s_core.occfile import OccDataset
-from converters.build_binary import BuildBinaryJob, build_binary
-from converters.convert import ConvertConfig, convert
+from converters.jobs.build_binary import BuildBinaryJob, build_binary
+from converters.jobs.convert import ConvertConfig, convert
 from converters.errors import ConverterError
-from converters.nuplan import NuPlanReader
-from converters.progress import SceneProgress
+from converters.readers.nuplan import NuPlanReader
+from converters.jobs.progress import SceneProgress
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'b2s[ray]')")
@@ -34,7 +34,7 @@ TESTS = Path(__file__).resolve().parent
 class KillOnceReader(NuPlanReader):
     """A nuPlan reader whose worker process dies in the middle of the first scene it reads to its
     second frame, once per ``kill_marker`` (the marker file says it happened). Loaded by Ray workers
-    as the plug-in ``test_ray_backend:KillOnceReader`` (converters.plugins)."""
+    as the plug-in ``test_ray_backend:KillOnceReader`` (converters.readers.plugins)."""
 
     default_grid = "openscene"  # the nuPlan default, so the output equals a --source nuplan conversion
 

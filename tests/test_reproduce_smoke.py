@@ -75,7 +75,7 @@ def test_cell_results_are_sane(smoke):
     assert results["e2-offboard-s0"]["val_gt_segment"]["geometry_iou"] == pytest.approx(100.0)
     assert results["e1-sparse-ls-b-n1-s0"]["val_gt_segment"]["geometry_iou"] == pytest.approx(100.0)
     # Finished runs keep their weights only (the optimiser state would triple the work folder).
-    from b2s_core.train.checkpoint import read_checkpoint
+    from b2s_core.models.checkpoint import read_checkpoint
 
     for run in ("pretrain-sparse-ls-n1-s0", "e1-sparse-ls-b-n1-s0"):
         state = read_checkpoint(work / "runs" / run / "checkpoint.pt")

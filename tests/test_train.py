@@ -19,7 +19,7 @@ import torch
 
 from b2s_core.data.toy import write_toy_dataset
 from b2s_core.models import build_model, model_config
-from b2s_core.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from b2s_core.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from b2s_core.train.config import ConfigError, TrainConfig, resolve_config
 from b2s_core.train.logging import read_metrics
 from b2s_core.train.loop import lr_factor, train
@@ -141,8 +141,8 @@ def _weights(path):
 
 def test_pretraining_trains_only_the_binary_path(toy):
     loaded = load_checkpoint(toy["pre_sparse"])
-    assert loaded.model_config.variant == "sparse-ls" and loaded.train_config.stage == "pretrain"
-    torch.manual_seed(loaded.train_config.seed)  # the loop builds the model right after seeding
+    assert loaded.model_config.variant == "sparse-ls" and loaded.train_settings["stage"] == "pretrain"
+    torch.manual_seed(loaded.train_settings["seed"])  # the loop builds the model right after seeding
     initial = build_model(loaded.model_config).state_dict()
     trained = loaded.model.state_dict()
     semantic = _names(loaded.model.semantic_parameters(), loaded.model)

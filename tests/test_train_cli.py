@@ -108,7 +108,7 @@ def test_launch_entry_point_reports_errors_per_rank(tmp_path, capsys):
 
 def test_pretrain_then_finetune_for_real_on_toy_data(tmp_path):
     from b2s_core.data.toy import write_toy_dataset
-    from b2s_core.train.checkpoint import load_checkpoint
+    from b2s_core.models.checkpoint import load_checkpoint
 
     binary = write_toy_dataset(tmp_path / "b.h5", 2, seed=1, with_semantics=False)
     semantic = write_toy_dataset(tmp_path / "s.h5", 2, seed=2)
@@ -122,7 +122,7 @@ def test_pretrain_then_finetune_for_real_on_toy_data(tmp_path):
     assert result.exit_code == 0, result.output
     assert "val miou" in result.output
     loaded = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")
-    assert loaded.model_config.preset == "tiny" and loaded.train_config.stage == "finetune"
+    assert loaded.model_config.preset == "tiny" and loaded.train_settings["stage"] == "finetune"
     assert "miou" in loaded.metrics and not loaded.model.training
 
 

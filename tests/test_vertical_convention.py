@@ -26,9 +26,9 @@ from b2s_core.binary.pipeline import BinaryBuildConfig, BuildBinaryError, build_
 from b2s_core.grids import VoxelGrid, get_grid
 from b2s_core.occfile import OccDataset, OccFormatError, OccWriter
 from b2s_core.taxonomy import BINARY
-from converters.build_binary import BuildBinaryJob, BuildBinarySummary
+from converters.jobs.build_binary import BuildBinaryJob, BuildBinarySummary
 from converters.errors import ConverterError
-from converters.scene_run import check_resume_options
+from converters.jobs.scene_run import check_resume_options
 
 GROUND_LAYER = 2  # world.GRID (z from -1 m, 0.4 m voxels): the ground plane z = 0 lies in layer 2
 FIELDS = ("occupancy", "mask_lidar", "mask_camera")

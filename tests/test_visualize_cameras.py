@@ -20,7 +20,7 @@ from b2s_cli.commands.info import _size
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
 from b2s_core.occfile import OccWriter
 from b2s_core.records import OccFrame
-from b2s_core.summary import summarize
+from b2s_core.apps.summary import summarize
 from b2s_core.taxonomy import OCC3D, OPENOCCUPANCY, OPENSCENE
 from b2s_core.viz.cameras import (
     NUSCENES_LAYOUT, OVERLAY_COLORS, RIM_SHADE, camera_mosaic, camera_overlay, decode_image, overlay_color_array,
@@ -29,7 +29,7 @@ from b2s_core.viz.cameras import (
 from b2s_core.viz.compose import LABEL_BOX, TEXT_COLOR, label_box, titled
 from b2s_core.viz.samples import nuscenes_keyframe as load_nuscenes_keyframe
 from b2s_core.viz.voxels import SHADE_MIN, VisualizeError, VoxelLayer
-from converters.build_binary import BuildBinarySummary
+from converters.jobs.build_binary import BuildBinarySummary
 
 CAR, FREE = OCC3D.class_names.index("car"), OCC3D.free_index
 OVERLAY_ALPHA = 0.6  # the fill mode's default blend weight

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from _eval_data import SMALL as FILE_GRID, StandInConfig, StandInModel, make_frames, write_file
-from b2s_core.autolabel import AutolabelConfig, autolabel_to_file
+from b2s_core.apps.autolabel import AutolabelConfig, autolabel_to_file
 from b2s_core.grids import VoxelGrid
 from b2s_core.occfile import OccDataset
-from b2s_core.predict import open_inputs
+from b2s_core.apps.predict import open_inputs
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import OCC3D
 from b2s_core.viz.scene import VisualizeOptions, visualize_scene

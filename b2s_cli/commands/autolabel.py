@@ -18,7 +18,7 @@ from b2s_core.output_paths import Output, claim_outputs
 from b2s_core.ray_engine import check_backend
 from b2s_core.taxonomy import TAXONOMIES
 
-# b2s_core.autolabel.FORMS, written out: that module imports torch, which this one must not
+# b2s_core.apps.autolabel.FORMS, written out: that module imports torch, which this one must not
 # (b2s_cli/app.py); tests/test_cli_consistency.py checks they agree.
 Form = choices("Form", ("paper", "given-geometry"))
 Taxonomy = choices("Taxonomy", TAXONOMIES)
@@ -56,8 +56,8 @@ def autolabel(
                     "Ray gives each scene's task a GPU of its own; --gpus starts torchrun instead")
     # a missing extra is told before any output is claimed
     check_backend(backend.value, ray_address, lambda where, problem: OptionValueError(f"{where}: {problem}"))
-    # Imported here, not at the top: b2s_core.autolabel imports torch, which `b2s info` / `--help` must not load.
-    from b2s_core.autolabel import AutolabelConfig, autolabel as run_autolabel
+    # Imported here, not at the top: b2s_core.apps.autolabel imports torch, which `b2s info` / `--help` must not load.
+    from b2s_core.apps.autolabel import AutolabelConfig, autolabel as run_autolabel
 
     config = AutolabelConfig(mode="top1" if top1 else "top2", form=form.value, tta=tta, batch_size=batch_size,
                              device=resolve_device(device.value), num_workers=workers, taxonomy=value_of(taxonomy))

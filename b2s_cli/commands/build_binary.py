@@ -16,9 +16,9 @@ from b2s_cli.options import RAY_ADDRESS_HELP, Backend, OnError, check_grids, che
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.binary.convention import LABEL_CONVENTIONS
 from b2s_core.output_paths import Output, claim_outputs
-from converters.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
-from converters.plugins import source_choices
-from converters.scene_run import parse_shard
+from converters.jobs.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary as run_build
+from converters.readers.plugins import source_choices
+from converters.jobs.scene_run import parse_shard
 
 _console = Console(highlight=False)
 LabelConvention = choices("LabelConvention", LABEL_CONVENTIONS)

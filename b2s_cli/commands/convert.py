@@ -15,9 +15,9 @@ from b2s_cli.errors import cli_errors
 from b2s_cli.options import RAY_ADDRESS_HELP, Backend, OnError, check_grids, check_number, refuse_together, source_callback
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.output_paths import Output, claim_outputs
-from converters.convert import ConvertConfig, ConvertSummary, convert as run_convert
-from converters.plugins import source_choices
-from converters.scene_run import parse_shard
+from converters.jobs.convert import ConvertConfig, ConvertSummary, convert as run_convert
+from converters.readers.plugins import source_choices
+from converters.jobs.scene_run import parse_shard
 
 _console = Console(highlight=False)
 

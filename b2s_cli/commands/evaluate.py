@@ -62,8 +62,8 @@ def evaluate(
     pred_path = None if checkpoint is None else predictions_out or out.with_name(out.stem + ".predictions.h5")
     outputs = [Output(out)] + ([] if pred_path is None else [Output(pred_path, option="--predictions-out", parts=gpus > 1)])
     inputs = {"--data": data, "--predictions": predictions, "--checkpoint": checkpoint}
-    # Imported here, not at the top: b2s_core.evaluate imports torch, which `b2s info` / `--help` must not load.
-    from b2s_core.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_files, render_table, summary_line, write_json
+    # Imported here, not at the top: b2s_core.apps.evaluate imports torch, which `b2s info` / `--help` must not load.
+    from b2s_core.apps.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_files, render_table, summary_line, write_json
 
     torch_device = resolve_device(device.value)
     config = EvaluateConfig(protocol=value_of(protocol), mask=value_of(mask), rayiou=rayiou, batch_size=batch_size,

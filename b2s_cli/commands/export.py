@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from b2s_cli.errors import cli_errors
-from b2s_core.export import FORMATS, export as run_export, replaced_members
+from b2s_core.apps.export import FORMATS, export as run_export, replaced_members
 from b2s_core.output_paths import Output, claim_outputs
 
 _console = Console(highlight=False)

@@ -10,5 +10,5 @@
 * :mod:`~b2s_core.binary.convention`: label sets' vertical conventions (``z_offset``) and estimating one;
 * :mod:`~b2s_core.binary.truth_scores`: scores against exact ground truth (synthetic world).
 
-The reader-driven driver (files, workers, shards, resume) is ``converters/build_binary.py``.
+The reader-driven driver (files, workers, shards, resume) is ``converters/jobs/build_binary.py``.
 """

@@ -1,6 +1,6 @@
 """Occupancy metrics as pure functions: confusion matrices, IoU / mIoU, protocols, RayIoU.
 
-Everything here works on arrays (NumPy or torch) and knows nothing of files; ``b2s_core.evaluate``
+Everything here works on arrays (NumPy or torch) and knows nothing of files; ``b2s_core.apps.evaluate``
 loads files, feeds these functions and renders the results.
 """
 

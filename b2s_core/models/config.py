@@ -29,6 +29,27 @@ class ModelConfigError(B2SError, ValueError):
     """A model configuration that cannot be built (unknown variant, shapes that do not divide...)."""
 
 
+def arrangement_problem(variant: str, arrangement: str, *, offboard: bool) -> str | None:
+    """Why ``variant`` cannot have its heads arranged so (or be an offboard model); None when it can.
+
+    The one rule of which variant takes which arrangement: ModelConfig checks it, and the training
+    strategies (whose names are the arrangements) check it before a run starts.
+    """
+    sparse = variant.startswith("sparse-")
+    if offboard and not sparse:
+        return (f"offboard mode feeds a given occupied set to the sparse transformer: use a sparse variant "
+                f"(sparse-ls, sparse-bevformer), not '{variant}'")
+    if arrangement not in ARRANGEMENTS:
+        return f"unknown arrangement '{arrangement}': use one of {', '.join(ARRANGEMENTS)}"
+    if arrangement == "intermediate" and not sparse:
+        return (f"'intermediate' places the binary head mid-way, which only the sparse variants have; "
+                f"'{variant}' is a dense baseline: use 'multi-head' or 'replace-head'")
+    if arrangement != "intermediate" and sparse:
+        return (f"'{arrangement}' is a baseline of the dense models (ls, bevformer); '{variant}' places its binary "
+                "decoder mid-way: use 'intermediate'")
+    return None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model; saved in every checkpoint (``to_dict``)."""
@@ -79,14 +100,9 @@ class ModelConfig:
 
         if self.variant not in VARIANTS:
             raise ModelConfigError(f"unknown model variant '{self.variant}': use one of {', '.join(VARIANTS)}")
-        if self.arrangement not in ARRANGEMENTS:
-            fail(f"unknown arrangement '{self.arrangement}': use one of {', '.join(ARRANGEMENTS)}")
-        if self.is_sparse and self.arrangement != "intermediate":
-            fail("the sparse variants place the binary decoder mid-way: arrangement must be 'intermediate'")
-        if not self.is_sparse and self.arrangement == "intermediate":
-            fail("the dense baselines use arrangement 'multi-head' or 'replace-head'")
-        if self.offboard and not self.is_sparse:
-            fail("offboard mode feeds a given occupied set to the sparse transformer: use a sparse variant")
+        problem = arrangement_problem(self.variant, self.arrangement, offboard=self.offboard)
+        if problem:
+            fail(problem)
         if self.is_sparse and self.sparse_layers < 1:
             fail("a sparse variant needs sparse_layers >= 1")
         if not self.is_sparse and self.sparse_layers != 0:
@@ -288,4 +304,4 @@ def model_config(
     return ModelConfig(**values)
 
 
-__all__ = ["ModelConfig", "ModelConfigError", "model_config", "VARIANTS", "ARRANGEMENTS", "PRESETS", "LAYER_COUNTS"]
+__all__ = ["ModelConfig", "ModelConfigError", "arrangement_problem", "model_config", "VARIANTS", "ARRANGEMENTS", "PRESETS", "LAYER_COUNTS"]

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from b2s_core.data.dataset import DataConfig, DataError, OccTrainDataset, collate, open_occ_dataset
 from b2s_core.data.sampler import CyclingLoader, EpochSampler
 from b2s_core.train.class_weights import binary_pos_weight, count_labels, weights_from_counts
-from b2s_core.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from b2s_core.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from b2s_core.train.config import DATA_FIELDS, ConfigError, TrainConfig
 from b2s_core.train.logging import MetricsLog
 from b2s_core.train.model_api import adapt_model_config, make_model_config, run_model

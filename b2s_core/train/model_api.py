@@ -47,7 +47,7 @@ def adapt_model_config(base, *, grid: VoxelGrid, taxonomy: Taxonomy, arrangement
 
 def run_model(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, up_to_binary: bool, offboard: bool, binary_shape):
     """Forward pass. Offboard: the GT binary of the *unmasked* batch, pooled to the binary grid, is
-    the occupied set, exactly as at inference (``b2s_core.predict``)."""
+    the occupied set, exactly as at inference (``b2s_core.apps.predict``)."""
     given = given_occupancy(batch["binary"], tuple(binary_shape)) if offboard else None  # (B, Xb, Yb, Zb)
     return model(batch["images"], batch["img_from_cam"], batch["ego_from_cam"], given_occupancy=given,
                  run_semantic=not up_to_binary)

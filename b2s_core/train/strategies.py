@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from b2s_core.models.config import arrangement_problem
 from b2s_core.train.config import ConfigError, TrainConfig
 
 
@@ -45,20 +46,13 @@ def plan_for(config: TrainConfig, variant: str) -> TrainingPlan:
     if config.stage == "pretrain":
         arrangement = "intermediate" if sparse else "multi-head"
         return TrainingPlan("pretrain", "pretrain", arrangement, False, True, False, True, False, "binary-path")
+    # The arrangement the strategy asks of the model (an offboard model is a sparse 'intermediate' one).
+    wanted = "intermediate" if config.offboard else config.strategy
+    problem = arrangement_problem(variant, wanted, offboard=config.offboard)
+    if problem:
+        raise ConfigError(f"strategy {problem}" if not config.offboard else f"--offboard: {problem}")
     if config.offboard:
-        if not sparse:
-            raise ConfigError(f"--offboard needs a sparse variant (sparse-ls, sparse-bevformer), not '{variant}'")
         return TrainingPlan("finetune", "offboard", "intermediate", True, False, True, False, False, "all-but-binary-head")
-    if config.strategy == "intermediate" and not sparse:
-        raise ConfigError(
-            f"strategy 'intermediate' places the binary head mid-way, which only the sparse variants have; "
-            f"'{variant}' is a dense baseline: use 'multi-head' or 'replace-head'"
-        )
-    if config.strategy in ("multi-head", "replace-head") and sparse:
-        raise ConfigError(
-            f"strategy '{config.strategy}' is a baseline of the dense models (ls, bevformer); "
-            f"'{variant}' uses 'intermediate'"
-        )
     if config.strategy == "replace-head":
         return TrainingPlan("finetune", "replace-head", "replace-head", False, False, True, False, False, "all-but-binary-head")
     extra = config.binary_data == "b"

@@ -1,7 +1,7 @@
 """Pictures of Top-2 pseudo-labels (``b2s autolabel --top2``): the second choice and how sure the first is.
 
 A Top-2 frame holds, for the M voxels of its support (``top2_support``, else the occupied voxels; C
-order), the two best labels and their logits, best first (:mod:`b2s_core.autolabel`). Three BEV
+order), the two best labels and their logits, best first (:mod:`b2s_core.apps.autolabel`). Three BEV
 panels show them, x (forward) up and y (left) left like every BEV (:mod:`b2s_core.viz.bev`), and all
 three describe the same voxel per column, the one the first-choice panel shows, so that a pixel
 reads across the panels as "this voxel: car first, truck second, sure / unsure":

@@ -67,7 +67,7 @@ def check_settings(work: Path, scale) -> None:
 # -- one cell ---------------------------------------------------------------------------------------------
 def _train(config_values: dict) -> dict:
     """Train (or resume, or skip when finished) one run; returns its step count."""
-    from b2s_core.train.checkpoint import read_checkpoint
+    from b2s_core.models.checkpoint import read_checkpoint
     from b2s_core.train.config import TrainConfig
     from b2s_core.train.loop import CHECKPOINT_NAME, train
 
@@ -89,7 +89,7 @@ def _drop_optimizer_state(ckpt: Path) -> None:
     AdamW's two moments are twice the model: the tiny preset's checkpoint goes from 135 MB to 45 MB,
     and a default-scale work folder from ~11 GB to ~4 GB.
     """
-    from b2s_core.train.checkpoint import read_checkpoint, save_checkpoint
+    from b2s_core.models.checkpoint import read_checkpoint, save_checkpoint
 
     state = read_checkpoint(ckpt)
     state.update(optimizer=None, scheduler=None, scaler=None)
@@ -98,14 +98,14 @@ def _drop_optimizer_state(ckpt: Path) -> None:
 
 
 def _score(checkpoint: Path, val: Path, pred_path: Path, *, gt_binary: bool) -> dict:
-    """Predict the validation scenes with ``b2s_core.predict`` and score them with ``b2s_core.evaluate``.
+    """Predict the validation scenes with ``b2s_core.apps.predict`` and score them with ``b2s_core.apps.evaluate``.
 
     gt_binary: feed the ground-truth binary grid (of the validation labels) to the sparse transformer
     in place of the binary decoder's output (E4); offboard models always get it.
     """
-    from b2s_core.evaluate import EvaluateConfig, evaluate_files
-    from b2s_core.predict import open_inputs, predict_to_file
-    from b2s_core.train.checkpoint import load_checkpoint
+    from b2s_core.apps.evaluate import EvaluateConfig, evaluate_files
+    from b2s_core.apps.predict import open_inputs, predict_to_file
+    from b2s_core.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     model_config = loaded.model_config.replace(offboard=True) if gt_binary else loaded.model_config
@@ -124,10 +124,10 @@ def _score_segment(checkpoint: Path, val: Path, pred_path: Path) -> dict:
     GT-occupied voxel gets the model's best non-free class, every other voxel is free. This is what
     ``b2s autolabel --form given-geometry`` writes (Top1), so the same function produces it.
     """
-    from b2s_core.autolabel import AutolabelConfig, autolabel_to_file
-    from b2s_core.evaluate import EvaluateConfig, evaluate_files
-    from b2s_core.predict import open_inputs
-    from b2s_core.train.checkpoint import load_checkpoint
+    from b2s_core.apps.autolabel import AutolabelConfig, autolabel_to_file
+    from b2s_core.apps.evaluate import EvaluateConfig, evaluate_files
+    from b2s_core.apps.predict import open_inputs
+    from b2s_core.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     model_config = loaded.model_config.replace(offboard=True)
@@ -173,7 +173,7 @@ def run_cell(cell, world, scale, work: Path) -> dict:
         result["train"] = _train({**common, "stage": "pretrain", "model": p["variant"], "data": files,
                                   "epochs": scale.pretrain_epochs})
     elif cell.kind == "autolabel":
-        from b2s_core.autolabel import AutolabelConfig, autolabel
+        from b2s_core.apps.autolabel import AutolabelConfig, autolabel
 
         out = work / "labels" / f"{cell.id}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,7 @@ def run_cell(cell, world, scale, work: Path) -> dict:
 
 
 def _score_labels(labels: Path, truth: Path) -> dict:
-    from b2s_core.evaluate import EvaluateConfig, evaluate_files
+    from b2s_core.apps.evaluate import EvaluateConfig, evaluate_files
 
     result = evaluate_files(truth, labels, EvaluateConfig(rayiou=False))
     return {"miou": result.miou, "geometry_iou": result.geometry_iou}

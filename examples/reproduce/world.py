@@ -140,7 +140,7 @@ def build_world(root: Path, scale, *, workers: int = 1, log: Log = print) -> Wor
     dataroot, version, labels = manifest.path("nuscenes"), manifest.nuscenes_version, f"occ3d:{manifest.path('occ3d')}"
 
     # 2. binary-only scenes through the real engine (b2s build-binary), block by block
-    from converters.build_binary import BuildBinaryJob, build_binary
+    from converters.jobs.build_binary import BuildBinaryJob, build_binary
 
     block = scale.block_size
     blocks = []
@@ -159,7 +159,7 @@ def build_world(root: Path, scale, *, workers: int = 1, log: Log = print) -> Wor
         log(f"world: build-binary block {b} ({len(scenes)} scenes, {summary.frames} frames) in {time.perf_counter() - started:.0f} s")
 
     # 3. labelled scenes through b2s convert, then coarsened to the miniature grid
-    from converters.convert import ConvertConfig, convert
+    from converters.jobs.convert import ConvertConfig, convert
 
     def labelled(name: str, scenes: list[str]) -> Path:
         out = data_dir / f"{name}.h5"

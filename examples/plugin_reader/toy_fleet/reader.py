@@ -15,7 +15,7 @@ The format (ours, made up for the example)::
 Poses and boxes are in the global (map) frame; the ego frame is x forward, y left, z up with its
 origin on the ground under the rear axle. A drive is a b2s scene, each frame JSON a key frame.
 
-What b2s asks of a reader is listed in ``converters/plugins.py`` and docs/converters.md ("Your own
+What b2s asks of a reader is listed in ``converters/readers/plugins.py`` and docs/converters.md ("Your own
 dataset"); this one sets everything, defaults included, so it can be read as the checklist.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 from b2s_core.binary.aggregate import EgoBody
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 from b2s_core.taxonomy import OCC3D
-from converters.base import FrameErrorHandler, SceneReader, dataset_file, image_size, report, require_file, yaw_matrix
+from converters.readers.base import FrameErrorHandler, SceneReader, dataset_file, image_size, report, require_file, yaw_matrix
 from converters.errors import ConverterError
 
 
@@ -86,7 +86,7 @@ class ToyFleetReader(SceneReader):
             lidar_name, images, boxes = record["lidar"], record["images"], record["boxes"]
         except (KeyError, TypeError, ValueError) as err:
             raise ConverterError(path, f"bad frame record ({type(err).__name__}: {err})") from None
-        # Every path the record names must stay inside the drive's folder (converters.base.dataset_file).
+        # Every path the record names must stay inside the drive's folder (converters.readers.base.dataset_file).
         lidar_path = dataset_file(folder, lidar_name, "LiDAR file", path)
         _check_points(lidar_path)  # the header now, so a bad file skips the frame whichever command loads it later
         cameras = []

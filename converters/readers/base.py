@@ -28,7 +28,7 @@ class SceneReader(abc.ABC):
     :class:`ConverterError`, or, when ``on_error`` is given, is reported to it and left out.
 
     A reader of your own (``--source package.module:Class`` or a ``b2s.readers`` entry point) is a
-    subclass too: :mod:`converters.plugins` lists what b2s reads of it and the defaults it fills in.
+    subclass too: :mod:`converters.readers.plugins` lists what b2s reads of it and the defaults it fills in.
     """
 
     source: str  # built-in readers: 'nuscenes' | 'nuplan' | 'openscene' (a plug-in needs none)

@@ -21,10 +21,10 @@ import numpy as np
 from b2s_core.records import Box, Camera, LidarSweep, SemanticLabels, SensorFrame
 from b2s_core.taxonomy import OCC3D
 from b2s_core.paths import name_problem
-from converters.base import (FrameErrorHandler, SceneReader, count_float32_points, dataset_file, image_size, load_float32_bin,
+from converters.readers.base import (FrameErrorHandler, SceneReader, count_float32_points, dataset_file, image_size, load_float32_bin,
                              quaternion_matrix, report, transform)
 from converters.errors import ConverterError
-from converters.labels import LabelSpec, occ3d_path, openoccupancy_path, read_occ3d, read_openoccupancy
+from converters.readers.labels import LabelSpec, occ3d_path, openoccupancy_path, read_occ3d, read_openoccupancy
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 CAMERA_ORDER = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")

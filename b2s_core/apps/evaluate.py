@@ -5,13 +5,13 @@ Load -> evaluate -> render, as in nuscenes-devkit's detection evaluation:
 1. load: open the ground-truth data file and the predictions file (same unified HDF5 format:
    ``semantics`` = predicted labels, ``occupancy`` = predicted non-free, ``binary_pred`` = the
    binary decoder's output; or a folder of per-token ``<token>.npz`` files as SparseOcc / FlashOcc
-   write them, :mod:`b2s_core.export`), check they share grid and taxonomy, pair frames by token;
+   write them, :mod:`b2s_core.apps.export`), check they share grid and taxonomy, pair frames by token;
 2. evaluate: stream the frames in batches through :class:`b2s_core.metrics.OccupancyEvaluator`
    (one confusion matrix over the whole split, binary-decoder IoU, RayIoU);
 3. render: a rich per-class table and a JSON file.
 
 From a checkpoint, :func:`evaluate_checkpoint` first writes the model's predictions with
-:func:`b2s_core.predict.predict_to_file` (kept, so that ``b2s visualize`` can show them), then
+:func:`b2s_core.apps.predict.predict_to_file` (kept, so that ``b2s visualize`` can show them), then
 scores that file: one code path for both ways in.
 """
 
@@ -33,7 +33,7 @@ from b2s_core.metrics.protocols import MASKS
 from b2s_core.output_paths import atomic_path
 
 if TYPE_CHECKING:
-    from b2s_core.inference_launch import Ranks
+    from b2s_core.apps.launch import Ranks
 
 # Where rays start when a file carries no LiDAR origin: the nuScenes LIDAR_TOP position in the
 # ego frame (the default SparseOcc's RayIoU code notes for nuScenes).
@@ -75,9 +75,9 @@ def _open(path: str | os.PathLike, what: str):
 
 def _open_predictions(path: Path, data):
     """A unified predictions file, or a folder of other tools' per-token ``<token>.npz`` files read on
-    the data file's grid and taxonomy (:class:`b2s_core.export.PredictionFolder`, docs/evaluation.md)."""
+    the data file's grid and taxonomy (:class:`b2s_core.apps.export.PredictionFolder`, docs/evaluation.md)."""
     if path.is_dir():
-        from b2s_core.export import PredictionFolder
+        from b2s_core.apps.export import PredictionFolder
 
         return PredictionFolder(path, data)
     return _open(path, "predictions")
@@ -168,7 +168,7 @@ def evaluate_files(
 ) -> EvaluationResult | None:
     """Score a predictions file against a data file; see the module docstring.
 
-    ranks: one worker of a data-parallel job (``b2s_core.inference_launch``): this process scores
+    ranks: one worker of a data-parallel job (``b2s_core.apps.launch``): this process scores
     its share of the scenes, the counts are summed over the ranks, and rank 0 returns the result of
     the whole file (the other ranks None).
     """
@@ -281,14 +281,14 @@ def evaluate_checkpoint(
     """Run a trained model over a data file, write its predictions file, and score it.
 
     progress(done, total, stage) is called with stage 'predicting', then 'scoring'. gpus > 1: as
-    that many data-parallel processes through torchrun (``b2s_core.inference_launch``; with
+    that many data-parallel processes through torchrun (``b2s_core.apps.launch``; with
     ``device='cpu'``, Gloo processes), the same predictions file and scores as one process. Inside
     a torchrun job, each process predicts and scores its share and rank 0 returns the result (the
     others None).
     """
-    from b2s_core.inference_launch import inside_torchrun, join_ranks, launch
+    from b2s_core.apps.launch import inside_torchrun, join_ranks, launch
     from b2s_core.output_paths import Output, check_apart
-    from b2s_core.predict import predict_checkpoint_to_file
+    from b2s_core.apps.predict import predict_checkpoint_to_file
 
     if gpus < 1:
         raise EvaluateError(f"--gpus must be at least 1, got {gpus}")

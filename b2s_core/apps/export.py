@@ -310,7 +310,7 @@ def read_prediction(path: Path, shape: tuple[int, int, int], num_labels: int) ->
 
 
 class PredictionFolder:
-    """A folder of per-token prediction files, read like a predictions file by ``b2s_core.evaluate``.
+    """A folder of per-token prediction files, read like a predictions file by ``b2s_core.apps.evaluate``.
 
     Built over the data file it will be scored against: it holds the frames of ``data`` that have a
     file (same (scene, token) keys, so ``pair_frames`` reports any frame without one), on the data's

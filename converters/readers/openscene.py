@@ -3,7 +3,7 @@
 Layout: ``<root>/meta_datas/<split>/<log>.pkl`` (a list of frame dicts, 2 Hz key frames) and
 ``<root>/sensor_blobs/<split>/<log>/{MergedPointCloud,CAM_*}/...``; ``lidar_path`` and each camera's
 ``data_path`` are relative to ``sensor_blobs/<split>``. Pickles are read with the restricted
-unpickler (:mod:`converters.safe_pickle`): a pickle that names anything but containers, scalars
+unpickler (:mod:`converters.readers.safe_pickle`): a pickle that names anything but containers, scalars
 and numpy arrays is refused before it can run code.
 
 Frames as the official metadata writer makes them (OpenScene
@@ -43,11 +43,11 @@ import numpy as np
 from b2s_core.paths import inside, name_problem, relative_path_problem
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 from b2s_core.taxonomy import OPENSCENE
-from converters import safe_pickle
-from converters.base import FrameErrorHandler, SceneReader, image_size, quaternion_matrix, report, transform, yaw_matrix
+from converters.readers import safe_pickle
+from converters.readers.base import FrameErrorHandler, SceneReader, image_size, quaternion_matrix, report, transform, yaw_matrix
 from converters.errors import ConverterError
-from converters.labels import LabelSpec, read_openscene
-from converters.nuplan import CAMERA_ORDER, check_lidar_pcd, load_pcd_points
+from converters.readers.labels import LabelSpec, read_openscene
+from converters.readers.nuplan import CAMERA_ORDER, check_lidar_pcd, load_pcd_points
 
 
 @dataclass

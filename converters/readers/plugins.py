@@ -10,7 +10,7 @@ and ``b2s build-binary``.
 
 :func:`resolve_source` turns each into a *source id*: the built-in name, or the reader class's
 ``module:Class`` path. The id is a plain string: it is what a worker process re-creates its reader
-from (``converters.scene_run``), what the resume record compares and what the output's ``source``
+from (``converters.jobs.scene_run``), what the resume record compares and what the output's ``source``
 attribute holds, so the entry-point name and the ``module:Class`` spelling of one reader are the same
 source. A class is never passed around itself: one defined in ``__main__`` could not be re-created.
 
@@ -24,7 +24,7 @@ class attributes, read before the dataset is opened:
                       whose LiDAR returns build-binary drops (required by build-binary only)
 the constructor:
     ``Class(dataroot: Path, **options)``, given only the options the user set: ``scenes`` (list of
-    names), ``split``, ``version`` (str), ``labels`` (:class:`converters.labels.LabelSpec`) and the
+    names), ``split``, ``version`` (str), ``labels`` (:class:`converters.readers.labels.LabelSpec`) and the
     library caller's reader options
 instance attributes, checked once it is made:
     ``camera_names``  list of str, the cameras every frame lists (required; empty without cameras)
@@ -47,7 +47,7 @@ from typing import Any
 from b2s_core.grids import GridError, VoxelGrid, get_grid
 from b2s_core.taxonomy import OCC3D, TAXONOMIES, Taxonomy
 from converters import SOURCES
-from converters.base import SceneReader
+from converters.readers.base import SceneReader
 from converters.errors import ConverterError
 
 READER_GROUP = "b2s.readers"
@@ -137,9 +137,9 @@ def reader_class(spec: str, where: str | None = None) -> type[SceneReader]:
     except Exception as err:  # the plug-in's own code failed while importing: say so in one line
         raise ConverterError(name, f"importing {module_name} failed: {type(err).__name__}: {err}") from err
     if not inspect.isclass(cls):
-        raise ConverterError(name, f"{attribute} is a {type(cls).__name__}, not a subclass of converters.base.SceneReader")
+        raise ConverterError(name, f"{attribute} is a {type(cls).__name__}, not a subclass of converters.readers.base.SceneReader")
     if not issubclass(cls, SceneReader):
-        raise ConverterError(name, f"{attribute} is not a subclass of converters.base.SceneReader")
+        raise ConverterError(name, f"{attribute} is not a subclass of converters.readers.base.SceneReader")
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
         raise ConverterError(name, f"{attribute} does not implement {', '.join(missing)}")

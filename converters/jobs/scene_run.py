@@ -35,9 +35,9 @@ from b2s_core.grids import VoxelGrid
 from b2s_core.shards import balanced_shares
 from b2s_core.output_paths import atomic_path
 from converters import open_reader
-from converters.base import SceneReader
+from converters.readers.base import SceneReader
 from converters.errors import ConverterError
-from converters.progress import SceneProgress
+from converters.jobs.progress import SceneProgress
 
 
 @dataclass
@@ -268,10 +268,10 @@ def run_scenes(task: Any, reader: SceneReader, todo: list[str], *, workers: int,
     One worker (or one scene): in this process, with per-frame progress. Otherwise a pool of
     ``workers`` processes, progress per finished scene. ``backend='ray'``: one Ray task per scene
     on a local Ray instance of ``workers`` CPUs or the cluster at ``ray_address``
-    (:mod:`converters.ray_backend`), progress per finished scene.
+    (:mod:`converters.jobs.ray_backend`), progress per finished scene.
     """
     if backend == "ray":
-        from converters.ray_backend import run_scenes_ray  # imports ray: only when asked for
+        from converters.jobs.ray_backend import run_scenes_ray  # imports ray: only when asked for
 
         return run_scenes_ray(task, reader, todo, workers=workers, address=ray_address, progress=progress)
     frames, skipped = 0, []

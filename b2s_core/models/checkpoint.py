@@ -19,9 +19,7 @@ target: a crash leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from typing import Any
 import torch
 
 from b2s_core.errors import B2SError
+from b2s_core.models.occupancy_model import build_model
+from b2s_core.models.config import ModelConfig, ModelConfigError
 from b2s_core.output_paths import atomic_path
 from b2s_core.torch_files import UnreadableTorchFile, load_weights_only
 
@@ -70,61 +70,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-# -- dataclass configs <-> plain dicts (what weights_only can load) -------------------------------------
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A (nested) dataclass -> dict of plain values; tuples become lists."""
-    def plain(value):
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(config)
-
-
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Inverse of :func:`config_to_dict`: nested dataclasses rebuilt, lists back to tuples where typed so."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue  # a field added since the checkpoint was written keeps its default
-        kwargs[f.name] = _from_plain(hints.get(f.name, Any), values[f.name])
-    return cls(**kwargs)
-
-
-def _from_plain(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return config_from_dict(hint, value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-        for arg in args:
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
-                return config_from_dict(arg, value)
-            if typing.get_origin(arg) is tuple and isinstance(value, list):
-                return _from_plain(arg, value)
-        return value
-    if origin is tuple and isinstance(value, list):
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_plain(args[0], v) for v in value)
-        if len(args) == len(value):
-            return tuple(_from_plain(a, v) for a, v in zip(args, value))
-        return tuple(value)
-    return value
-
-
 # -- a trained model for evaluate / autolabel -----------------------------------------------------------
 @dataclass
 class LoadedCheckpoint:
     model: torch.nn.Module  # built from model_config, weights loaded, in eval mode
-    model_config: Any  # b2s_core.models.ModelConfig
-    train_config: Any  # b2s_core.train.config.TrainConfig
+    model_config: ModelConfig
+    # How it was trained, as saved: the TrainConfig fields as plain values. Inference reads a few
+    # facts from it (the stage, the semantic data) without importing training.
+    train_settings: dict[str, Any]
     progress: dict[str, int]
     metrics: dict[str, Any]
     path: Path
@@ -135,26 +88,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
     ``expect_model``: the variant the caller needs (e.g. 'sparse-ls'); another gives a clear error.
     """
-    from b2s_core.models import ModelConfig, build_model  # the model library; imported on use
-    from b2s_core.train.config import TrainConfig
-
     state = read_checkpoint(path, map_location)
     variant = state.get("model_variant")
     if expect_model is not None and variant != expect_model:
         raise CheckpointError(f"{path}: checkpoint holds a '{variant}' model, expected '{expect_model}'")
     try:
-        model_config = config_from_dict(ModelConfig, state["model_config"])
+        model_config = ModelConfig.from_dict(state["model_config"])
         model = build_model(model_config)
         model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (ModelConfigError, KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0][:300]
         raise CheckpointError(f"{path}: checkpoint does not fit this b2s's '{variant}' model ({first})") from None
     model.to(map_location).eval()
-    train_config = TrainConfig.from_dict(state.get("train_config", {}), where=f"{path} train_config")
     return LoadedCheckpoint(
         model=model,
         model_config=model_config,
-        train_config=train_config,
+        train_settings=dict(state.get("train_config") or {}),
         progress=dict(state.get("progress", {})),
         metrics=dict(state.get("metrics") or {}),
         path=Path(path),

@@ -9,7 +9,7 @@ a rerun whose output options differ (:meth:`BuildBinaryJob.output_options`) is r
 
 The core (``b2s_core.binary``) never imports this package: everything source-specific (which
 reader, which ego body, which default grid) is decided here; a plug-in reader states its own
-(``ego_body``, ``default_grid``: :mod:`converters.plugins`).
+(``ego_body``, ``default_grid``: :mod:`converters.readers.plugins`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from b2s_core.grids import get_grid
 from b2s_core.occfile import ResumableWriter
 from b2s_core.taxonomy import BINARY
 from converters import open_reader
-from converters.base import SceneReader
-from converters.convert import default_grid
+from converters.readers.base import SceneReader
+from converters.jobs.convert import default_grid
 from converters.errors import ConverterError
-from converters.plugins import plugin_ego_body, resolve_source
-from converters.progress import SceneProgress
-from converters.ray_backend import check_backend
-from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
+from converters.readers.plugins import plugin_ego_body, resolve_source
+from converters.jobs.progress import SceneProgress
+from converters.jobs.ray_backend import check_backend
+from converters.jobs.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
                                   run_scenes, select_scenes)
 
 EGO_BODY = {"nuscenes": EGO_BODY_NUSCENES, "nuplan": EGO_BODY_NUPLAN, "openscene": EGO_BODY_NUPLAN}
@@ -68,7 +68,7 @@ class BuildBinaryJob:
     overwrite: bool = False
     command: str = ""
     reader_options: dict = field(default_factory=dict)
-    backend: str = "local"  # 'local' (this process or a process pool) or 'ray' (converters.ray_backend)
+    backend: str = "local"  # 'local' (this process or a process pool) or 'ray' (converters.jobs.ray_backend)
     ray_address: str | None = None  # a Ray cluster to join; None: a local Ray instance of `workers` CPUs
 
     def __post_init__(self) -> None:
@@ -133,7 +133,7 @@ class BuildBinarySummary:
 
 @dataclass
 class _BuildTask:
-    """One build's per-scene work (picklable: it travels to worker processes, converters.scene_run)."""
+    """One build's per-scene work (picklable: it travels to worker processes, converters.jobs.scene_run)."""
 
     job: BuildBinaryJob
     writer: ResumableWriter

@@ -1,6 +1,6 @@
 """The Ray engine of the scene-by-scene run (``--backend ray`` of ``b2s convert`` and ``b2s build-binary``).
 
-The same work as the local pool of :func:`converters.scene_run.run_scenes`, scheduled by Ray:
+The same work as the local pool of :func:`converters.jobs.scene_run.run_scenes`, scheduled by Ray:
 
 * one Ray task per scene, submitted longest first (:meth:`SceneReader.scene_length`), so that the
   long logs do not start last and leave one worker busy while the others idle;
@@ -26,9 +26,9 @@ from typing import Any
 from b2s_core import ray_engine
 from b2s_core.errors import B2SError
 from converters import open_reader
-from converters.base import SceneReader
+from converters.readers.base import SceneReader
 from converters.errors import ConverterError
-from converters.progress import SceneProgress
+from converters.jobs.progress import SceneProgress
 
 
 def check_backend(backend: str, ray_address: str | None) -> None:

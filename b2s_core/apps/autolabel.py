@@ -33,12 +33,12 @@ import torch
 from b2s_core.errors import B2SError
 from b2s_core.models.occupied_set import upsample_occupancy
 from b2s_core.output_paths import Output, atomic_path, check_apart
-from b2s_core.predict import ALL_FLIPS, NO_FLIP, Progress, check_grid, copy_frame, given_occupancy_of, iterate_batches, open_inputs, run_model
+from b2s_core.apps.predict import ALL_FLIPS, NO_FLIP, Progress, check_grid, copy_frame, given_occupancy_of, iterate_batches, open_inputs, run_model
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import TAXONOMIES, Taxonomy, get_taxonomy
 
 if TYPE_CHECKING:
-    from b2s_core.inference_launch import Ranks
+    from b2s_core.apps.launch import Ranks
 
 MODES = ("top1", "top2")
 FORMS = ("paper", "given-geometry")
@@ -117,7 +117,7 @@ def pseudo_labels(semantic_logits: torch.Tensor, *, given: np.ndarray, labelled:
     return out
 
 
-def model_taxonomy(model_config, train_config, override: str | None) -> Taxonomy:
+def model_taxonomy(model_config, train_settings: dict, override: str | None) -> Taxonomy:
     """The label set a model predicts: given, else that of its fine-tuning data, else the only
     known taxonomy with its number of labels and free index."""
     if override:
@@ -126,7 +126,7 @@ def model_taxonomy(model_config, train_config, override: str | None) -> Taxonomy
         taxonomy = None
         from b2s_core.occfile import OccDataset, OccFormatError
 
-        for path in list(getattr(train_config, "semantic_data", []) or []):
+        for path in list(train_settings.get("semantic_data") or []):
             try:
                 taxonomy = OccDataset(path).taxonomy
                 break
@@ -171,7 +171,7 @@ def autolabel_to_file(
     passes the checkpoint's identity): a rerun with another model, other data or other settings is
     refused rather than mixed with the finished scenes.
 
-    ranks: one worker of a data-parallel job (``b2s_core.inference_launch``): this process labels
+    ranks: one worker of a data-parallel job (``b2s_core.apps.launch``): this process labels
     its share of the scenes only, and rank 0 merges every rank's parts once all are written (the
     other ranks return None).
     """
@@ -330,15 +330,15 @@ def autolabel(
 ) -> AutolabelReport | None:
     """Load an offboard checkpoint and write pseudo-labels for a (binary) data file.
 
-    gpus > 1: as that many data-parallel processes through torchrun (``b2s_core.inference_launch``;
+    gpus > 1: as that many data-parallel processes through torchrun (``b2s_core.apps.launch``;
     with ``device='cpu'``, Gloo processes), the same file as one process writes. Inside a torchrun
     job, each process labels its share and rank 0 returns the report (the others None).
     backend 'ray': one Ray task per scene (:func:`_autolabel_ray`) on a local Ray instance or the
     cluster at ``ray_address``; the same file again.
     """
-    from b2s_core.inference_launch import inside_torchrun, join_ranks, launch
+    from b2s_core.apps.launch import inside_torchrun, join_ranks, launch
     from b2s_core.ray_engine import check_backend
-    from b2s_core.train.checkpoint import load_checkpoint
+    from b2s_core.models.checkpoint import load_checkpoint
 
     if gpus < 1:
         raise AutolabelError(f"--gpus must be at least 1, got {gpus}")
@@ -358,7 +358,7 @@ def autolabel(
         config = replace(config, device=ranks.device(config.device))
     # The Ray driver only reads the model's settings: the workers run it, each on its own device.
     loaded = load_checkpoint(checkpoint, map_location="cpu" if backend == "ray" else config.device)
-    taxonomy = model_taxonomy(loaded.model_config, loaded.train_config, config.taxonomy)
+    taxonomy = model_taxonomy(loaded.model_config, loaded.train_settings, config.taxonomy)
     dataset = open_inputs(data_path, loaded.model_config)
     command = (f"b2s autolabel --checkpoint {checkpoint} --data {data_path} --{config.mode} --form {config.form} "
                f"--out {out_path}" + (" --tta" if config.tta else ""))
@@ -433,7 +433,7 @@ _WORKER: dict[tuple, tuple] = {}
 
 def _worker_state(job: _SceneJob) -> tuple:
     """(model on this worker's device, model config, taxonomy, dataset, writer, config) of ``job``."""
-    from b2s_core.train.checkpoint import load_checkpoint
+    from b2s_core.models.checkpoint import load_checkpoint
 
     # Ray hides the other GPUs from a task (CUDA_VISIBLE_DEVICES): its GPU is always 'cuda' here.
     config = replace(job.config, device="cuda") if job.cuda else job.config
@@ -443,7 +443,7 @@ def _worker_state(job: _SceneJob) -> tuple:
     if key not in _WORKER:
         _WORKER.clear()  # one model at a time: a second one would hold its memory for nothing
         loaded = load_checkpoint(job.checkpoint, map_location=config.device)
-        taxonomy = model_taxonomy(loaded.model_config, loaded.train_config, config.taxonomy)
+        taxonomy = model_taxonomy(loaded.model_config, loaded.train_settings, config.taxonomy)
         dataset = open_inputs(job.data_path, loaded.model_config)
         writer = _open_writer(job.out_path, dataset.occ, taxonomy, job.command)
         _WORKER[key] = (loaded.model, loaded.model_config, taxonomy, dataset, writer, config)

@@ -28,13 +28,13 @@ from b2s_core.occfile import ResumableWriter, validate_file
 from b2s_core.records import Camera, OccFrame, SensorFrame
 from b2s_core.taxonomy import Taxonomy
 from converters import open_reader
-from converters.base import SceneReader
+from converters.readers.base import SceneReader
 from converters.errors import ConverterError
-from converters.labels import LabelSpec
-from converters.plugins import plugin_default_grid, resolve_source
-from converters.progress import SceneProgress
-from converters.ray_backend import check_backend
-from converters.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
+from converters.readers.labels import LabelSpec
+from converters.readers.plugins import plugin_default_grid, resolve_source
+from converters.jobs.progress import SceneProgress
+from converters.jobs.ray_backend import check_backend
+from converters.jobs.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
                                   run_scenes, select_scenes)
 
 # The grid of an unlabelled conversion, per built-in source: the grid its usual labels live on.
@@ -43,7 +43,7 @@ DEFAULT_GRID = {"nuscenes": "occ3d", "nuplan": "openscene", "openscene": "opensc
 
 def default_grid(source: str) -> str | VoxelGrid:
     """The grid of an unlabelled conversion, and of build-binary without --grid, for a source id
-    (:func:`converters.plugins.resolve_source`): the table above, or a plug-in reader's ``default_grid``."""
+    (:func:`converters.readers.plugins.resolve_source`): the table above, or a plug-in reader's ``default_grid``."""
     return DEFAULT_GRID[source] if source in DEFAULT_GRID else plugin_default_grid(source)
 
 
@@ -67,7 +67,7 @@ class ConvertConfig:
     overwrite: bool = False
     command: str = ""
     reader_options: dict = field(default_factory=dict)
-    backend: str = "local"  # 'local' (this process or a process pool) or 'ray' (converters.ray_backend)
+    backend: str = "local"  # 'local' (this process or a process pool) or 'ray' (converters.jobs.ray_backend)
     ray_address: str | None = None  # a Ray cluster to join; None: a local Ray instance of `workers` CPUs
 
     def __post_init__(self) -> None:
@@ -145,7 +145,7 @@ def _camera(cam: Camera, image_root: Path, embed: bool) -> Camera:
 # -- one scene ------------------------------------------------------------------------------------
 @dataclass
 class _Job:
-    """One conversion's per-scene work (picklable: it travels to worker processes, converters.scene_run)."""
+    """One conversion's per-scene work (picklable: it travels to worker processes, converters.jobs.scene_run)."""
 
     reader_kwargs: dict
     writer: ResumableWriter

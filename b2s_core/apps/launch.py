@@ -2,7 +2,7 @@
 
 ``--gpus N`` (N > 1) re-launches the job through ``torch.distributed.run``:
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m b2s_core.inference_launch JOB.json
+    python -m torch.distributed.run --standalone --nproc_per_node N -m b2s_core.apps.launch JOB.json
 
 Each worker (rank r of N) takes its share of the scenes (:func:`b2s_core.shards.balanced_shares`: equal total
 frames, whole scenes), runs the model on ``cuda:LOCAL_RANK`` (or the CPU, over Gloo), and writes
@@ -111,7 +111,7 @@ def join_ranks(device: str) -> Ranks | None:
 # -- the launching process ---------------------------------------------------------------------------
 def torchrun_command(job_path: str | Path, processes: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "b2s_core.inference_launch", str(job_path)]
+            "-m", "b2s_core.apps.launch", str(job_path)]
 
 
 def launch(kind: str, args: dict, *, gpus: int, device: str) -> dict:
@@ -148,7 +148,7 @@ def launch(kind: str, args: dict, *, gpus: int, device: str) -> dict:
 def _autolabel(args: dict) -> dict | None:
     from dataclasses import asdict
 
-    from b2s_core.autolabel import AutolabelConfig, autolabel
+    from b2s_core.apps.autolabel import AutolabelConfig, autolabel
 
     report = autolabel(args["checkpoint"], args["data_path"], args["out_path"], AutolabelConfig(**args["config"]))
     if report is None:
@@ -161,7 +161,7 @@ def _autolabel(args: dict) -> dict | None:
 def _evaluate_checkpoint(args: dict) -> dict | None:
     from dataclasses import asdict
 
-    from b2s_core.evaluate import EvaluateConfig, evaluate_checkpoint
+    from b2s_core.apps.evaluate import EvaluateConfig, evaluate_checkpoint
 
     config = dict(args["config"])
     config["default_lidar_origin"] = tuple(config["default_lidar_origin"])
@@ -175,10 +175,10 @@ JOBS = {"autolabel": _autolabel, "evaluate-checkpoint": _evaluate_checkpoint}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of each torchrun worker: ``python -m b2s_core.inference_launch JOB.json``."""
+    """Entry point of each torchrun worker: ``python -m b2s_core.apps.launch JOB.json``."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m b2s_core.inference_launch JOB.json", file=sys.stderr)
+        print("usage: python -m b2s_core.apps.launch JOB.json", file=sys.stderr)
         return 2
     job_path = Path(argv[0])
     rank = int(os.environ.get("RANK", "0"))

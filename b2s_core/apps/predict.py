@@ -34,7 +34,7 @@ from b2s_core.models.occupied_set import given_occupancy, upsample_occupancy
 from b2s_core.records import OccFrame
 
 if TYPE_CHECKING:
-    from b2s_core.inference_launch import Ranks
+    from b2s_core.apps.launch import Ranks
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
 NO_FLIP = ((False, False),)
@@ -182,7 +182,7 @@ def predict_to_file(
 
     dataset: a :class:`b2s_core.data.dataset.OccTrainDataset` (``dataset.occ`` is the data file);
     model_config: the model's :class:`ModelConfig` (output grid, free index, threshold).
-    ranks: one worker of a data-parallel job (``b2s_core.inference_launch``): this process predicts
+    ranks: one worker of a data-parallel job (``b2s_core.apps.launch``): this process predicts
     its share of the scenes into ``<out>.parts/``, rank 0 merges the parts in the data's scene
     order, and every rank returns once ``out_path`` is complete.
     """
@@ -256,12 +256,12 @@ def predict_checkpoint_to_file(
     progress: Progress | None = None,
     ranks: Ranks | None = None,
 ) -> Path:
-    """Load a checkpoint (``b2s_core.train.checkpoint.load_checkpoint``) and write its predictions file
+    """Load a checkpoint (``b2s_core.models.checkpoint.load_checkpoint``) and write its predictions file
     (ranks: see :func:`predict_to_file`)."""
-    from b2s_core.train.checkpoint import load_checkpoint
+    from b2s_core.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, map_location=device)
-    if getattr(loaded.train_config, "stage", None) == "pretrain":
+    if loaded.train_settings.get("stage") == "pretrain":
         # Pre-training trains the binary path only (Fig. 4): the semantic head is still its random
         # initialisation, and scoring it would print a meaningless mIoU near zero.
         raise PredictError(f"{checkpoint}: a pre-training checkpoint, whose semantic head was never trained; "

@@ -1,0 +1,1 @@
+"""Job drivers over the readers: convert, build-binary, and the engines that run their scenes."""

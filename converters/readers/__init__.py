@@ -1,0 +1,1 @@
+"""Dataset readers: raw nuScenes / nuPlan / OpenScene files (and plug-ins) to frame records."""
