@@ -13,13 +13,14 @@ Nothing here imports torch: ``b2s info`` and ``b2s --help`` load this module and
 from __future__ import annotations
 
 import math
+import re
 from enum import Enum
 from typing import Callable, Iterable
 
 import typer
 
 from b2s_core.errors import B2SError
-from b2s_core.grids import GridError, get_grid
+from b2s_core.grids import GRID_PRESETS, GridError, get_grid
 from b2s_core.ray_engine import BACKENDS
 from b2s_core.train.config import DEVICES
 
@@ -57,6 +58,25 @@ def check_grids(option: str, specs: list[str] | str | None) -> None:
             get_grid(spec)
         except GridError as err:
             raise OptionValueError(f"{option}: {err}") from None
+
+
+def grid_list(values: list[str] | None) -> list[str]:
+    """A repeatable ``--grid`` (typer callback) -> one spec per grid, by one rule: a value that holds ':' is
+    one custom grid ``xmin,ymin,zmin,xmax,ymax,zmax:voxel`` (its commas separate numbers); any other value
+    is a comma-separated list of preset names. A value that joins a custom grid to presets or to a second
+    custom grid is a usage error (exit 2) naming the value; the grids themselves are checked by
+    :func:`check_grids`."""
+    specs: list[str] = []
+    for value in values or []:
+        if ":" not in value:
+            specs += split_list(value)
+            continue
+        items = {item.strip() for item in re.split("[,:]", value)}
+        if value.count(":") > 1 or items & set(GRID_PRESETS):
+            raise typer.BadParameter(f"'{value}' mixes a custom grid with other grids; give each custom grid "
+                                     "its own --grid (presets may share one: occ3d,openscene)")
+        specs.append(value.strip())
+    return specs
 
 
 def parse_auto_float(option: str, text: str | None) -> float | None:

@@ -111,7 +111,8 @@ class VoxelGrid:
     @classmethod
     def from_dict(cls, data: dict) -> "VoxelGrid":
         try:
-            grid = cls(tuple(data["range_min"]), tuple(data["range_max"]), tuple(data["voxel_size"]), data.get("name", "custom"))
+            grid = cls(tuple(data["range_min"]), tuple(data["range_max"]), tuple(data["voxel_size"]),
+                       data.get("name", "custom"))
         except (KeyError, TypeError) as err:
             raise GridError(f"grid description is incomplete: {err}") from None
         if "shape" in data and tuple(data["shape"]) != grid.shape:
@@ -161,6 +162,18 @@ GRID_PRESETS: dict[str, VoxelGrid] = {
 # (https://github.com/JeffWang987/OpenOccupancy/issues/19). Not a preset: b2s grids are ego-frame,
 # and converters.readers.labels.read_openoccupancy resamples these files onto GRID_PRESETS["openoccupancy"].
 OPENOCCUPANCY_LIDAR_GRID = VoxelGrid((-51.2, -51.2, -5.0), (51.2, 51.2, 3.0), (0.2, 0.2, 0.2), "openoccupancy-lidar")
+
+# The grid of each built-in source and label format, the one place that says which is which. A label
+# format's files lie on its grid (the readers of converters.readers.labels, synth's label writers); a
+# source's grid is that of its usual labels (Occ3D for nuScenes, OpenScene for nuPlan logs): an
+# unlabelled `b2s convert` and `b2s build-binary` without --grid use it.
+SOURCE_GRIDS: dict[str, VoxelGrid] = {
+    "nuscenes": GRID_PRESETS["occ3d"],
+    "nuplan": GRID_PRESETS["openscene"],
+    "openscene": GRID_PRESETS["openscene"],  # the source and the label format alike
+    "occ3d": GRID_PRESETS["occ3d"],
+    "openoccupancy": GRID_PRESETS["openoccupancy"],  # ego frame; the files' own is OPENOCCUPANCY_LIDAR_GRID
+}
 
 
 def get_grid(spec: str | VoxelGrid) -> VoxelGrid:

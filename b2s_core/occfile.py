@@ -27,7 +27,8 @@ import tempfile
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Iterable, Iterator, Sequence
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the Zstd filter with HDF5 for both writing and reading)
@@ -241,9 +242,16 @@ class OccWriter:
             raise _write_failure(err, self.path) from None
 
     # -- layout ---------------------------------------------------------------------------------
-    def _init_layout(self, source: str, command: str, image_root, compression: str) -> None:
-        h5 = self._h5
-        attrs = h5.attrs
+    def _init_layout(self, source: str, command: str, image_root: str | os.PathLike | None, compression: str) -> None:
+        """The header attributes and every table, empty and growable (docs/format.md lists them)."""
+        self._write_header(source, command, image_root, compression)
+        self._create_frame_tables()
+        self._create_ragged_tables()
+        self._create_camera_tables()
+        self._create_scene_tables()
+
+    def _write_header(self, source: str, command: str, image_root: str | os.PathLike | None, compression: str) -> None:
+        attrs = self._h5.attrs
         attrs["format"] = FORMAT_NAME
         attrs["format_version"] = FORMAT_VERSION
         attrs["complete"] = 0
@@ -260,50 +268,56 @@ class OccWriter:
         # Label z = ego z + z_offset: the vertical convention the grid's z range is in (0: the ego frame).
         attrs["z_offset"] = self.z_offset
 
-        P = (self.grid.num_voxels + 7) // 8
-        C = max(len(self.camera_names), 1)
-        frames = h5.create_group("frames")
+    def _table(self, group: h5py.Group, name: str, shape: tuple[int, ...], dtype: np.dtype | type,
+               chunks: tuple[int, ...] | None = None, compress: bool = True) -> None:
+        """An empty table of ``shape`` rows, growable along its first axis, kept open (see __init__)."""
+        # Small per-frame tables are compressed too: their unused chunk tails are zeros.
+        self._datasets[f"{group.name.strip('/')}/{name}"] = group.create_dataset(
+            name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks or (1024, *shape),
+            **(self._compression if compress else {}))
 
-        def table(group, name, shape, dtype, chunks=None, compress=True):
-            # Small per-frame tables are compressed too: their unused chunk tails are zeros.
-            self._datasets[f"{group.name.strip('/')}/{name}"] = group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                 chunks=chunks or (1024, *shape), **(self._compression if compress else {}))
-
-        table(frames, "scene_index", (), np.int32)
-        table(frames, "token", (), _STR)
-        table(frames, "timestamp", (), np.int64)
-        table(frames, "global_from_ego", (4, 4), np.float64, chunks=(256, 4, 4))
-        table(frames, "source_tokens", (), _STR)
-        table(frames, "flags", (), np.uint8)
-        for name, ragged in (("labels_range", "labels"), ("top2_range", "top2"), ("points_range", "points")):
-            table(frames, name, (2,), np.int64)
-        table(frames, "lidar_origin", (3,), np.float32)
-        table(frames, "ego_from_lidar", (4, 4), np.float64, chunks=(256, 4, 4))
+    def _create_frame_tables(self) -> None:
+        P = (self.grid.num_voxels + 7) // 8  # bytes of one bit-packed grid
+        frames = self._h5.create_group("frames")
+        self._table(frames, "scene_index", (), np.int32)
+        self._table(frames, "token", (), _STR)
+        self._table(frames, "timestamp", (), np.int64)
+        self._table(frames, "global_from_ego", (4, 4), np.float64, chunks=(256, 4, 4))
+        self._table(frames, "source_tokens", (), _STR)
+        self._table(frames, "flags", (), np.uint8)
+        for name in ("labels_range", "top2_range", "points_range"):  # (start, count) in the ragged tables
+            self._table(frames, name, (2,), np.int64)
+        self._table(frames, "lidar_origin", (3,), np.float32)
+        self._table(frames, "ego_from_lidar", (4, 4), np.float64, chunks=(256, 4, 4))
         for name in _PACKED_FIELDS:
             # One chunk per frame: O(1) random access decodes exactly one frame's bytes.
-            table(frames, name, (P,), np.uint8, chunks=(1, P))
+            self._table(frames, name, (P,), np.uint8, chunks=(1, P))
 
-        ragged = h5.create_group("ragged")
-        table(ragged, "labels", (), np.uint8, chunks=(_RAGGED_CHUNK,))
-        table(ragged, "top2_labels", (2,), np.uint8, chunks=(_RAGGED_CHUNK // 2, 2))
-        table(ragged, "top2_logits", (2,), np.float16, chunks=(_RAGGED_CHUNK // 2, 2))
-        table(ragged, "points", (3,), np.float32, chunks=(_RAGGED_CHUNK // 4, 3))
+    def _create_ragged_tables(self) -> None:
+        ragged = self._h5.create_group("ragged")
+        self._table(ragged, "labels", (), np.uint8, chunks=(_RAGGED_CHUNK,))
+        self._table(ragged, "top2_labels", (2,), np.uint8, chunks=(_RAGGED_CHUNK // 2, 2))
+        self._table(ragged, "top2_logits", (2,), np.float16, chunks=(_RAGGED_CHUNK // 2, 2))
+        self._table(ragged, "points", (3,), np.float32, chunks=(_RAGGED_CHUNK // 4, 3))
         # Encoded images are already compressed (JPEG / PNG): stored as they are.
-        table(ragged, "images", (), np.uint8, chunks=(1 << 20,), compress=False)
+        self._table(ragged, "images", (), np.uint8, chunks=(1 << 20,), compress=False)
 
-        cams = h5.create_group("cameras")
-        table(cams, "intrinsic", (C, 3, 3), np.float64, chunks=(256, C, 3, 3))
-        table(cams, "ego_from_cam", (C, 4, 4), np.float64, chunks=(256, C, 4, 4))
-        table(cams, "width", (C,), np.int32)
-        table(cams, "height", (C,), np.int32)
-        table(cams, "timestamp", (C,), np.int64)
-        table(cams, "image_path", (C,), _STR)
-        table(cams, "image_range", (C, 2), np.int64)
+    def _create_camera_tables(self) -> None:
+        C = max(len(self.camera_names), 1)
+        cams = self._h5.create_group("cameras")
+        self._table(cams, "intrinsic", (C, 3, 3), np.float64, chunks=(256, C, 3, 3))
+        self._table(cams, "ego_from_cam", (C, 4, 4), np.float64, chunks=(256, C, 4, 4))
+        self._table(cams, "width", (C,), np.int32)
+        self._table(cams, "height", (C,), np.int32)
+        self._table(cams, "timestamp", (C,), np.int64)
+        self._table(cams, "image_path", (C,), _STR)
+        self._table(cams, "image_range", (C, 2), np.int64)
 
-        scenes = h5.create_group("scenes")
-        table(scenes, "name", (), _STR, chunks=(256,))
-        table(scenes, "start", (), np.int64, chunks=(256,))
-        table(scenes, "stop", (), np.int64, chunks=(256,))
+    def _create_scene_tables(self) -> None:
+        scenes = self._h5.create_group("scenes")
+        self._table(scenes, "name", (), _STR, chunks=(256,))
+        self._table(scenes, "start", (), np.int64, chunks=(256,))
+        self._table(scenes, "stop", (), np.int64, chunks=(256,))
 
     # -- appending ------------------------------------------------------------------------------
     def _ds(self, name: str) -> h5py.Dataset:
@@ -345,73 +359,103 @@ class OccWriter:
         scene_index = len(self._scene_names)
         for frame in frames:
             self._write_frame(scene_index, frame)
+        self._append_scene(name, start)
+        return self._num_frames - start
+
+    def _append_scene(self, name: str, start: int) -> None:
+        """The scene's row in /scenes: its frames are ``[start, frames written so far)``."""
         self._append(self._ds("scenes/name"), np.array([name], dtype=object))
         self._append(self._ds("scenes/start"), np.array([start]))
         self._append(self._ds("scenes/stop"), np.array([self._num_frames]))
         self._scene_names.add(name)
-        return self._num_frames - start
 
     def _write_frame(self, scene_index: int, frame: OccFrame) -> None:
-        shape, i = self.grid.shape, self._num_frames
-        where = f"frame {i} ('{frame.token}')"
+        """Append one frame: its ragged rows and bit-packed grids, then its rows in /frames and
+        /cameras, each part checked before it is written (OccFormatError naming the frame)."""
+        where = f"frame {self._num_frames} ('{frame.token}')"
         occupancy = np.asarray(frame.occupancy, dtype=bool)
-        flags = 0
-        if frame.semantics is not None:
-            semantics = np.asarray(frame.semantics)
-            if semantics.shape != shape or semantics.dtype != np.uint8:
-                raise OccFormatError(f"{self.path}: {where} semantics must be uint8 {shape}, got {semantics.dtype} {semantics.shape}")
-            # Labels are stored for occupied voxels only; free must be exactly the non-occupied set.
-            if not np.array_equal(semantics != self.taxonomy.free_index, occupancy):
-                raise OccFormatError(f"{self.path}: {where} semantics disagree with occupancy (free voxels must be exactly the unoccupied ones)")
-            flags |= FLAG_SEMANTICS
-            labels_range = self._append(self._ds("ragged/labels"), semantics.ravel()[occupancy.ravel()])
-        else:
-            labels_range = (self._ds("ragged/labels").shape[0], 0)
+        labels_range = self._write_labels(frame, occupancy, where)
+        flags = self._write_grids(frame, occupancy, where)
+        top2_range = self._write_top2(frame, occupancy, where)
+        points_range = (self._ds("ragged/points").shape[0], 0)
+        if frame.points is not None:
+            points_range = self._append(self._ds("ragged/points"), np.asarray(frame.points, dtype=np.float32)[:, :3])
+        flags |= ((FLAG_SEMANTICS if frame.semantics is not None else 0)
+                  | (FLAG_TOP2 if frame.top2_labels is not None else 0)
+                  | (FLAG_POINTS if frame.points is not None else 0))
+        self._write_frame_row(scene_index, frame, flags, (labels_range, top2_range, points_range), where)
+        self._write_cameras(frame.cameras, where)
+        self._num_frames += 1
+
+    def _write_labels(self, frame: OccFrame, occupancy: np.ndarray, where: str) -> tuple[int, int]:
+        """The labels of the occupied voxels into ragged/labels; their (start, count) there."""
+        if frame.semantics is None:
+            return self._ds("ragged/labels").shape[0], 0
+        shape = self.grid.shape
+        semantics = np.asarray(frame.semantics)
+        if semantics.shape != shape or semantics.dtype != np.uint8:
+            raise OccFormatError(f"{self.path}: {where} semantics must be uint8 {shape}, "
+                                 f"got {semantics.dtype} {semantics.shape}")
+        # Labels are stored for occupied voxels only; free must be exactly the non-occupied set.
+        if not np.array_equal(semantics != self.taxonomy.free_index, occupancy):
+            raise OccFormatError(f"{self.path}: {where} semantics disagree with occupancy "
+                                 "(free voxels must be exactly the unoccupied ones)")
+        return self._append(self._ds("ragged/labels"), semantics.ravel()[occupancy.ravel()])
+
+    def _write_grids(self, frame: OccFrame, occupancy: np.ndarray, where: str) -> int:
+        """The frame's bit-packed grids, one chunk each; the flags of those it has."""
+        flags, i = 0, self._num_frames
         for name, bits in self._encode_grids(frame, occupancy, where).items():
             flags |= _PACKED_FIELDS[name]
             ds = self._ds(f"frames/{name}")
             ds.resize(i + 1, axis=0)
             ds[i] = np.packbits(bits)  # the rows of absent fields are never allocated: no space used
-        top2_range = (self._ds("ragged/top2_labels").shape[0], 0)
+        return flags
+
+    def _write_top2(self, frame: OccFrame, occupancy: np.ndarray, where: str) -> tuple[int, int]:
+        """Top-2 labels and logits (one row per voxel of the support) into ragged/; their (start, count)."""
         if frame.top2_support is not None and frame.top2_labels is None:
             raise OccFormatError(f"{self.path}: {where} has a top2_support grid but no top2 arrays")
-        if frame.top2_labels is not None:
-            support = occupancy if frame.top2_support is None else np.asarray(frame.top2_support, dtype=bool)
-            rows = int(support.sum())
-            top2_labels = np.asarray(frame.top2_labels, dtype=np.uint8)
-            top2_logits = np.asarray(frame.top2_logits, dtype=np.float16)
-            if top2_labels.shape != (rows, 2) or top2_logits.shape != (rows, 2):
-                what = "occupied voxel" if frame.top2_support is None else "voxel of top2_support"
-                raise OccFormatError(f"{self.path}: {where} top2 arrays must be ({rows}, 2), one row per {what}")
-            top2_range = self._append(self._ds("ragged/top2_labels"), top2_labels)
-            self._append(self._ds("ragged/top2_logits"), top2_logits)
-            flags |= FLAG_TOP2
-        points_range = (self._ds("ragged/points").shape[0], 0)
-        if frame.points is not None:
-            points_range = self._append(self._ds("ragged/points"), np.asarray(frame.points, dtype=np.float32)[:, :3])
-            flags |= FLAG_POINTS
+        if frame.top2_labels is None:
+            return self._ds("ragged/top2_labels").shape[0], 0
+        support = occupancy if frame.top2_support is None else np.asarray(frame.top2_support, dtype=bool)
+        rows = int(support.sum())
+        top2_labels = np.asarray(frame.top2_labels, dtype=np.uint8)
+        top2_logits = np.asarray(frame.top2_logits, dtype=np.float16)
+        if top2_labels.shape != (rows, 2) or top2_logits.shape != (rows, 2):
+            what = "occupied voxel" if frame.top2_support is None else "voxel of top2_support"
+            raise OccFormatError(f"{self.path}: {where} top2 arrays must be ({rows}, 2), one row per {what}")
+        top2_range = self._append(self._ds("ragged/top2_labels"), top2_labels)
+        self._append(self._ds("ragged/top2_logits"), top2_logits)
+        return top2_range
+
+    def _write_frame_row(self, scene_index: int, frame: OccFrame, flags: int,
+                         ranges: tuple[tuple[int, int], tuple[int, int], tuple[int, int]], where: str) -> None:
+        """The frame's row of every /frames table; ``ranges``: its (start, count) in ragged/labels,
+        ragged/top2_* and ragged/points."""
         # NaN marks "unknown" so that readers can tell it from a sensor at the ego origin.
-        origin = np.full(3, np.nan, np.float32) if frame.lidar_origin is None else np.asarray(frame.lidar_origin, np.float32)
-        ego_from_lidar = np.full((4, 4), np.nan) if frame.ego_from_lidar is None else np.asarray(frame.ego_from_lidar, np.float64)
+        origin = (np.full(3, np.nan, np.float32) if frame.lidar_origin is None
+                  else np.asarray(frame.lidar_origin, np.float32))
+        ego_from_lidar = (np.full((4, 4), np.nan) if frame.ego_from_lidar is None
+                          else np.asarray(frame.ego_from_lidar, np.float64))
         if ego_from_lidar.shape != (4, 4):
             raise OccFormatError(f"{self.path}: {where} ego_from_lidar must be 4x4, got {ego_from_lidar.shape}")
-
-        self._append(self._ds("frames/scene_index"), np.array([scene_index]))
-        self._append(self._ds("frames/token"), np.array([frame.token], dtype=object))
-        self._append(self._ds("frames/timestamp"), np.array([frame.timestamp], dtype=np.int64))
         pose = np.asarray(frame.global_from_ego, dtype=np.float64)
         if pose.shape != (4, 4):
             raise OccFormatError(f"{self.path}: {where} global_from_ego must be 4x4, got {pose.shape}")
+        source_tokens = json.dumps(frame.source_tokens, sort_keys=True)
+        labels_range, top2_range, points_range = ranges
+        self._append(self._ds("frames/scene_index"), np.array([scene_index]))
+        self._append(self._ds("frames/token"), np.array([frame.token], dtype=object))
+        self._append(self._ds("frames/timestamp"), np.array([frame.timestamp], dtype=np.int64))
         self._append(self._ds("frames/global_from_ego"), pose[None])
-        self._append(self._ds("frames/source_tokens"), np.array([json.dumps(frame.source_tokens, sort_keys=True)], dtype=object))
+        self._append(self._ds("frames/source_tokens"), np.array([source_tokens], dtype=object))
         self._append(self._ds("frames/flags"), np.array([flags], dtype=np.uint8))
         self._append(self._ds("frames/labels_range"), np.array([labels_range]))
         self._append(self._ds("frames/top2_range"), np.array([top2_range]))
         self._append(self._ds("frames/points_range"), np.array([points_range]))
         self._append(self._ds("frames/lidar_origin"), origin[None])
         self._append(self._ds("frames/ego_from_lidar"), ego_from_lidar[None])
-        self._write_cameras(frame.cameras, where)
-        self._num_frames += 1
 
     def copy_scene(self, source: "OccDataset", name: str) -> int:
         """Append a scene of another file of the same grid, taxonomy, cameras and compression,
@@ -432,15 +476,30 @@ class OccWriter:
         if name in self._scene_names:
             raise OccFormatError(f"{self.path}: scene '{name}' written twice")
         shard, first, count = source._scene_location(name)
+        self._check_copyable(shard)
+        src, rows = shard.h5(), slice(first, first + count)
+        start = self._num_frames
+        ranges = self._copy_ragged(src, rows)
+        self._copy_tables(src, rows, ranges)
+        self._copy_grid_chunks(src, first, count)
+        self._num_frames += count
+        self._append_scene(name, start)
+        return count
+
+    def _check_copyable(self, shard: _Shard) -> None:
+        """Chunks and rows copy as they are only between files of one layout and encoding."""
         if (shard.camera_names != self.camera_names or not shard.grid.same_geometry(self.grid)
                 or shard.attrs.get("compression") != self._h5.attrs["compression"]
                 or _z_offset(shard) != self.z_offset):
-            raise OccFormatError(f"{shard.path}: cameras, grid, vertical offset or compression differ from {self.path}'s; "
-                                 "cannot copy scenes")
-        src, rows = shard.h5(), slice(first, first + count)
-        start = self._num_frames
+            raise OccFormatError(f"{shard.path}: cameras, grid, vertical offset or compression differ from "
+                                 f"{self.path}'s; cannot copy scenes")
+
+    def _copy_ragged(self, src: h5py.File, rows: slice) -> dict[str, np.ndarray]:
+        """Append the ragged rows of the source frames ``rows``; range table -> the frames' ranges,
+        shifted to where the rows now lie."""
         # Ragged data of a scene are contiguous (frames are appended in order): copy each block
         # once and shift the frames' ranges by the block's new position.
+        count = rows.stop - rows.start
         ranges = {}
         for table, ragged in (("frames/labels_range", ("ragged/labels",)),
                               ("frames/top2_range", ("ragged/top2_labels", "ragged/top2_logits")),
@@ -450,11 +509,17 @@ class OccWriter:
             lo = int(old[..., 0].min(initial=0)) if count else 0
             hi = int((old[..., 0] + old[..., 1]).max(initial=lo)) if count else 0
             new_base = self._ds(ragged[0]).shape[0]
-            for name_ in ragged:
-                self._append(self._ds(name_), src[name_][lo:hi])
+            for name in ragged:
+                self._append(self._ds(name), src[name][lo:hi])
             shifted = old.copy()
             shifted[..., 0] += new_base - lo
             ranges[table] = shifted
+        return ranges
+
+    def _copy_tables(self, src: h5py.File, rows: slice, ranges: dict[str, np.ndarray]) -> None:
+        """Append the source frames' rows of every /frames and /cameras table but the packed grids;
+        ranges from :meth:`_copy_ragged`, the scene index of the scene being added."""
+        count = rows.stop - rows.start
         for group in ("frames", "cameras"):
             for key, dataset in src[group].items():
                 path = f"{group}/{key}"
@@ -469,7 +534,11 @@ class OccWriter:
                 self._append(self._ds(path), values)
         if "ego_from_lidar" not in src["frames"]:  # a file written before the calibration was stored: unknown
             self._append(self._ds("frames/ego_from_lidar"), np.full((count, 4, 4), np.nan))
-        flags = src["frames/flags"][rows]
+
+    def _copy_grid_chunks(self, src: h5py.File, first: int, count: int) -> None:
+        """The source frames' compressed grid chunks, copied as they are to the next ``count`` rows."""
+        start = self._num_frames
+        flags = src["frames/flags"][first:first + count]
         for key, flag in _PACKED_FIELDS.items():
             target = self._ds(f"frames/{key}")
             target.resize(start + count, axis=0)
@@ -477,12 +546,6 @@ class OccWriter:
                 if flag == 0 or flags[k] & flag:  # rows of absent fields were never allocated
                     filter_mask, chunk = src[f"frames/{key}"].id.read_direct_chunk((first + k, 0))
                     target.id.write_direct_chunk((start + k, 0), chunk, filter_mask)
-        self._num_frames += count
-        self._append(self._ds("scenes/name"), np.array([name], dtype=object))
-        self._append(self._ds("scenes/start"), np.array([start]))
-        self._append(self._ds("scenes/stop"), np.array([self._num_frames]))
-        self._scene_names.add(name)
-        return count
 
     def _encode_grids(self, frame: OccFrame, occupancy: np.ndarray, where: str) -> dict[str, np.ndarray]:
         """The bit-packed grids of a frame, masks relative to their references (see _encode_xor)."""
@@ -490,9 +553,11 @@ class OccWriter:
         grids = {name: getattr(frame, name) for name in ("mask_lidar", "mask_camera", "binary_pred", "top2_support")}
         for name, grid in grids.items():
             if grid is not None and np.shape(grid) != shape:
-                raise OccFormatError(f"{self.path}: {where} {name} has shape {np.shape(grid)}, the file's grid is {shape}")
+                raise OccFormatError(f"{self.path}: {where} {name} has shape {np.shape(grid)}, "
+                                     f"the file's grid is {shape}")
         if occupancy.shape != shape:
-            raise OccFormatError(f"{self.path}: {where} occupancy has shape {occupancy.shape}, the file's grid is {shape}")
+            raise OccFormatError(f"{self.path}: {where} occupancy has shape {occupancy.shape}, "
+                                 f"the file's grid is {shape}")
         out = {"occupancy": occupancy.reshape(-1)}
         mask_lidar = grids["mask_lidar"]
         if mask_lidar is not None:
@@ -513,7 +578,8 @@ class OccWriter:
     def _write_cameras(self, cameras: list[Camera], where: str) -> None:
         C = max(len(self.camera_names), 1)
         if len(cameras) > len(self.camera_names):
-            raise OccFormatError(f"{self.path}: {where} has {len(cameras)} cameras, the file declares {self.camera_names}")
+            raise OccFormatError(f"{self.path}: {where} has {len(cameras)} cameras, "
+                                 f"the file declares {self.camera_names}")
         intrinsic = np.zeros((C, 3, 3))
         ego_from_cam = np.zeros((C, 4, 4))
         width = np.zeros(C, np.int32)
@@ -587,7 +653,8 @@ class OccWriter:
     def __enter__(self) -> "OccWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -603,7 +670,7 @@ class ResumableWriter:
     independent, so several worker processes may write scenes of the same output at once.
     """
 
-    def __init__(self, out: str | os.PathLike, **writer_kwargs) -> None:
+    def __init__(self, out: str | os.PathLike, **writer_kwargs: Any) -> None:  # OccWriter's keywords
         self.out = Path(out)
         self.parts_dir = self.out.with_name(self.out.name + ".parts")
         self.writer_kwargs = writer_kwargs
@@ -724,14 +791,7 @@ def _load_shard(path: Path) -> _Shard:
     h5 = _open_checked(path)
     try:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
-        try:
-            grid = VoxelGrid.from_dict(json.loads(attrs["grid"]))
-            taxonomy = get_taxonomy(attrs["taxonomy"])
-        except (KeyError, TypeError, ValueError, GridError, B2SError) as err:  # ValueError: JSONDecodeError too
-            raise OccFormatError(f"{path}: bad grid / taxonomy attributes: {err}") from None
-        camera_names = _json_attr(path, attrs, "camera_names", [])
-        if not isinstance(camera_names, list) or not all(isinstance(c, str) for c in camera_names):
-            raise OccFormatError(f"{path}: bad camera_names attribute (expected a JSON list of names)")
+        grid, taxonomy, camera_names = _header_facts(path, attrs)
         frames = _group(h5, path, "frames")
         scenes = _group(h5, path, "scenes")
         names = [_text(n) for n in _whole(path, scenes, "scenes/name")]
@@ -741,41 +801,69 @@ def _load_shard(path: Path) -> _Shard:
         shard = _Shard(
             path=path, grid=grid, taxonomy=taxonomy, attrs=attrs, num_frames=int(flags.shape[0]),
             scene_names=names, scene_ranges=ranges, flags=flags,
-            labels_range=_whole(path, frames, "frames/labels_range"), top2_range=_whole(path, frames, "frames/top2_range"),
-            points_range=_whole(path, frames, "frames/points_range"), scene_index=_whole(path, frames, "frames/scene_index"),
+            labels_range=_whole(path, frames, "frames/labels_range"),
+            top2_range=_whole(path, frames, "frames/top2_range"),
+            points_range=_whole(path, frames, "frames/points_range"),
+            scene_index=_whole(path, frames, "frames/scene_index"),
             camera_names=camera_names, has_ego_from_lidar="ego_from_lidar" in frames,
         )
-        if shard.has_ego_from_lidar and frames["ego_from_lidar"].shape != (shard.num_frames, 4, 4):
-            raise OccFormatError(f"{path}: frames/ego_from_lidar has shape {frames['ego_from_lidar'].shape}, "
-                                 f"expected ({shard.num_frames}, 4, 4)")
-        for name in ("labels_range", "top2_range", "points_range"):
-            if getattr(shard, name).shape != (shard.num_frames, 2):
-                raise OccFormatError(f"{path}: frames/{name} has shape {getattr(shard, name).shape}, expected ({shard.num_frames}, 2)")
-        if shard.scene_index.shape != (shard.num_frames,):
-            raise OccFormatError(f"{path}: frames/scene_index has shape {shard.scene_index.shape}, expected ({shard.num_frames},)")
-        P = (grid.num_voxels + 7) // 8
-        if "occupancy" not in frames:
-            raise OccFormatError(f"{path}: missing dataset frames/occupancy")
-        if frames["occupancy"].shape != (shard.num_frames, P):
-            raise OccFormatError(f"{path}: frames/occupancy has shape {frames['occupancy'].shape}, expected ({shard.num_frames}, {P}) for the grid")
-        try:
-            declared = int(attrs.get("num_frames", shard.num_frames))
-        except (TypeError, ValueError):
-            raise OccFormatError(f"{path}: bad num_frames attribute {attrs.get('num_frames')!r}") from None
-        if shard.num_frames != declared:
-            raise OccFormatError(f"{path}: {shard.num_frames} frames stored, header says {attrs['num_frames']}")
-        if len(ranges) and (ranges[-1, 1] != shard.num_frames or np.any(ranges[1:, 0] != ranges[:-1, 1])):
-            raise OccFormatError(f"{path}: scene ranges do not tile the frames")
+        _check_table_shapes(shard, frames)
+        _check_frame_count(shard)
     finally:
         h5.close()
     return shard
+
+
+def _header_facts(path: Path, attrs: dict) -> tuple[VoxelGrid, Taxonomy, list[str]]:
+    """The grid, taxonomy and camera names the header attributes declare."""
+    try:
+        grid = VoxelGrid.from_dict(json.loads(attrs["grid"]))
+        taxonomy = get_taxonomy(attrs["taxonomy"])
+    except (KeyError, TypeError, ValueError, GridError, B2SError) as err:  # ValueError: JSONDecodeError too
+        raise OccFormatError(f"{path}: bad grid / taxonomy attributes: {err}") from None
+    camera_names = _json_attr(path, attrs, "camera_names", [])
+    if not isinstance(camera_names, list) or not all(isinstance(c, str) for c in camera_names):
+        raise OccFormatError(f"{path}: bad camera_names attribute (expected a JSON list of names)")
+    return grid, taxonomy, camera_names
+
+
+def _check_table_shapes(shard: _Shard, frames: h5py.Group) -> None:
+    """Every per-frame table has one row per frame, and the grids one packed grid of the file's size."""
+    path, N = shard.path, shard.num_frames
+    if shard.has_ego_from_lidar and frames["ego_from_lidar"].shape != (N, 4, 4):
+        raise OccFormatError(f"{path}: frames/ego_from_lidar has shape {frames['ego_from_lidar'].shape}, "
+                             f"expected ({N}, 4, 4)")
+    for name in ("labels_range", "top2_range", "points_range"):
+        if getattr(shard, name).shape != (N, 2):
+            raise OccFormatError(f"{path}: frames/{name} has shape {getattr(shard, name).shape}, expected ({N}, 2)")
+    if shard.scene_index.shape != (N,):
+        raise OccFormatError(f"{path}: frames/scene_index has shape {shard.scene_index.shape}, expected ({N},)")
+    P = (shard.grid.num_voxels + 7) // 8  # bytes of one bit-packed grid
+    if "occupancy" not in frames:
+        raise OccFormatError(f"{path}: missing dataset frames/occupancy")
+    if frames["occupancy"].shape != (N, P):
+        raise OccFormatError(f"{path}: frames/occupancy has shape {frames['occupancy'].shape}, "
+                             f"expected ({N}, {P}) for the grid")
+
+
+def _check_frame_count(shard: _Shard) -> None:
+    """The frames stored are those the header declares, and the scenes tile them in order."""
+    path, attrs, ranges = shard.path, shard.attrs, shard.scene_ranges
+    try:
+        declared = int(attrs.get("num_frames", shard.num_frames))
+    except (TypeError, ValueError):
+        raise OccFormatError(f"{path}: bad num_frames attribute {attrs.get('num_frames')!r}") from None
+    if shard.num_frames != declared:
+        raise OccFormatError(f"{path}: {shard.num_frames} frames stored, header says {attrs['num_frames']}")
+    if len(ranges) and (ranges[-1, 1] != shard.num_frames or np.any(ranges[1:, 0] != ranges[:-1, 1])):
+        raise OccFormatError(f"{path}: scene ranges do not tile the frames")
 
 
 def _z_offset(shard: _Shard) -> float:
     return float(shard.attrs.get("z_offset", 0.0))
 
 
-def _json_attr(path: Path, attrs: dict, name: str, default):
+def _json_attr(path: Path, attrs: dict, name: str, default: object) -> object:
     try:
         return json.loads(attrs[name]) if name in attrs else default
     except (TypeError, ValueError):  # JSONDecodeError is a ValueError
@@ -796,7 +884,8 @@ def _whole(path: Path, group: h5py.Group, name: str) -> np.ndarray:
     try:
         return group[key][:]
     except OSError as err:  # h5py: a chunk whose compressed bytes do not decode
-        raise OccFormatError(f"{path}: {name} cannot be decoded (corrupt or truncated data: {_h5_reason(err)})") from None
+        raise OccFormatError(f"{path}: {name} cannot be decoded "
+                             f"(corrupt or truncated data: {_h5_reason(err)})") from None
 
 
 def _h5_reason(err: OSError) -> str:
@@ -841,7 +930,8 @@ def _row(shard: "_Shard", name: str, i: int) -> np.ndarray:
         raise _FrameDamage(f"{name} has no row {i}") from None
 
 
-def _ragged(shard: "_Shard", name: str, range_name: str, start_count, expected: int | None = None, what: str = "") -> np.ndarray:
+def _ragged(shard: "_Shard", name: str, range_name: str, start_count: np.ndarray, expected: int | None = None,
+            what: str = "") -> np.ndarray:
     """The rows ``[start, start + count)`` of a ragged dataset, checked against its length and,
     when ``expected`` is given, against the number of rows the frame needs."""
     start, count = (int(v) for v in start_count)
@@ -856,7 +946,8 @@ def _ragged(shard: "_Shard", name: str, range_name: str, start_count, expected: 
     try:
         return dataset[start:start + count]
     except OSError as err:
-        raise _FrameDamage(f"{name} rows {start}..{start + count} cannot be decoded (corrupt or truncated data: {_h5_reason(err)})") from None
+        raise _FrameDamage(f"{name} rows {start}..{start + count} cannot be decoded "
+                           f"(corrupt or truncated data: {_h5_reason(err)})") from None
 
 
 def _frame_label(shard: "_Shard", i: int) -> str:
@@ -871,6 +962,37 @@ def _frame_label(shard: "_Shard", i: int) -> str:
         return f" (scene {scene})"
 
 
+def _decode_masks(frame: OccFrame, shard: _Shard, i: int, fields: Sequence[str]) -> None:
+    """Set the frame's mask_lidar and mask_camera, those asked for and stored; mask_lidar is decoded
+    for mask_camera too, being its reference (see _encode_reordered)."""
+    flags, shape = int(shard.flags[i]), shard.grid.shape
+    mask_lidar = None
+    if flags & FLAG_MASK_LIDAR and {"mask_lidar", "mask_camera"} & set(fields):
+        mask_lidar = np.logical_xor(_unpack(_row(shard, "frames/mask_lidar", i), shape), frame.occupancy)
+        if "mask_lidar" in fields:
+            frame.mask_lidar = mask_lidar
+    if "mask_camera" in fields and flags & FLAG_MASK_CAMERA:
+        reference = mask_lidar if mask_lidar is not None else frame.occupancy
+        bits = _unpack(_row(shard, "frames/mask_camera", i), shape).reshape(-1)
+        frame.mask_camera = _decode_reordered(bits, reference)
+
+
+def _decode_top2(frame: OccFrame, shard: _Shard, i: int) -> None:
+    """Set the frame's top2_support, top2_labels and top2_logits, those stored; the arrays have one row
+    per voxel of the support (the occupied voxels when the frame stores none)."""
+    flags = int(shard.flags[i])
+    if flags & FLAG_TOP2_SUPPORT:
+        frame.top2_support = np.logical_xor(_unpack(_row(shard, "frames/top2_support", i), shard.grid.shape),
+                                            frame.occupancy)
+    if flags & FLAG_TOP2:
+        support = frame.top2_support if frame.top2_support is not None else frame.occupancy
+        voxels = int(support.sum())
+        frame.top2_labels = _ragged(shard, "ragged/top2_labels", "frames/top2_range", shard.top2_range[i], voxels,
+                                    "Top2 voxels")
+        frame.top2_logits = _ragged(shard, "ragged/top2_logits", "frames/top2_range", shard.top2_range[i], voxels,
+                                    "Top2 voxels")
+
+
 class OccDataset:
     """Read-only view of one or several shards as one sequence of frames.
 
@@ -879,7 +1001,8 @@ class OccDataset:
     so a dataset created before DataLoader workers fork is safe to use in them.
     """
 
-    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, image_root: str | None = None) -> None:
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 image_root: str | None = None) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         if not paths:
@@ -891,7 +1014,8 @@ class OccDataset:
                 raise OccFormatError(f"{shard.path}: grid {shard.grid.describe()} differs from {first.path}'s "
                                      f"{first.grid.describe()}")
             if shard.taxonomy.name != first.taxonomy.name:
-                raise OccFormatError(f"{shard.path}: taxonomy '{shard.taxonomy.name}' differs from {first.path}'s '{first.taxonomy.name}'")
+                raise OccFormatError(f"{shard.path}: taxonomy '{shard.taxonomy.name}' differs from "
+                                     f"{first.path}'s '{first.taxonomy.name}'")
             if _z_offset(shard) != _z_offset(first):
                 raise OccFormatError(f"{shard.path}: vertical offset z_offset={_z_offset(shard):g} m differs from "
                                      f"{first.path}'s {_z_offset(first):g} m")
@@ -969,7 +1093,7 @@ class OccDataset:
     def __getitem__(self, index: int) -> OccFrame:
         return self.read(index)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[OccFrame]:
         for i in range(len(self)):
             yield self.read(i)
 
@@ -988,18 +1112,46 @@ class OccDataset:
             raise OccFormatError(f"{shard.path}: frame {i}{_frame_label(shard, i)}: {damage}") from None
 
     def _decode(self, shard: "_Shard", i: int, fields: Sequence[str], images: bool | str) -> OccFrame:
-        row = functools.partial(_row, shard)
+        """Frame ``i`` of ``shard``: its fixed fields, then the optional ones asked for and stored
+        (grids relative to their references: see _encode_xor)."""
         flags = int(shard.flags[i])
-        shape = shard.grid.shape
-        occupancy = _unpack(row("frames/occupancy", i), shape)  # always: it locates the stored labels
+        # always decoded: it locates the stored labels and is the reference of the other grids
+        occupancy = _unpack(_row(shard, "frames/occupancy", i), shard.grid.shape)
+        frame = self._decode_fixed(shard, i, occupancy, fields, images)
+        if "semantics" in fields and flags & FLAG_SEMANTICS:
+            labels = _ragged(shard, "ragged/labels", "frames/labels_range", shard.labels_range[i], int(occupancy.sum()),
+                             "occupied voxels")
+            semantics = np.full(shard.grid.shape, shard.taxonomy.free_index, dtype=np.uint8)
+            semantics.reshape(-1)[occupancy.reshape(-1)] = labels
+            frame.semantics = semantics
+        _decode_masks(frame, shard, i, fields)
+        if "binary_pred" in fields and flags & FLAG_BINARY_PRED:
+            bits = _unpack(_row(shard, "frames/binary_pred", i), shard.grid.shape)
+            frame.binary_pred = np.logical_xor(bits, occupancy)
+        if "top2" in fields:
+            _decode_top2(frame, shard, i)
+        if "points" in fields and flags & FLAG_POINTS:
+            frame.points = _ragged(shard, "ragged/points", "frames/points_range", shard.points_range[i])
+        origin = _row(shard, "frames/lidar_origin", i)
+        frame.lidar_origin = origin if np.isfinite(origin).all() else None
+        if shard.has_ego_from_lidar:
+            ego_from_lidar = _row(shard, "frames/ego_from_lidar", i)
+            frame.ego_from_lidar = ego_from_lidar if np.isfinite(ego_from_lidar).all() else None
+        return frame
+
+    def _decode_fixed(self, shard: "_Shard", i: int, occupancy: np.ndarray, fields: Sequence[str],
+                      images: bool | str) -> OccFrame:
+        """The fields every frame has (and its cameras, when asked for)."""
+        row = functools.partial(_row, shard)
         scene_index = int(shard.scene_index[i])
         if not 0 <= scene_index < len(shard.scene_names):
-            raise _FrameDamage(f"frames/scene_index {scene_index} names no scene (the file has {len(shard.scene_names)})")
+            raise _FrameDamage(f"frames/scene_index {scene_index} names no scene "
+                               f"(the file has {len(shard.scene_names)})")
         try:
             source_tokens = json.loads(_text(row("frames/source_tokens", i)) or "{}")
         except ValueError:
             raise _FrameDamage("frames/source_tokens is not valid JSON") from None
-        frame = OccFrame(
+        return OccFrame(
             scene=shard.scene_names[scene_index],
             token=_text(row("frames/token", i)),
             timestamp=int(row("frames/timestamp", i)),
@@ -1008,38 +1160,8 @@ class OccDataset:
             occupancy=occupancy,
             source_tokens=source_tokens,
         )
-        if "semantics" in fields and flags & FLAG_SEMANTICS:
-            labels = _ragged(shard, "ragged/labels", "frames/labels_range", shard.labels_range[i], int(occupancy.sum()), "occupied voxels")
-            semantics = np.full(shape, shard.taxonomy.free_index, dtype=np.uint8)
-            semantics.reshape(-1)[occupancy.reshape(-1)] = labels
-            frame.semantics = semantics
-        mask_lidar = None
-        if flags & FLAG_MASK_LIDAR and {"mask_lidar", "mask_camera"} & set(fields):
-            mask_lidar = np.logical_xor(_unpack(row("frames/mask_lidar", i), shape), occupancy)
-            if "mask_lidar" in fields:
-                frame.mask_lidar = mask_lidar
-        if "mask_camera" in fields and flags & FLAG_MASK_CAMERA:
-            reference = mask_lidar if mask_lidar is not None else occupancy
-            frame.mask_camera = _decode_reordered(_unpack(row("frames/mask_camera", i), shape).reshape(-1), reference)
-        if "binary_pred" in fields and flags & FLAG_BINARY_PRED:
-            frame.binary_pred = np.logical_xor(_unpack(row("frames/binary_pred", i), shape), occupancy)
-        if "top2" in fields and flags & FLAG_TOP2_SUPPORT:
-            frame.top2_support = np.logical_xor(_unpack(row("frames/top2_support", i), shape), occupancy)
-        if "top2" in fields and flags & FLAG_TOP2:
-            support = frame.top2_support if flags & FLAG_TOP2_SUPPORT and frame.top2_support is not None else occupancy
-            voxels = int(support.sum())
-            frame.top2_labels = _ragged(shard, "ragged/top2_labels", "frames/top2_range", shard.top2_range[i], voxels, "Top2 voxels")
-            frame.top2_logits = _ragged(shard, "ragged/top2_logits", "frames/top2_range", shard.top2_range[i], voxels, "Top2 voxels")
-        if "points" in fields and flags & FLAG_POINTS:
-            frame.points = _ragged(shard, "ragged/points", "frames/points_range", shard.points_range[i])
-        origin = row("frames/lidar_origin", i)
-        frame.lidar_origin = origin if np.isfinite(origin).all() else None
-        if shard.has_ego_from_lidar:
-            ego_from_lidar = row("frames/ego_from_lidar", i)
-            frame.ego_from_lidar = ego_from_lidar if np.isfinite(ego_from_lidar).all() else None
-        return frame
 
-    def _cameras(self, shard: _Shard, i: int, images: bool) -> list[Camera]:
+    def _cameras(self, shard: _Shard, i: int, images: bool | str) -> list[Camera]:
         cams = lambda name: _row(shard, f"cameras/{name}", i)  # noqa: E731
         names = shard.camera_names
         width, height = cams("width"), cams("height")
@@ -1058,7 +1180,7 @@ class OccDataset:
             out.append(camera)
         return out
 
-    def _image_bytes(self, shard: _Shard, path, image_range) -> bytes:
+    def _image_bytes(self, shard: _Shard, path: str | bytes, image_range: np.ndarray) -> bytes:
         if int(image_range[1]):
             return _ragged(shard, "ragged/images", "cameras/image_range", image_range).tobytes()
         path = _text(path)
@@ -1073,7 +1195,8 @@ class OccDataset:
         try:
             return full.read_bytes()
         except OSError:
-            raise OccFormatError(f"{full}: image file missing (image_root {root!r}; pass image_root= to OccDataset to relocate)") from None
+            raise OccFormatError(f"{full}: image file missing (image_root {root!r}; "
+                                 "pass image_root= to OccDataset to relocate)") from None
 
     def image(self, index: int, camera: int | str) -> bytes:
         """The encoded image file of one camera of a frame (embedded, or read from image_root)."""
@@ -1081,7 +1204,8 @@ class OccDataset:
         names = shard.camera_names
         c = names.index(camera) if isinstance(camera, str) else int(camera)
         try:
-            return self._image_bytes(shard, _row(shard, "cameras/image_path", i)[c], _row(shard, "cameras/image_range", i)[c])
+            return self._image_bytes(shard, _row(shard, "cameras/image_path", i)[c],
+                                     _row(shard, "cameras/image_range", i)[c])
         except _FrameDamage as damage:
             raise OccFormatError(f"{shard.path}: frame {i}{_frame_label(shard, i)}: {damage}") from None
 
@@ -1099,12 +1223,12 @@ class OccDataset:
             if entry is not None:
                 entry[0].close()
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # Pickled into DataLoader workers (spawn): send paths and indexes, never open handles.
         state = self.__dict__.copy()
         state["_shards"] = [_Shard(**{**s.__dict__, "handles": {}}) for s in self._shards]
         return state
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

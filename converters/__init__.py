@@ -1,4 +1,12 @@
-"""Readers that turn raw datasets (nuScenes, nuPlan, OpenScene) into the core's frame records.
+"""Readers that turn raw datasets (nuScenes, nuPlan, OpenScene) into the core's frame records, and the
+jobs that run them.
+
+- ``converters.readers``: one reader per source (``nuscenes``, ``nuplan``, ``openscene``), the label
+  files (``labels``), the file formats they need (``pcd``, ``safe_pickle``), the reader interface
+  (``base``) and readers of the user's own (``plugins``). Readers never import the jobs.
+- ``converters.jobs``: the drivers of ``b2s convert`` (``convert``) and ``b2s build-binary``
+  (``build_binary``), and what runs their scenes: scene selection, shards, resume and the worker
+  pool (``scene_run``), the Ray backend (``ray_backend``) and progress (``progress``).
 
 ``open_reader(source, dataroot, ...)`` returns a :class:`converters.readers.base.SceneReader`:
 ``reader.scene_names()`` and ``reader.read_scene(name)`` -> key frames
@@ -11,11 +19,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.readers.base import SceneReader
 from converters.errors import ConverterError
+from converters.readers.base import SOURCES, SceneReader
 from converters.readers.labels import LabelSpec
-
-SOURCES = ("nuscenes", "nuplan", "openscene")
+from converters.readers.nuplan import NuPlanReader
+from converters.readers.nuscenes import NuScenesReader
+from converters.readers.openscene import OpenSceneReader
+from converters.readers.plugins import open_plugin, resolve_source
 
 
 def open_reader(source: str, dataroot: str | Path, *, version: str | None = None, labels: str | LabelSpec | None = None,
@@ -28,8 +38,6 @@ def open_reader(source: str, dataroot: str | Path, *, version: str | None = None
     nuPlan split folder. ``options`` go to the source's reader (e.g. ``max_sweeps``). A plug-in
     reader gets those of these that are given (:func:`converters.readers.plugins.open_plugin`).
     """
-    from converters.readers.plugins import open_plugin, resolve_source
-
     source = resolve_source(source)  # an unknown name or a broken plug-in fails before the dataset is read
     dataroot = Path(dataroot).expanduser()
     if not dataroot.exists():
@@ -38,18 +46,12 @@ def open_reader(source: str, dataroot: str | Path, *, version: str | None = None
     if source not in SOURCES:
         return open_plugin(source, dataroot, version=version, labels=spec, scenes=scenes, split=split, **options)
     if source == "nuscenes":
-        from converters.readers.nuscenes import NuScenesReader
-
         return NuScenesReader(dataroot, version=version or "v1.0-mini", labels=spec, scenes=scenes, split=split, **options)
     if source == "nuplan":
-        from converters.readers.nuplan import NuPlanReader
-
         if spec is not None:
             raise ConverterError(spec.root, "nuPlan logs carry no semantic labels; use --source openscene for OpenScene labels")
         return NuPlanReader(dataroot, scenes=scenes, split=split, **options)
-    from converters.readers.openscene import OpenSceneReader  # the last of SOURCES
-
-    return OpenSceneReader(dataroot, labels=spec, scenes=scenes, split=split, **options)
+    return OpenSceneReader(dataroot, labels=spec, scenes=scenes, split=split, **options)  # the last of SOURCES
 
 
 __all__ = ["ConverterError", "LabelSpec", "SOURCES", "SceneReader", "open_reader"]

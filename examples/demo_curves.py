@@ -131,7 +131,7 @@ def geometry_recall(checkpoint: Path, data: Path, every: int = 3) -> dict:
 
     from b2s_core.models.occupied_set import pool_binary_target
     from b2s_core.occfile import OccDataset
-    from b2s_core.apps.predict import iterate_batches, open_inputs, run_model
+    from b2s_core.apps.predict import iterate_batches, open_inputs, predict_logits
     from b2s_core.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
@@ -141,7 +141,7 @@ def geometry_recall(checkpoint: Path, data: Path, every: int = 3) -> dict:
     above = heights > 1.0
     counts = dict(hit_near=0, near=0, hit_above=0, above=0, said_above=0)
     for frame_ids, batch in iterate_batches(inputs, range(0, len(occ), every), 1):
-        occupied = run_model(model, batch, occ.grid).binary[0] > 0  # probability > 0.5
+        occupied = predict_logits(model, batch, occ.grid).binary[0] > 0  # probability > 0.5
         frame = occ.read(frame_ids[0], fields=("mask_camera",))
         grid = lambda bits: pool_binary_target(torch.from_numpy(bits.astype("uint8"))[None], config.binary_shape)[0][0] > 0  # noqa: E731
         truth, seen = grid(frame.occupancy & frame.mask_camera), grid(frame.mask_camera)

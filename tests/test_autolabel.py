@@ -11,7 +11,8 @@ import torch
 from _eval_data import SMALL, StandInConfig, StandInModel, make_frames, write_file
 from b2s_core.apps.autolabel import AutolabelConfig, AutolabelError, autolabel_to_file, model_taxonomy, pseudo_labels
 from b2s_core.occfile import OccDataset
-from b2s_core.apps.predict import ALL_FLIPS, given_occupancy_of, iterate_batches, open_inputs, run_model
+from b2s_core.apps.predict import ALL_FLIPS, iterate_batches, open_inputs, predict_logits
+from b2s_core.models.occupied_set import given_occupancy
 from b2s_core.taxonomy import OCC3D
 
 OFFBOARD = StandInConfig(offboard=True)
@@ -89,13 +90,13 @@ def labelled_region(occupancy: np.ndarray) -> np.ndarray:
 
 
 def expected_logits(data_path, flips=((False, False),)):
-    """The stand-in model's logits per frame, straight from run_model."""
+    """The stand-in model's logits per frame, straight from predict_logits."""
     dataset = open_inputs(data_path, OFFBOARD)
     model = StandInModel(OFFBOARD)
     out = []
     for _, batch in iterate_batches(dataset, range(len(dataset)), 1):
-        given = given_occupancy_of(batch, OFFBOARD.binary_shape)
-        out.append(run_model(model, batch, SMALL, given_occupancy=given, flips=flips).semantic[0].numpy())
+        given = given_occupancy(batch["binary"], OFFBOARD.binary_shape)
+        out.append(predict_logits(model, batch, SMALL, given_occupancy=given, flips=flips).semantic[0].numpy())
     return out
 
 
@@ -148,7 +149,7 @@ def test_tta_flips_back_before_averaging(tmp_path, binary_data):
     # a single flip without the flip back would move the occupancy-driven logits
     dataset = open_inputs(data_path, OFFBOARD)
     _, batch = next(iterate_batches(dataset, [0], 1))
-    given = given_occupancy_of(batch, OFFBOARD.binary_shape)
+    given = given_occupancy(batch["binary"], OFFBOARD.binary_shape)
     raw = StandInModel(OFFBOARD)(images=batch["images"], img_from_cam=None, ego_from_cam=None, given_occupancy=given.flip(1))
     assert not np.allclose(raw.semantic_logits[0].detach().numpy(), plain[0], atol=1e-3)
     report = label_file(tmp_path / "tta.h5", data_path, "top2", tta=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from _eval_data import make_frames, write_file
+from b2s_core.apps import worker
+from b2s_core.apps.launch import JOB_KINDS, WORKER_MODULE, InferenceLaunchError, launch, torchrun_command
 from b2s_core.shards import balanced_shares
 from b2s_core.occfile import FIELDS, OccDataset
 from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
@@ -24,6 +27,16 @@ def test_balanced_shares():
     shares = balanced_shares([7, 2, 9, 4, 4, 1, 8, 3], 3)
     assert sorted(i for share in shares for i in share) == list(range(8))  # every scene exactly once
     assert [sum([7, 2, 9, 4, 4, 1, 8, 3][i] for i in share) for share in shares] == [13, 12, 13]  # 38 frames: 13 is the best max
+
+
+def test_the_launcher_starts_the_worker_of_every_job():
+    # the launcher names the worker module without importing it (the worker imports the applications,
+    # which import the launcher): the name, the jobs and the command must still meet
+    assert importlib.import_module(WORKER_MODULE) is worker
+    assert set(worker.JOBS) == set(JOB_KINDS)
+    assert torchrun_command("job.json", 2)[-3:] == ["-m", WORKER_MODULE, "job.json"]
+    with pytest.raises(InferenceLaunchError, match="unknown job 'predict'"):
+        launch("predict", {}, gpus=2, device="cpu")
 
 
 @pytest.fixture(scope="module")

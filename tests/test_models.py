@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import VoxelGrid
-from b2s_core.models import ModelConfig, ModelConfigError, model_config
+from b2s_core.models import ModelConfig, ModelConfigError, build_model, model_config
 from b2s_core.models.camera_rig import surround_rig
+from b2s_core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from b2s_core.models.deformable import (DeformableAttention3D, deform_attn_3d, deform_attn_3d_gather,
                                         deform_attn_3d_reference, ms_deform_attn, ms_deform_attn_gather,
                                         ms_deform_attn_reference)
@@ -66,7 +67,8 @@ def test_config_round_trips_through_json(variant, preset):
     (dict(variant="sparse-ls", binary_stride=(8, 8, 1)), "binary_stride"),
     (dict(variant="sparse-ls", embed_dim=30, num_heads=8), "divisible"),
     (dict(variant="bevformer", arrangement="multi-head", dense_layers=0, sparse_layers=0), "dense_layers"),
-    (dict(variant="sparse-ls", grid="nowhere"), "unknown grid"),
+    # the constructor takes the grid itself; model_config and from_dict read names and specs
+    (dict(variant="sparse-ls", grid="occ3d"), "grid must be a VoxelGrid"),
 ])
 def test_bad_configs_fail_with_a_clear_error(kwargs, words):
     with pytest.raises(ModelConfigError, match=words):
@@ -78,15 +80,63 @@ def test_model_config_rejects_unknown_names():
         model_config("sparse-lss", "small")
     with pytest.raises(ModelConfigError, match="preset"):
         model_config("ls", "huge")
-    with pytest.raises(ModelConfigError, match="embed_dims"):
+    with pytest.raises(ModelConfigError, match="model_overrides: unknown model config field 'embed_dims'"):
         model_config("ls", "small", embed_dims=3)
-    with pytest.raises(ModelConfigError, match="unknown fields"):
-        ModelConfig.from_dict({"variant": "ls", "arrangement": "multi-head", "colour": 1})
+    with pytest.raises(ModelConfigError, match="unknown grid 'nowhere'"):
+        model_config("ls", "small", grid="nowhere")
+    saved = model_config("ls", "tiny").to_dict()
+    with pytest.raises(ModelConfigError, match=r"^run\.pt model_config: unknown model config fields 'colour', 'size'$"):
+        ModelConfig.from_dict({**saved, "colour": 1, "size": 2}, where="run.pt model_config")
+    with pytest.raises(ModelConfigError, match="model config: no 'variant'"):
+        ModelConfig.from_dict({"arrangement": "multi-head"})
+    with pytest.raises(ModelConfigError, match="model config: grid: unknown grid 'nowhere'"):
+        ModelConfig.from_dict({**saved, "grid": "nowhere"})
+    with pytest.raises(ModelConfigError, match="grid must be a preset name"):
+        ModelConfig.from_dict({**saved, "grid": 3})
+    with pytest.raises(ModelConfigError, match="disagrees with its range"):
+        ModelConfig.from_dict({**saved, "grid": {**saved["grid"], "shape": [1, 2, 3]}})
 
 
 def test_config_survives_a_json_round_trip():
     cfg = model_config("sparse-bevformer", "tiny", grid="-6.4,-6.4,-1,6.4,6.4,2.2:0.4")
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_config_stores_its_grid_once_and_saves_it_as_plain_values(tmp_path):
+    grid = VoxelGrid((-6.4, -6.4, -1.0), (6.4, 6.4, 2.2), (0.4, 0.4, 0.4), "small")
+    cfg = model_config("sparse-ls", "tiny", grid=grid)
+    assert cfg.grid is grid and cfg.output_grid is grid and cfg.binary_grid.shape == (16, 16, 8)
+    assert model_config("sparse-ls", "tiny", grid="-6.4,-6.4,-1,6.4,6.4,2.2:0.4").grid.same_geometry(grid)
+    assert cfg.to_dict()["grid"] == {"name": "small", "range_min": [-6.4, -6.4, -1.0], "range_max": [6.4, 6.4, 2.2],
+                                     "voxel_size": [0.4, 0.4, 0.4], "shape": [32, 32, 8]}
+    assert len({cfg, model_config("sparse-ls", "tiny", grid=grid), cfg.replace(embed_dim=64)}) == 2  # hashable
+    torch.save({"model_config": cfg.to_dict()}, tmp_path / "c.pt")  # a checkpoint's plain values
+    assert ModelConfig.from_dict(torch.load(tmp_path / "c.pt", weights_only=True)["model_config"]) == cfg
+
+
+@pytest.mark.parametrize("spec", ["occ3d", "openoccupancy", "-6.4,-6.4,-1,6.4,6.4,2.2:0.4"])
+def test_checkpoints_that_hold_the_grid_as_a_name_or_spec_still_load(spec):
+    cfg = model_config("sparse-ls", "paper", grid=spec)
+    old_style = {**cfg.to_dict(), "grid": spec}  # what ModelConfig.to_dict wrote before it stored the grid whole
+    assert ModelConfig.from_dict(old_style) == cfg
+
+
+def test_the_paper_sizes_for_openoccupancy_follow_its_geometry_not_its_name():
+    renamed = VoxelGrid((-51.2, -51.2, -3.2), (51.2, 51.2, 4.8), (0.2, 0.2, 0.2), "from-a-file")
+    assert model_config("sparse-ls", "paper", grid=renamed).compact_shape == (256, 256, 40)
+
+
+def test_load_checkpoint_reads_old_grids_and_refuses_unknown_fields_by_name(tmp_path):
+    spec = "-3.2,-3.2,-1,3.2,3.2,2.2:0.4"  # 16 x 16 x 8
+    cfg = model_config("sparse-ls", "tiny", grid=spec, image_size=(32, 64))
+    weights = build_model(cfg).state_dict()
+    old = save_checkpoint(tmp_path / "old.pt", {"model_variant": cfg.variant, "model": weights,
+                                                "model_config": {**cfg.to_dict(), "grid": spec}})
+    assert load_checkpoint(old).model_config == cfg
+    odd = save_checkpoint(tmp_path / "odd.pt", {"model_variant": cfg.variant, "model": weights,
+                                                "model_config": {**cfg.to_dict(), "colour": "red"}})
+    with pytest.raises(CheckpointError, match=r"odd\.pt: .*model_config: unknown model config field 'colour'"):
+        load_checkpoint(odd)
 
 
 # -- backbone --------------------------------------------------------------------------------------

@@ -61,16 +61,11 @@ def test_gradients_reach_every_trained_parameter(variant, arrangement, offboard)
     if out.depth_logits is not None:
         loss = loss + out.depth_logits.float().mean()  # stands in for the depth loss
     loss.backward()
-    trained = {id(p) for p in model.finetune_parameters()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    missing = [names[i] for i in trained if dict(model.named_parameters())[names[i]].grad is None]
-    assert not missing, f"no gradient: {missing[:5]}"
-    zero = [n for n, p in model.named_parameters() if id(p) in trained and not p.grad.abs().sum() > 0]
-    assert not zero, f"zero gradient: {zero[:5]}"
-    untrained = [n for n, p in model.named_parameters() if id(p) not in trained]
-    assert all(n.startswith("binary_decoder.") for n in untrained)
-    assert bool(untrained) == (arrangement == "replace-head")
-    assert (out.aux_binary_logits is not None) == (arrangement == "multi-head")
+    # The loss reaches every parameter but the binary decoder's when it has no BCE (replace-head). Which
+    # of them a strategy trains is b2s_core.train.strategies.select_trainable's (tests/test_train.py).
+    no_gradient = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert all(n.startswith("binary_decoder.") for n in no_gradient), f"no gradient: {no_gradient[:5]}"
+    assert bool(no_gradient) == (arrangement == "replace-head")
 
 
 @pytest.mark.parametrize("variant", ["sparse-ls", "sparse-bevformer"])

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from b2s_cli.commands import build_binary as build_command
 from b2s_cli.commands import convert as convert_command
-from b2s_core.grids import get_grid
+from b2s_core.grids import GRID_PRESETS, SOURCE_GRIDS, get_grid
 from b2s_core.occfile import OccDataset
 from converters import open_reader
 from converters.jobs.build_binary import BuildBinaryJob
-from converters.jobs.convert import ConvertConfig, convert
+from converters.jobs.convert import ConvertConfig, convert, default_grid
 from converters.errors import ConverterError
 from converters.readers.plugins import installed_readers, reader_class, resolve_source
 
@@ -242,9 +242,9 @@ def test_defaults_fill_what_a_reader_leaves_out(plugin_paths, tmp_path):
     assert reader.image_root == tmp_path and reader.taxonomy.name == "occ3d" and reader.label_grid is None
     assert reader.open_errors == [] and reader.camera_names == []
     assert ConvertConfig(source=f"{VARIANTS}:Bare", dataroot=tmp_path, out=tmp_path / "o.h5").source == f"{VARIANTS}:Bare"
-    from converters.jobs.convert import default_grid
-
-    assert default_grid(f"{VARIANTS}:Bare") == "occ3d"
+    assert default_grid(f"{VARIANTS}:Bare") is GRID_PRESETS["occ3d"]  # PLUGIN_DEFAULT_GRID, made a grid
+    assert default_grid(SPEC) == get_grid("-20,-20,-2,20,20,4.4:0.4")  # the toy reader's own default_grid
+    assert default_grid("nuplan") is SOURCE_GRIDS["nuplan"] is GRID_PRESETS["openscene"]  # a built-in: the table
     # A re-export is the same reader: its source id is the class's own module path.
     assert resolve_source(f"{VARIANTS}:Alias") == SPEC
 

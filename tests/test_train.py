@@ -23,7 +23,15 @@ from b2s_core.models.checkpoint import CheckpointError, load_checkpoint, read_ch
 from b2s_core.train.config import ConfigError, TrainConfig, resolve_config
 from b2s_core.train.logging import read_metrics
 from b2s_core.train.loop import lr_factor, train
-from b2s_core.train.strategies import plan_for, select_trainable
+from b2s_core.train.strategies import (
+    OFFBOARD,
+    PRETRAIN_DENSE,
+    PRETRAIN_SPARSE,
+    REPLACE_HEAD,
+    TrainingPlan,
+    plan_for,
+    select_trainable,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(preset="tiny", workers=0, log_every_steps=1, warmup_steps=0, batch_size=2)
@@ -109,6 +117,21 @@ def test_each_strategy_selects_its_parameters(variant, stage, strategy, offboard
     else:
         assert trained == everything
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trained
+
+
+def test_fixed_plans_are_named_and_the_others_built_by_keyword():
+    finetune = dict(stage="finetune", semantic_data=["s.h5"])
+    assert plan_for(TrainConfig(stage="pretrain", data=["b.h5"]), "sparse-bevformer") is PRETRAIN_SPARSE
+    assert plan_for(TrainConfig(stage="pretrain", data=["b.h5"]), "bevformer") is PRETRAIN_DENSE
+    assert PRETRAIN_DENSE.arrangement == "multi-head" and PRETRAIN_DENSE.up_to_binary
+    assert plan_for(TrainConfig(**finetune, offboard=True), "sparse-ls") is OFFBOARD
+    assert plan_for(TrainConfig(**finetune, strategy="replace-head"), "ls") is REPLACE_HEAD
+    sb = plan_for(TrainConfig(**finetune, binary_data="b", pretrain_data=["b.h5"], strategy="multi-head"), "ls")
+    assert (sb.name, sb.arrangement, sb.pretrain_batches, sb.binary_loss, sb.trains) == ("multi-head", "multi-head",
+                                                                                          True, True, "all")
+    assert not plan_for(TrainConfig(**finetune), "sparse-ls").pretrain_batches  # B*: no extra batch
+    with pytest.raises(TypeError):
+        TrainingPlan("finetune", "offboard", "intermediate", True, False, True, False, False, "all")
 
 
 def test_strategy_and_variant_must_fit():

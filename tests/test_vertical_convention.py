@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import _binary_world as world
 from b2s_cli.commands import align as align_command
 from b2s_cli.commands import build_binary as build_command
-from b2s_core.binary.aggregate import EGO_BODY_NUSCENES, voxels_in_extents
+from b2s_core.binary.aggregate import voxels_in_extents
 from b2s_core.binary.convention import (LABEL_CONVENTIONS, ConventionError, ShiftScore, best_shift, column_floors,
                                         label_convention, score_shifts, shift_layers)
 from b2s_core.binary.pipeline import BinaryBuildConfig, BuildBinaryError, build_scene
@@ -245,7 +245,7 @@ def test_resume_refuses_another_z_offset(tmp_path):
 
     def options(offset: float) -> dict:
         job = BuildBinaryJob("nuscenes", tmp_path, tmp_path / "b.h5", grid="occ3d", z_offset=offset)
-        return job.output_options(job.core_config(EGO_BODY_NUSCENES))
+        return job.output_options()
 
     assert "--z-offset" not in options(0.0)  # a record written before the option existed resumes at offset 0
     check_resume_options(parts, options(0.0), what="build")

@@ -12,9 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import check_grids, check_number, comma_choices, split_list
+from b2s_cli.options import check_grids, check_number, comma_choices, grid_list, split_list
 from b2s_core.output_paths import Output, claim_outputs
 from b2s_core.synth import FORMATS, SynthError, write_dataset
+from b2s_core.synth.contact_sheet import save_contact_sheet
 
 
 def parse_image_size(text: str) -> tuple[int, int] | None:
@@ -28,12 +29,6 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
     return width, height
 
 
-def grid_specs(values: list[str] | None) -> list[str]:
-    """Repeated --grid values -> one grid each: a custom spec (it holds ':'; its numbers are
-    comma-separated) stays whole, anything else is a comma-separated list of presets."""
-    return [spec for value in values or [] for spec in ([value.strip()] if ":" in value else split_list(value))]
-
-
 @cli_errors
 def synth(
     out: Path = typer.Option(..., "--out", help="Output folder (created; must be empty unless --overwrite).", show_default=False),
@@ -43,8 +38,10 @@ def synth(
                                help=f"Comma-separated formats to write: {', '.join(FORMATS)}."),
     image_size: str = typer.Option("400x225", "--image-size", help="Camera resolution WxH (nuPlan cameras keep 16:9), or 'full' (1600x900 / 1920x1080)."),
     seed: int = typer.Option(0, "--seed", help="World seed (0 or more); the same seed writes the same bytes."),
-    grid: list[str] = typer.Option(None, "--grid", help="Extra grids for the exact ground truth: presets, comma-separated (occ3d,openscene), "
-                                   "or a custom xmin,ymin,zmin,xmax,ymax,zmax:voxel; repeat the option for more.", show_default=False),
+    grids: list[str] = typer.Option([], "--grid", callback=grid_list, show_default=False,
+                                    help="Extra grids for the exact ground truth, repeatable: each --grid is one "
+                                         "custom grid xmin,ymin,zmin,xmax,ymax,zmax:voxel, or presets "
+                                         "comma-separated (occ3d,openscene)."),
     nuscenes_version: str = typer.Option("v1.0-mini", "--nuscenes-version", help="Version folder name of the nuScenes tables."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder, replacing files of the same names."),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="Save preview.png: six cameras and a BEV of the ground truth (needs nuscenes + occ3d)."),
@@ -58,7 +55,6 @@ def synth(
     check_number("--seed", seed, at_least=0)  # numpy's generators take no negative seed
     console = Console()
     formats = split_list(format)
-    grids = grid_specs(grid)
     check_grids("--grid", grids)
     start = time.perf_counter()
     folder = Output(out, members=("*",), exists_hint="choose an empty folder, or pass --overwrite to write into it")
@@ -87,7 +83,5 @@ def synth(
         # list used to push "in 4.3 s" over a line break between the number and its unit.
         console.print(f"{scenes} scenes x {frames} key frames in {elapsed:.1f} s: {escape(layouts)}")
         if preview and {"nuscenes", "occ3d"} <= set(formats):
-            from b2s_core.synth.contact_sheet import save_contact_sheet
-
             path = save_contact_sheet(manifest, manifest.scene_names[0], 0, Path(out) / "preview.png")
             console.print(f"preview: {escape(str(path))}")

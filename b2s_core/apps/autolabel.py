@@ -25,20 +25,24 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Sequence
 
+import h5py
 import numpy as np
 import torch
 
+from b2s_core import ray_engine
+from b2s_core.apps.launch import Ranks, inside_torchrun, join_ranks, launch, my_scenes
+from b2s_core.apps.predict import FrameCounter, ModelRun, Progress, check_grid, copy_frame, open_inputs, output_attrs
+from b2s_core.data.dataset import OccTrainDataset
 from b2s_core.errors import B2SError
+from b2s_core.models.checkpoint import load_checkpoint
+from b2s_core.models.config import ModelConfig
 from b2s_core.models.occupied_set import upsample_occupancy
+from b2s_core.occfile import OccDataset, OccFormatError, ResumableWriter, SceneInfo
 from b2s_core.output_paths import Output, atomic_path, check_apart
-from b2s_core.apps.predict import ALL_FLIPS, NO_FLIP, Progress, check_grid, copy_frame, given_occupancy_of, iterate_batches, open_inputs, run_model
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import TAXONOMIES, Taxonomy, get_taxonomy
-
-if TYPE_CHECKING:
-    from b2s_core.apps.launch import Ranks
 
 MODES = ("top1", "top2")
 FORMS = ("paper", "given-geometry")
@@ -117,31 +121,13 @@ def pseudo_labels(semantic_logits: torch.Tensor, *, given: np.ndarray, labelled:
     return out
 
 
-def model_taxonomy(model_config, train_settings: dict, override: str | None) -> Taxonomy:
+def model_taxonomy(model_config: ModelConfig, train_settings: dict, override: str | None) -> Taxonomy:
     """The label set a model predicts: given, else that of its fine-tuning data, else the only
     known taxonomy with its number of labels and free index."""
-    if override:
-        taxonomy = get_taxonomy(override)
-    else:
-        taxonomy = None
-        from b2s_core.occfile import OccDataset, OccFormatError
-
-        for path in list(train_settings.get("semantic_data") or []):
-            try:
-                taxonomy = OccDataset(path).taxonomy
-                break
-            except (OccFormatError, OSError):
-                continue
-        if taxonomy is None:
-            fits = [t for t in TAXONOMIES.values() if t.num_labels == model_config.num_classes and t.free_index == model_config.free_index]
-            if len(fits) != 1:
-                names = ", ".join(t.name for t in fits) or "none"
-                raise AutolabelError(
-                    f"cannot tell the model's taxonomy ({model_config.num_classes} labels, free {model_config.free_index}; "
-                    f"candidates: {names}): pass --taxonomy"
-                )
-            taxonomy = fits[0]
-    if taxonomy.num_labels != model_config.num_classes or taxonomy.free_index != model_config.free_index:
+    taxonomy = get_taxonomy(override) if override else _taxonomy_of_data(train_settings.get("semantic_data") or [])
+    if taxonomy is None:
+        taxonomy = _only_fitting_taxonomy(model_config)
+    if not _fits(taxonomy, model_config):
         raise AutolabelError(
             f"taxonomy '{taxonomy.name}' has {taxonomy.num_labels} labels (free {taxonomy.free_index}), "
             f"the model predicts {model_config.num_classes} (free {model_config.free_index})"
@@ -149,13 +135,42 @@ def model_taxonomy(model_config, train_settings: dict, override: str | None) -> 
     return taxonomy
 
 
+def _fits(taxonomy: Taxonomy, model_config: ModelConfig) -> bool:
+    return taxonomy.num_labels == model_config.num_classes and taxonomy.free_index == model_config.free_index
+
+
+def _taxonomy_of_data(paths: Sequence[str]) -> Taxonomy | None:
+    """The taxonomy of the first of ``paths`` (the model's fine-tuning data) that still opens."""
+    for path in paths:
+        try:
+            data = OccDataset(path)
+        except (OccFormatError, OSError):
+            continue
+        try:
+            return data.taxonomy
+        finally:
+            data.close()
+    return None
+
+
+def _only_fitting_taxonomy(model_config: ModelConfig) -> Taxonomy:
+    fits = [t for t in TAXONOMIES.values() if _fits(t, model_config)]
+    if len(fits) != 1:
+        names = ", ".join(t.name for t in fits) or "none"
+        raise AutolabelError(
+            f"cannot tell the model's taxonomy ({model_config.num_classes} labels, free {model_config.free_index}; "
+            f"candidates: {names}): pass --taxonomy"
+        )
+    return fits[0]
+
+
 # -- writing ------------------------------------------------------------------------------------------------
 def autolabel_to_file(
     model: torch.nn.Module,
-    dataset,
+    dataset: OccTrainDataset,
     out_path: str | os.PathLike,
     *,
-    model_config,
+    model_config: ModelConfig,
     taxonomy: Taxonomy,
     config: AutolabelConfig = AutolabelConfig(),
     command: str = "",
@@ -177,14 +192,14 @@ def autolabel_to_file(
     """
     occ = dataset.occ
     _check_model(model_config, occ)
-    scenes = list(occ.scenes) if ranks is None else [occ.scenes[i] for i in ranks.share([len(s) for s in occ.scenes])]
+    scenes = my_scenes(occ.scenes, ranks)
     writer = _open_writer(out_path, occ, taxonomy, command)
     if ranks is None or ranks.is_main:
         _check_resume_settings(writer.parts_dir, _settings(config, labeller, occ))
     if ranks is not None:
         ranks.barrier()  # no rank adds parts before the earlier run's settings are checked
-    _label_scenes(model, dataset, writer, scenes, model_config=model_config, taxonomy=taxonomy, config=config,
-                  progress=progress)
+    run = _model_run(model, dataset, model_config, config)
+    _label_scenes(run, writer, scenes, taxonomy, config, FrameCounter(sum(len(scene) for scene in scenes), progress))
     if ranks is not None:
         ranks.barrier()  # every rank's parts are written
         if not ranks.is_main:
@@ -192,68 +207,68 @@ def autolabel_to_file(
     return _merge(writer, occ, config)
 
 
-def _check_model(model_config, occ) -> None:
+def _check_model(model_config: ModelConfig, occ: OccDataset) -> None:
     if not model_config.offboard:
-        raise AutolabelError("the checkpoint is an online model; autolabel needs an offboard model (trained with the GT binary as input)")
-    check_grid(model_config, occ, occ.paths[0])
+        raise AutolabelError("the checkpoint is an online model; autolabel needs an offboard model "
+                             "(trained with the GT binary as input)")
+    check_grid(model_config, occ)
 
 
-def _open_writer(out_path: str | os.PathLike, occ, taxonomy: Taxonomy, command: str):
+def _model_run(model: torch.nn.Module, dataset: OccTrainDataset, model_config: ModelConfig,
+               config: AutolabelConfig) -> ModelRun:
+    return ModelRun(model.to(config.device).eval(), dataset, model_config, device=config.device,
+                    batch_size=config.batch_size, num_workers=config.num_workers, tta=config.tta)
+
+
+def _open_writer(out_path: str | os.PathLike, occ: OccDataset, taxonomy: Taxonomy, command: str) -> ResumableWriter:
     """The part-file writer of ``out_path``; every process that labels scenes of it opens the same one."""
-    from b2s_core.occfile import ResumableWriter
-
-    # Images travel with the labels so that the file trains on its own: embedded images are copied,
-    # images stored by path keep their paths and the data file's image root.
-    image_root = occ.attrs().get("image_root") or None
-    return ResumableWriter(out_path, grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
-                           camera_names=occ.camera_names, image_root=image_root)
+    return ResumableWriter(out_path, **output_attrs(occ, taxonomy, command))
 
 
-def _settings(config: AutolabelConfig, labeller: str, occ) -> dict:
+def _settings(config: AutolabelConfig, labeller: str, occ: OccDataset) -> dict:
     """What a resumed run must share with the run that wrote the finished parts."""
     return {"mode": config.mode, "form": config.form, "tta": config.tta, "labeller": labeller,
             "data": [str(Path(path).resolve()) for path in occ.paths]}
 
 
-def _label_scenes(model: torch.nn.Module, dataset, writer, scenes: list, *, model_config, taxonomy: Taxonomy,
-                  config: AutolabelConfig, progress: Progress | None = None) -> None:
-    """Label ``scenes`` (of ``dataset.occ``) into their part files, skipping the parts already done."""
-    occ = dataset.occ
-    model = model.to(config.device).eval()
-    flips = ALL_FLIPS if config.tta else NO_FLIP
-    total, done = sum(len(scene) for scene in scenes), 0
-
-    def scene_frames(indices: range) -> Iterator[OccFrame]:
-        nonlocal done
-        for frame_ids, batch in iterate_batches(dataset, indices, config.batch_size, config.num_workers):
-            given = given_occupancy_of(batch, model_config.binary_shape)  # (B, Xb, Yb, Zb)
-            logits = run_model(model, batch, occ.grid, given_occupancy=given, flips=flips, device=config.device)
-            if logits.semantic is None:
-                raise AutolabelError("the model returned no semantic logits")
-            labelled = upsample_occupancy(given, model_config.output_from_binary).cpu().numpy()  # (B, X, Y, Z)
-            for b, index in enumerate(frame_ids):
-                source = occ.read(index, fields=("mask_camera", "mask_lidar", "points", "cameras"), images="embedded")
-                frame = copy_frame(source)
-                frame.mask_camera, frame.mask_lidar = source.mask_camera, source.mask_lidar
-                labels = pseudo_labels(logits.semantic[b], given=np.asarray(source.occupancy, dtype=bool),
-                                       labelled=labelled[b], free_index=taxonomy.free_index, mode=config.mode,
-                                       form=config.form)
-                frame.occupancy, frame.semantics = labels.occupancy, labels.semantics
-                frame.top2_labels, frame.top2_logits = labels.top2_labels, labels.top2_logits
-                frame.top2_support = labels.top2_support
-                yield frame
-            done += len(frame_ids)
-            if progress is not None:
-                progress(done, total)
-
+def _label_scenes(run: ModelRun, writer: ResumableWriter, scenes: Sequence[SceneInfo], taxonomy: Taxonomy,
+                  config: AutolabelConfig, counter: FrameCounter) -> None:
+    """Label ``scenes`` (of ``run.dataset.occ``) into their part files, skipping the parts already done."""
     for scene in scenes:
         if writer.is_done(scene.name):
-            done += len(scene)
+            counter.add(len(scene))  # finished by an earlier run
             continue
-        writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
+        writer.write_scene(scene.name, _labelled_frames(run, scene, taxonomy, config, counter))
 
 
-def _merge(writer, occ, config: AutolabelConfig) -> AutolabelReport:
+def _labelled_frames(run: ModelRun, scene: SceneInfo, taxonomy: Taxonomy, config: AutolabelConfig,
+                     counter: FrameCounter) -> Iterator[OccFrame]:
+    """The frames of ``scene`` with their pseudo-labels, the data's masks, and its images (embedded
+    images are copied, images stored by path keep their paths): the file trains on its own."""
+    occ = run.dataset.occ
+    for frame_ids, given, logits in run.batches(range(scene.start, scene.stop)):
+        if logits.semantic is None:
+            raise AutolabelError("the model returned no semantic logits")
+        labelled = upsample_occupancy(given, run.model_config.output_from_binary).cpu().numpy()  # (B, X, Y, Z)
+        for b, index in enumerate(frame_ids):
+            source = occ.read(index, fields=("mask_camera", "mask_lidar", "points", "cameras"), images="embedded")
+            labels = pseudo_labels(logits.semantic[b], given=np.asarray(source.occupancy, dtype=bool),
+                                   labelled=labelled[b], free_index=taxonomy.free_index, mode=config.mode,
+                                   form=config.form)
+            yield _labelled_frame(source, labels)
+        counter.add(len(frame_ids))
+
+
+def _labelled_frame(source: OccFrame, labels: PseudoLabels) -> OccFrame:
+    frame = copy_frame(source)
+    frame.mask_camera, frame.mask_lidar = source.mask_camera, source.mask_lidar
+    frame.occupancy, frame.semantics = labels.occupancy, labels.semantics
+    frame.top2_labels, frame.top2_logits = labels.top2_labels, labels.top2_logits
+    frame.top2_support = labels.top2_support
+    return frame
+
+
+def _merge(writer: ResumableWriter, occ: OccDataset, config: AutolabelConfig) -> AutolabelReport:
     """The parts merged in the data file's scene order, and what the pseudo-labels cost per frame."""
     path = writer.finalize(scene_order=[scene.name for scene in occ.scenes])
     sizes = pseudo_label_bytes(path)
@@ -276,7 +291,8 @@ def _check_resume_settings(parts_dir: Path, settings: dict) -> None:
             earlier = None
         if earlier != settings:
             if isinstance(earlier, dict):
-                described = ", ".join(f"{k} {earlier.get(k, '(none)')}" for k in settings if earlier.get(k) != settings[k])
+                described = ", ".join(f"{k} {earlier.get(k, '(none)')}" for k in settings
+                                      if earlier.get(k) != settings[k])
             else:
                 described = "unreadable settings"
             raise AutolabelError(f"{parts_dir}: scenes left by an earlier run with other settings ({described}); "
@@ -294,8 +310,6 @@ def pseudo_label_bytes(path: str | os.PathLike) -> dict[str, float]:
     the classes and logits before compression (1 byte per occupied voxel, 6 per voxel of the Top2
     support); ``file``: the whole file (grids, cameras, images) per frame.
     """
-    import h5py
-
     path = Path(path)
     with h5py.File(path, "r") as h5:
         frames = max(int(h5.attrs.get("num_frames", 0)), 1)
@@ -336,21 +350,10 @@ def autolabel(
     backend 'ray': one Ray task per scene (:func:`_autolabel_ray`) on a local Ray instance or the
     cluster at ``ray_address``; the same file again.
     """
-    from b2s_core.apps.launch import inside_torchrun, join_ranks, launch
-    from b2s_core.ray_engine import check_backend
-    from b2s_core.models.checkpoint import load_checkpoint
-
-    if gpus < 1:
-        raise AutolabelError(f"--gpus must be at least 1, got {gpus}")
-    if backend == "ray" and (gpus > 1 or inside_torchrun()):
-        raise AutolabelError("--backend ray schedules one task per scene on the Ray cluster's GPUs; "
-                             "it does not combine with --gpus or torchrun")
-    # before the checkpoint is loaded: a missing extra is told at once
-    check_backend(backend, ray_address, lambda where, problem: AutolabelError(f"{where}: {problem}"))
-    # Labels written over their own data (or the model) would destroy it; the CLI checks this too.
-    check_apart([Output(out_path, option="out", parts=True)], {"data": data_path, "checkpoint": checkpoint})
+    _check_request(checkpoint, data_path, out_path, gpus=gpus, backend=backend, ray_address=ray_address)
     if gpus > 1 and not inside_torchrun():
-        args = {"checkpoint": str(checkpoint), "data_path": str(data_path), "out_path": str(out_path), "config": asdict(config)}
+        args = {"checkpoint": str(checkpoint), "data_path": str(data_path), "out_path": str(out_path),
+                "config": asdict(config)}
         report = launch("autolabel", args, gpus=gpus, device=config.device)
         return AutolabelReport(**{**report, "path": Path(report["path"])})
     ranks = join_ranks(config.device)
@@ -372,6 +375,20 @@ def autolabel(
                              config=config, command=command, labeller=labeller, progress=progress, ranks=ranks)
 
 
+def _check_request(checkpoint: str | os.PathLike, data_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                   gpus: int, backend: str, ray_address: str | None) -> None:
+    """What :func:`autolabel` refuses before it loads a model or starts a process."""
+    if gpus < 1:
+        raise AutolabelError(f"--gpus must be at least 1, got {gpus}")
+    if backend == "ray" and (gpus > 1 or inside_torchrun()):
+        raise AutolabelError("--backend ray schedules one task per scene on the Ray cluster's GPUs; "
+                             "it does not combine with --gpus or torchrun")
+    # before the checkpoint is loaded: a missing extra is told at once
+    ray_engine.check_backend(backend, ray_address, lambda where, problem: AutolabelError(f"{where}: {problem}"))
+    # Labels written over their own data (or the model) would destroy it; the CLI checks this too.
+    check_apart([Output(out_path, option="out", parts=True)], {"data": data_path, "checkpoint": checkpoint})
+
+
 # -- on Ray: one task per scene ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _SceneJob:
@@ -389,8 +406,8 @@ class _SceneJob:
         return self.config.device.startswith("cuda")
 
 
-def _autolabel_ray(job: _SceneJob, dataset, model_config, taxonomy: Taxonomy, *, address: str | None,
-                   progress: Progress | None) -> AutolabelReport:
+def _autolabel_ray(job: _SceneJob, dataset: OccTrainDataset, model_config: ModelConfig, taxonomy: Taxonomy, *,
+                   address: str | None, progress: Progress | None) -> AutolabelReport:
     """The Ray driver: the settings check, one task per unfinished scene (longest first), the merge.
 
     Each task labels its scene into that scene's part file exactly as :func:`autolabel_to_file`
@@ -399,42 +416,38 @@ def _autolabel_ray(job: _SceneJob, dataset, model_config, taxonomy: Taxonomy, *,
     A worker that dies mid-scene leaves only a temporary file; Ray re-runs the scene
     (:data:`b2s_core.ray_engine.MAX_RETRIES`).
     """
-    from b2s_core import ray_engine
-
     occ = dataset.occ
     _check_model(model_config, occ)
     writer = _open_writer(job.out_path, occ, taxonomy, job.command)
     _check_resume_settings(writer.parts_dir, _settings(job.config, job.labeller, occ))
     todo = [i for i, scene in enumerate(occ.scenes) if not writer.is_done(scene.name)]
-    total = len(occ)
-    done = total - sum(len(occ.scenes[i]) for i in todo)
-    if progress is not None:
-        progress(done, total)
+    counter = FrameCounter(len(occ), progress)
+    counter.add(len(occ) - sum(len(occ.scenes[i]) for i in todo))  # the scenes an earlier run finished
     if todo:
         with ray_engine.ray_session(address) as ray:
             remote = ray_engine.task(ray, _scene_task, num_cpus=1, num_gpus=1 if job.cuda else 0)
             job_ref = ray.put(job)  # shipped to the object store once, not once per scene
             # Longest first; sorted() is stable, so scenes of equal length keep the file's order.
             order = sorted(todo, key=lambda i: -len(occ.scenes[i]))
-
-            def finished(frames: int) -> None:
-                nonlocal done
-                done += frames
-                if progress is not None:
-                    progress(done, total)
-
-            ray_engine.run_tasks(ray, {remote.remote(job_ref, i): occ.scenes[i].name for i in order}, finished)
+            ray_engine.run_tasks(ray, {remote.remote(job_ref, i): occ.scenes[i].name for i in order}, counter.add)
     return _merge(writer, occ, job.config)
 
 
-# In a Ray worker process: the model and data of the last job, loaded once for all its scenes.
-_WORKER: dict[tuple, tuple] = {}
+@dataclass(frozen=True)
+class _WorkerState:
+    """A Ray worker's model and data for one job, loaded once for all the scenes it labels."""
+
+    run: ModelRun
+    taxonomy: Taxonomy
+    writer: ResumableWriter
+    config: AutolabelConfig  # the job's, on this worker's device
 
 
-def _worker_state(job: _SceneJob) -> tuple:
-    """(model on this worker's device, model config, taxonomy, dataset, writer, config) of ``job``."""
-    from b2s_core.models.checkpoint import load_checkpoint
+# In a Ray worker process: the state of the last job.
+_WORKER: dict[tuple, _WorkerState] = {}
 
+
+def _worker_state(job: _SceneJob) -> _WorkerState:
     # Ray hides the other GPUs from a task (CUDA_VISIBLE_DEVICES): its GPU is always 'cuda' here.
     config = replace(job.config, device="cuda") if job.cuda else job.config
     data_stat = Path(job.data_path).stat()
@@ -446,19 +459,18 @@ def _worker_state(job: _SceneJob) -> tuple:
         taxonomy = model_taxonomy(loaded.model_config, loaded.train_settings, config.taxonomy)
         dataset = open_inputs(job.data_path, loaded.model_config)
         writer = _open_writer(job.out_path, dataset.occ, taxonomy, job.command)
-        _WORKER[key] = (loaded.model, loaded.model_config, taxonomy, dataset, writer, config)
+        run = _model_run(loaded.model, dataset, loaded.model_config, config)
+        _WORKER[key] = _WorkerState(run, taxonomy, writer, config)
     return _WORKER[key]
 
 
 def _label_one_scene(job: _SceneJob, index: int) -> int:
-    model, model_config, taxonomy, dataset, writer, config = _worker_state(job)
-    scene = dataset.occ.scenes[index]
-    _label_scenes(model, dataset, writer, [scene], model_config=model_config, taxonomy=taxonomy, config=config)
+    state = _worker_state(job)
+    scene = state.run.dataset.occ.scenes[index]
+    _label_scenes(state.run, state.writer, [scene], state.taxonomy, state.config, FrameCounter(len(scene)))
     return len(scene)
 
 
 def _scene_task(job: _SceneJob, index: int) -> int | B2SError:
     """Scene ``index`` of the data file labelled in a Ray worker -> its frame count, or the error that stops the run."""
-    from b2s_core.ray_engine import errors_as_values
-
-    return errors_as_values(_label_one_scene, job, index)
+    return ray_engine.errors_as_values(_label_one_scene, job, index)

@@ -17,29 +17,35 @@ scores that file: one code path for both ways in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import Callable, Collection, Iterator
 
 import numpy as np
+from rich.table import Table
 
+from b2s_core.apps.export import PredictionFolder
+from b2s_core.apps.launch import Ranks, inside_torchrun, join_ranks, launch, my_scenes
+from b2s_core.apps.predict import predict_checkpoint_to_file
 from b2s_core.errors import B2SError
-from b2s_core.metrics import EvaluationResult, OccupancyEvaluator, Protocol, get_protocol, protocol_for_taxonomy, ray_origins
+from b2s_core.metrics import (EvaluationResult, OccupancyEvaluator, Protocol, get_protocol, lidar_ray_directions,
+                              protocol_for_taxonomy, ray_origins)
 from b2s_core.metrics.protocols import MASKS
-from b2s_core.output_paths import atomic_path
-
-if TYPE_CHECKING:
-    from b2s_core.apps.launch import Ranks
+from b2s_core.occfile import FLAG_BINARY_PRED, FLAG_MASK_CAMERA, FLAG_MASK_LIDAR, OccDataset
+from b2s_core.output_paths import Output, atomic_path, check_apart
+from b2s_core.records import OccFrame
 
 # Where rays start when a file carries no LiDAR origin: the nuScenes LIDAR_TOP position in the
 # ego frame (the default SparseOcc's RayIoU code notes for nuScenes).
 DEFAULT_LIDAR_ORIGIN = (0.986, 0.0, 1.84)
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
+Predictions = OccDataset | PredictionFolder  # a unified predictions file, or other tools' per-token files
 
 
 class EvaluateError(B2SError):
@@ -64,26 +70,33 @@ class EvaluateConfig:
 
 
 # -- 1. load ---------------------------------------------------------------------------------------
-def _open(path: str | os.PathLike, what: str):
-    from b2s_core.occfile import OccDataset
-
-    path = Path(path)
+def _open(path: Path, what: str) -> OccDataset:
     if not path.is_file():
         raise EvaluateError(f"{path}: {what} file not found")
     return OccDataset(path)
 
 
-def _open_predictions(path: Path, data):
+def _open_predictions(path: Path, data: OccDataset) -> Predictions:
     """A unified predictions file, or a folder of other tools' per-token ``<token>.npz`` files read on
     the data file's grid and taxonomy (:class:`b2s_core.apps.export.PredictionFolder`, docs/evaluation.md)."""
     if path.is_dir():
-        from b2s_core.apps.export import PredictionFolder
-
         return PredictionFolder(path, data)
     return _open(path, "predictions")
 
 
-def pair_frames(data, predictions, data_path: Path, pred_path: Path, scenes: Collection[str] | None = None) -> list[tuple[int, int]]:
+@contextlib.contextmanager
+def _opened(data_path: Path, predictions_path: Path) -> Iterator[tuple[OccDataset, Predictions]]:
+    """The data file and the predictions, both closed on the way out."""
+    with contextlib.ExitStack() as stack:
+        data = _open(data_path, "data")
+        stack.callback(data.close)
+        predictions = _open_predictions(predictions_path, data)
+        stack.callback(predictions.close)
+        yield data, predictions
+
+
+def pair_frames(data: OccDataset, predictions: Predictions, data_path: Path, pred_path: Path,
+                scenes: Collection[str] | None = None) -> list[tuple[int, int]]:
     """(data index, prediction index) for every data frame (of ``scenes`` only, when given), paired by (scene, token).
 
     Every frame of the data file must have a prediction: a partial predictions file would make
@@ -93,7 +106,8 @@ def pair_frames(data, predictions, data_path: Path, pred_path: Path, scenes: Col
         raise EvaluateError(f"{pred_path}: grid {predictions.grid.describe()} differs from the data file's "
                             f"{data.grid.describe()} ({data_path})")
     if data.taxonomy.name != predictions.taxonomy.name:
-        raise EvaluateError(f"{pred_path}: taxonomy '{predictions.taxonomy.name}' differs from the data file's '{data.taxonomy.name}'")
+        raise EvaluateError(f"{pred_path}: taxonomy '{predictions.taxonomy.name}' differs from the data file's "
+                            f"'{data.taxonomy.name}'")
     pred_keys = {key: j for j, key in enumerate(frame_keys(predictions))}
     pairs, missing = [], []
     for i, key in enumerate(frame_keys(data)):
@@ -106,37 +120,41 @@ def pair_frames(data, predictions, data_path: Path, pred_path: Path, scenes: Col
             pairs.append((i, j))
     if missing:
         raise EvaluateError(
-            f"{pred_path}: no prediction for {len(missing)} of {len(missing) + len(pairs)} frames of {data_path} (first: token '{missing[0]}')"
+            f"{pred_path}: no prediction for {len(missing)} of {len(missing) + len(pairs)} frames of {data_path} "
+            f"(first: token '{missing[0]}')"
         )
     return pairs
 
 
-def frame_keys(dataset) -> list[tuple[str, str]]:
+def frame_keys(dataset: OccDataset | PredictionFolder) -> list[tuple[str, str]]:
     """(scene, token) of every frame, in dataset order, without decoding any grid."""
     tokens = dataset.tokens()
     return [(dataset.scene_of(i), token) for i, token in enumerate(tokens)]
 
 
-def choose_protocol(config: EvaluateConfig, data) -> Protocol:
+def choose_protocol(config: EvaluateConfig, data: OccDataset) -> Protocol:
     """The protocol asked for, or the data taxonomy's; its default mask falls back to 'none' when
     the data carry no such mask (e.g. binary-built data), while an explicitly asked mask is required."""
-    from b2s_core.occfile import FLAG_MASK_CAMERA, FLAG_MASK_LIDAR
-
-    protocol = get_protocol(config.protocol, config.mask) if config.protocol else protocol_for_taxonomy(data.taxonomy, config.mask)
+    if config.protocol:
+        protocol = get_protocol(config.protocol, config.mask)
+    else:
+        protocol = protocol_for_taxonomy(data.taxonomy, config.mask)
     if protocol.taxonomy.name != data.taxonomy.name:
-        raise EvaluateError(f"protocol '{protocol.name}' scores '{protocol.taxonomy.name}' labels, the data are '{data.taxonomy.name}'")
+        raise EvaluateError(f"protocol '{protocol.name}' scores '{protocol.taxonomy.name}' labels, "
+                            f"the data are '{data.taxonomy.name}'")
     flag = {"camera": FLAG_MASK_CAMERA, "lidar": FLAG_MASK_LIDAR}.get(protocol.mask)
     if flag is not None and data.count_flag(flag) < len(data):
         if config.mask is None:
             return protocol.with_mask("none")
-        raise EvaluateError(f"{data.paths[0]}: --mask {protocol.mask} asked, but {len(data) - data.count_flag(flag)} frames have no mask_{protocol.mask}")
+        raise EvaluateError(f"{data.paths[0]}: --mask {protocol.mask} asked, but {len(data) - data.count_flag(flag)} "
+                            f"frames have no mask_{protocol.mask}")
     return protocol
 
 
 class _SceneOrigins:
     """RayIoU ray origins of each frame, from the poses and LiDAR origins of its whole scene (cached per scene)."""
 
-    def __init__(self, data, config: EvaluateConfig):
+    def __init__(self, data: OccDataset, config: EvaluateConfig) -> None:
         self.data = data
         self.default = np.asarray(config.default_lidar_origin, dtype=np.float64)
         self.cache: dict[str, tuple[range, np.ndarray, np.ndarray]] = {}
@@ -152,9 +170,34 @@ class _SceneOrigins:
                 origin = frame.lidar_origin
                 known = origin is not None and np.any(np.asarray(origin) != 0)  # the writer stores zeros for "unknown"
                 lidar.append(np.asarray(origin, dtype=np.float64) if known else self.default)
-            self.cache = {scene: (indices, np.stack(poses), np.stack(lidar))}  # one scene at a time: frames come in order
+            # one scene at a time: frames come in order
+            self.cache = {scene: (indices, np.stack(poses), np.stack(lidar))}
         indices, poses, lidar = self.cache[scene]
         return ray_origins(poses, lidar, index - indices.start, self.data.grid)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one process scores: its frame pairs, the protocol, and what each pair reads."""
+
+    data_path: Path
+    predictions_path: Path
+    pairs: list[tuple[int, int]]  # (data index, prediction index), data order
+    protocol: Protocol
+    with_binary: bool  # every paired prediction has the binary decoder's output: its IoU is scored
+
+    @property
+    def mask_field(self) -> str | None:
+        """The frame field of the protocol's mask, None when every voxel counts."""
+        return {"camera": "mask_camera", "lidar": "mask_lidar"}.get(self.protocol.mask)
+
+
+def _plan(data: OccDataset, predictions: Predictions, data_path: Path, predictions_path: Path, config: EvaluateConfig,
+          ranks: Ranks | None) -> _Plan:
+    mine = None if ranks is None else {scene.name for scene in my_scenes(data.scenes, ranks)}
+    pairs = pair_frames(data, predictions, data_path, predictions_path, scenes=mine)
+    with_binary = all(predictions.flags(j) & FLAG_BINARY_PRED for _, j in pairs)
+    return _Plan(data_path, predictions_path, pairs, choose_protocol(config, data), with_binary)
 
 
 # -- 2. evaluate ----------------------------------------------------------------------------------------
@@ -168,67 +211,19 @@ def evaluate_files(
 ) -> EvaluationResult | None:
     """Score a predictions file against a data file; see the module docstring.
 
-    ranks: one worker of a data-parallel job (``b2s_core.apps.launch``): this process scores
-    its share of the scenes, the counts are summed over the ranks, and rank 0 returns the result of
-    the whole file (the other ranks None).
+    1. open both, pair the frames (of this process's scenes) and fix the protocol;
+    2. stream the pairs in batches through the evaluator;
+    3. as one of ``ranks`` (a data-parallel job, ``b2s_core.apps.launch``): sum the counts over the
+       ranks; rank 0 goes on with the counts of the whole file, the others return None;
+    4. the scores, with what was scored, how and how fast.
     """
-    from b2s_core.metrics import lidar_ray_directions
-    from b2s_core.occfile import FLAG_BINARY_PRED
-
     started = time.perf_counter()
     data_path, predictions_path = Path(data_path), Path(predictions_path)
-    data = _open(data_path, "data")
-    try:
-        predictions = _open_predictions(predictions_path, data)
-    except BaseException:
-        data.close()
-        raise
-    try:
-        # 1. pair frames and fix the protocol
-        mine = None if ranks is None else {data.scenes[i].name for i in ranks.share([len(s) for s in data.scenes])}
-        pairs = pair_frames(data, predictions, data_path, predictions_path, scenes=mine)
-        protocol = choose_protocol(config, data)
-        directions = lidar_ray_directions(config.ray_azimuth_step) if config.rayiou else None
-        evaluator = OccupancyEvaluator(protocol, grid=data.grid, rayiou=config.rayiou, ray_directions=directions, device=config.device)
-        origins_of = _SceneOrigins(data, config) if config.rayiou else None
-        mask_field = {"camera": ("mask_camera",), "lidar": ("mask_lidar",)}.get(protocol.mask, ())
-        with_binary = all(predictions.flags(j) & FLAG_BINARY_PRED for _, j in pairs)
-
-        # 2. stream batches through the evaluator
-        for start in range(0, len(pairs), config.batch_size):
-            chunk = pairs[start:start + config.batch_size]
-            gt, pred, masks, binary, origins = [], [], [], [], []
-            for i, j in chunk:
-                truth = data.read(i, fields=("semantics", *mask_field))
-                guess = predictions.read(j, fields=("semantics", "binary_pred") if with_binary else ("semantics",))
-                if truth.semantics is None:
-                    raise EvaluateError(f"{data_path}: frame {i} ('{truth.token}') has no semantic labels to score against")
-                if guess.semantics is None:
-                    raise EvaluateError(f"{predictions_path}: frame {j} ('{guess.token}') has no predicted semantics")
-                gt.append(truth.semantics)
-                pred.append(guess.semantics)
-                if mask_field:
-                    masks.append(getattr(truth, mask_field[0]))
-                if with_binary:
-                    binary.append(guess.binary_pred)
-                if origins_of is not None:
-                    origins.append(origins_of(i))
-            stacked_masks = np.stack(masks) if masks else None
-            evaluator.add_batch(
-                np.stack(gt), np.stack(pred),
-                mask_camera=stacked_masks if protocol.mask == "camera" else None,
-                mask_lidar=stacked_masks if protocol.mask == "lidar" else None,
-                binary_pred=np.stack(binary) if with_binary else None,
-                origins=origins if origins_of is not None else None,
-            )
-            if progress is not None:
-                progress(min(start + config.batch_size, len(pairs)), len(pairs))
-    finally:
-        data.close()
-        predictions.close()
-
+    with _opened(data_path, predictions_path) as (data, predictions):
+        plan = _plan(data, predictions, data_path, predictions_path, config, ranks)
+        evaluator = _score(plan, data, predictions, config, progress)
     if ranks is not None:
-        _sum_over_ranks(evaluator, with_binary, ranks)
+        _sum_over_ranks(evaluator, plan.with_binary, ranks)
         if not ranks.is_main:
             return None
     result = evaluator.result()
@@ -243,6 +238,64 @@ def evaluate_files(
         "config": asdict(config),
     }
     return result
+
+
+@dataclass
+class _Batch:
+    """Frame pairs stacked for the evaluator: (B, X, Y, Z) each."""
+
+    gt: np.ndarray  # uint8 labels
+    pred: np.ndarray  # uint8 labels
+    mask: np.ndarray | None  # bool, the protocol's mask; None: every voxel counts
+    binary: np.ndarray | None  # bool, the binary decoder's output
+    origins: list[np.ndarray] | None  # B arrays (O, 3) of ray origins, for RayIoU
+
+
+def _score(plan: _Plan, data: OccDataset, predictions: Predictions, config: EvaluateConfig,
+           progress: Progress | None) -> OccupancyEvaluator:
+    """The evaluator after every pair of ``plan``, in batches of ``config.batch_size`` frames."""
+    directions = lidar_ray_directions(config.ray_azimuth_step) if config.rayiou else None
+    evaluator = OccupancyEvaluator(plan.protocol, grid=data.grid, rayiou=config.rayiou, ray_directions=directions,
+                                   device=config.device)
+    origins_of = _SceneOrigins(data, config) if config.rayiou else None
+    total = len(plan.pairs)
+    for start in range(0, total, config.batch_size):
+        batch = _read_batch(plan, plan.pairs[start:start + config.batch_size], data, predictions, origins_of)
+        evaluator.add_batch(batch.gt, batch.pred,
+                            mask_camera=batch.mask if plan.protocol.mask == "camera" else None,
+                            mask_lidar=batch.mask if plan.protocol.mask == "lidar" else None,
+                            binary_pred=batch.binary, origins=batch.origins)
+        if progress is not None:
+            progress(min(start + config.batch_size, total), total)
+    return evaluator
+
+
+def _read_batch(plan: _Plan, pairs: list[tuple[int, int]], data: OccDataset, predictions: Predictions,
+                origins_of: _SceneOrigins | None) -> _Batch:
+    truths = [_read_truth(plan, data, i) for i, _ in pairs]
+    guesses = [_read_guess(plan, predictions, j) for _, j in pairs]
+    return _Batch(
+        gt=np.stack([truth.semantics for truth in truths]),
+        pred=np.stack([guess.semantics for guess in guesses]),
+        mask=np.stack([getattr(truth, plan.mask_field) for truth in truths]) if plan.mask_field else None,
+        binary=np.stack([guess.binary_pred for guess in guesses]) if plan.with_binary else None,
+        origins=None if origins_of is None else [origins_of(i) for i, _ in pairs],
+    )
+
+
+def _read_truth(plan: _Plan, data: OccDataset, index: int) -> OccFrame:
+    truth = data.read(index, fields=("semantics", plan.mask_field) if plan.mask_field else ("semantics",))
+    if truth.semantics is None:
+        raise EvaluateError(f"{plan.data_path}: frame {index} ('{truth.token}') has no semantic labels "
+                            "to score against")
+    return truth
+
+
+def _read_guess(plan: _Plan, predictions: Predictions, index: int) -> OccFrame:
+    guess = predictions.read(index, fields=("semantics", "binary_pred") if plan.with_binary else ("semantics",))
+    if guess.semantics is None:
+        raise EvaluateError(f"{plan.predictions_path}: frame {index} ('{guess.token}') has no predicted semantics")
+    return guess
 
 
 def _sum_over_ranks(evaluator: OccupancyEvaluator, with_binary: bool, ranks: Ranks) -> None:
@@ -286,18 +339,16 @@ def evaluate_checkpoint(
     a torchrun job, each process predicts and scores its share and rank 0 returns the result (the
     others None).
     """
-    from b2s_core.apps.launch import inside_torchrun, join_ranks, launch
-    from b2s_core.output_paths import Output, check_apart
-    from b2s_core.apps.predict import predict_checkpoint_to_file
-
     if gpus < 1:
         raise EvaluateError(f"--gpus must be at least 1, got {gpus}")
     # The model's predictions must never land on the file they are scored against (a 100 % score
     # over a destroyed ground truth); the CLI also checks this, library callers get it here.
-    check_apart([Output(predictions_path, option="predictions", parts=gpus > 1)], {"data": data_path, "checkpoint": checkpoint})
+    check_apart([Output(predictions_path, option="predictions", parts=gpus > 1)],
+                {"data": data_path, "checkpoint": checkpoint})
     if gpus > 1 and not inside_torchrun():
         args = {"checkpoint": str(checkpoint), "data_path": str(data_path), "predictions_path": str(predictions_path),
-                "config": asdict(config), "device": device, "batch_size": batch_size, "num_workers": num_workers, "tta": tta}
+                "config": asdict(config), "device": device, "batch_size": batch_size, "num_workers": num_workers,
+                "tta": tta}
         return EvaluationResult(**launch("evaluate-checkpoint", args, gpus=gpus, device=device))
     ranks = join_ranks(device)
     if ranks is not None:
@@ -321,10 +372,8 @@ def _cell(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
-def render_table(result: EvaluationResult):
+def render_table(result: EvaluationResult) -> Table:
     """A rich table: one row per eval class (IoU, RayIoU@1/2/4), then the summary rows."""
-    from rich.table import Table
-
     title = f"{result.protocol} · mask {result.mask} · {result.frames} frames"
     table = Table(title=title, show_lines=False)
     table.add_column("class")
@@ -337,7 +386,8 @@ def render_table(result: EvaluationResult):
         rays = [_cell(result.rayiou_per_class[t][row]) for t in thresholds]
         table.add_row(name, str(label), _cell(iou), *rays, end_section=row == len(result.class_names) - 1)
     blank = [""] * len(thresholds)
-    table.add_row("[bold]mean (mIoU)[/]", "", f"[bold]{_cell(result.miou)}[/]", *[f"[bold]{_cell(result.rayiou_at[t])}[/]" for t in thresholds])
+    table.add_row("[bold]mean (mIoU)[/]", "", f"[bold]{_cell(result.miou)}[/]",
+                  *[f"[bold]{_cell(result.rayiou_at[t])}[/]" for t in thresholds])
     table.add_row("geometry IoU", "", _cell(result.geometry_iou), *blank)
     if result.binary_iou is not None:
         table.add_row("binary-decoder IoU", "", _cell(result.binary_iou), *blank)

@@ -35,6 +35,7 @@ a token such as ``../x`` is refused before anything is written. Files are writte
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -49,6 +50,7 @@ import numpy as np
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import GRID_PRESETS, OPENOCCUPANCY_LIDAR_GRID, VoxelGrid, resample_rigid
+from b2s_core.occfile import FLAG_SEMANTICS, OccDataset
 from b2s_core.output_paths import atomic_path
 from b2s_core.paths import name_problem
 from b2s_core.records import OccFrame
@@ -60,7 +62,8 @@ Progress = Callable[[int, int], None]  # (frames done, frames in all)
 
 
 class ExportError(B2SError):
-    """A unified file (or frame) that cannot be written in the asked format, or a prediction folder that cannot be read."""
+    """A unified file (or frame) that cannot be written in the asked format, or a prediction folder that
+    cannot be read."""
 
 
 @dataclass
@@ -82,7 +85,8 @@ class _Planned:
 def _named(data_path: Path, label: str, what: str, value: str) -> str:
     problem = name_problem(value)
     if problem:
-        raise ExportError(f"{data_path}: {label}: {what} {value!r} {problem}, so it cannot name a file inside the output folder")
+        raise ExportError(f"{data_path}: {label}: {what} {value!r} {problem}, "
+                          "so it cannot name a file inside the output folder")
     return value
 
 
@@ -90,7 +94,7 @@ def _frame_label(scene: str, token: str, index: int) -> str:
     return f"frame {index} (scene {scene}, token {token})"
 
 
-def _source_tokens(dataset) -> list[dict]:
+def _source_tokens(dataset: OccDataset) -> list[dict]:
     """Every frame's ``source_tokens`` (read from the small per-frame table, no grid decoded; linear time)."""
     out: list[dict] = []
     for raw in dataset.h5(0)["frames/source_tokens"][:]:
@@ -102,29 +106,23 @@ def _source_tokens(dataset) -> list[dict]:
     return out
 
 
-def plan_export(dataset, data_path: Path, fmt: str) -> list[_Planned]:
+def plan_export(dataset: OccDataset, data_path: Path, fmt: str) -> list[_Planned]:
     """The file of each frame, relative to the output folder; refuses names that are not one file
     name and two frames that would write the same file. Linear in frames, no grid decoded."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
-    tokens = dataset.tokens()
     sources = _source_tokens(dataset) if fmt == "openoccupancy" else None
     planned, seen = [], {}
-    for i, token in enumerate(tokens):
+    for i, token in enumerate(dataset.tokens()):
         scene = dataset.scene_of(i)
         label = _frame_label(scene, token, i)
+        named = functools.partial(_named, data_path, label)  # (what, value) -> value, if it can name a file
         if fmt == "occ3d":
-            relative = f"gts/{_named(data_path, label, 'scene name', scene)}/{_named(data_path, label, 'token', token)}/labels.npz"
+            relative = f"gts/{named('scene name', scene)}/{named('token', token)}/labels.npz"
         elif fmt == "npz":
-            relative = f"{_named(data_path, label, 'token', token)}.npz"
+            relative = f"{named('token', token)}.npz"
         else:
-            ids = sources[i] if isinstance(sources[i], dict) else {}
-            missing = [key for key in ("scene", "lidar_sample_data") if not ids.get(key)]
-            if missing:
-                raise ExportError(f"{data_path}: {label} has no nuScenes {' / '.join(missing)} token in source_tokens, "
-                                  "which OpenOccupancy names its files by (convert the data with --source nuscenes)")
-            relative = (f"scene_{_named(data_path, label, 'scene token', ids['scene'])}/occupancy/"
-                        f"{_named(data_path, label, 'LiDAR sample_data token', ids['lidar_sample_data'])}.npy")
+            relative = _openoccupancy_path(data_path, label, sources[i])
         if relative in seen:
             raise ExportError(f"{data_path}: {label} and frame {seen[relative]} would both write {relative}; "
                               "a frame's file must be unique")
@@ -133,15 +131,26 @@ def plan_export(dataset, data_path: Path, fmt: str) -> list[_Planned]:
     return planned
 
 
-def _check_layout(dataset, data_path: Path, fmt: str) -> None:
-    """The grid / taxonomy the format holds, and the fields every frame needs, before any writing."""
-    from b2s_core.occfile import FLAG_SEMANTICS
+def _openoccupancy_path(data_path: Path, label: str, source_tokens: object) -> str:
+    """``scene_<scene token>/occupancy/<LiDAR sample_data token>.npy``, from the frame's nuScenes tokens."""
+    ids = source_tokens if isinstance(source_tokens, dict) else {}
+    missing = [key for key in ("scene", "lidar_sample_data") if not ids.get(key)]
+    if missing:
+        raise ExportError(f"{data_path}: {label} has no nuScenes {' / '.join(missing)} token in source_tokens, "
+                          "which OpenOccupancy names its files by (convert the data with --source nuscenes)")
+    named = functools.partial(_named, data_path, label)
+    return (f"scene_{named('scene token', ids['scene'])}/occupancy/"
+            f"{named('LiDAR sample_data token', ids['lidar_sample_data'])}.npy")
 
+
+def _check_layout(dataset: OccDataset, data_path: Path, fmt: str) -> None:
+    """The grid / taxonomy the format holds, and the fields every frame needs, before any writing."""
     if fmt == "occ3d" and (dataset.taxonomy.name != "occ3d" or not dataset.grid.same_geometry(GRID_PRESETS["occ3d"])):
         raise ExportError(f"{data_path}: Occ3D files hold occ3d labels on the {GRID_PRESETS['occ3d'].describe()} grid; "
                           f"this file has '{dataset.taxonomy.name}' labels on {dataset.grid.describe()}")
     if fmt == "openoccupancy" and dataset.taxonomy.name != "openoccupancy":
-        raise ExportError(f"{data_path}: OpenOccupancy files hold openoccupancy labels; this file has '{dataset.taxonomy.name}' labels")
+        raise ExportError(f"{data_path}: OpenOccupancy files hold openoccupancy labels; "
+                          f"this file has '{dataset.taxonomy.name}' labels")
     if dataset.count_flag(FLAG_SEMANTICS) < len(dataset):
         first = next(i for i in range(len(dataset)) if not dataset.flags(i) & FLAG_SEMANTICS)
         raise ExportError(f"{data_path}: frame {first} ('{dataset.tokens()[first]}') has no semantic labels; "
@@ -166,13 +175,17 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 def occ3d_arrays(frame: OccFrame) -> tuple[dict[str, np.ndarray], bool]:
     """An Occ3D ``labels.npz``'s arrays, each (200, 200, 16) uint8, and whether a mask was missing
     (written as all ones: every voxel counts as observed, as the loaders that index it need the key)."""
-    grids = {"semantics": np.asarray(frame.semantics, dtype=np.uint8), "mask_lidar": frame.mask_lidar, "mask_camera": frame.mask_camera}
+    grids = {"semantics": np.asarray(frame.semantics, dtype=np.uint8), "mask_lidar": frame.mask_lidar,
+             "mask_camera": frame.mask_camera}
     filled = frame.mask_lidar is None or frame.mask_camera is None
     shape = grids["semantics"].shape
-    return {key: np.ones(shape, np.uint8) if grids[key] is None else np.asarray(grids[key]).astype(np.uint8) for key in OCC3D_KEYS}, filled
+    arrays = {key: np.ones(shape, np.uint8) if grids[key] is None else np.asarray(grids[key]).astype(np.uint8)
+              for key in OCC3D_KEYS}
+    return arrays, filled
 
 
-def openoccupancy_rows(semantics: np.ndarray, grid: VoxelGrid, ego_from_lidar: np.ndarray, z_offset: float = 0.0) -> np.ndarray:
+def openoccupancy_rows(semantics: np.ndarray, grid: VoxelGrid, ego_from_lidar: np.ndarray,
+                       z_offset: float = 0.0) -> np.ndarray:
     """(X, Y, Z) uint8 openoccupancy labels on an ego-frame ``grid`` -> (N, 4) int64 rows ``[z, y, x, label]``
     on OPENOCCUPANCY_LIDAR_GRID (the key frame's LIDAR_TOP frame), C order of (x, y, z).
 
@@ -183,7 +196,8 @@ def openoccupancy_rows(semantics: np.ndarray, grid: VoxelGrid, ego_from_lidar: n
     """
     lidar = OPENOCCUPANCY_LIDAR_GRID
     # The file's grid in the ego frame: its z range is in the labels' convention, ego z = label z - z_offset.
-    ego = VoxelGrid(np.subtract(grid.range_min, (0, 0, z_offset)), np.subtract(grid.range_max, (0, 0, z_offset)), grid.voxel_size, grid.name)
+    ego = VoxelGrid(np.subtract(grid.range_min, (0, 0, z_offset)), np.subtract(grid.range_max, (0, 0, z_offset)),
+                    grid.voxel_size, grid.name)
     labels = np.array(semantics, dtype=np.uint8)  # a copy: "no label" voxels are cleared below
     ignored = np.flatnonzero(labels == IGNORE_INDEX)  # (M,) flat, usually a small part of the grid
     centres = ego.center_of(np.stack(np.unravel_index(ignored, ego.shape), axis=1))  # (M, 3) ego frame
@@ -197,7 +211,7 @@ def openoccupancy_rows(semantics: np.ndarray, grid: VoxelGrid, ego_from_lidar: n
     return np.stack([z, y, x, values], axis=1).astype(np.int64)
 
 
-def _check_calibration(dataset, data_path: Path) -> None:
+def _check_calibration(dataset: OccDataset, data_path: Path) -> None:
     """OpenOccupancy needs each frame's LiDAR calibration: refuse before writing if one has none."""
     h5 = dataset.h5(0)
     if "frames/ego_from_lidar" not in h5:
@@ -210,14 +224,13 @@ def _check_calibration(dataset, data_path: Path) -> None:
                           "(ego_from_lidar), which OpenOccupancy's LiDAR-frame files need")
 
 
-def export(data_path: str | os.PathLike, out: str | os.PathLike, fmt: str, *, progress: Progress | None = None) -> ExportSummary:
+def export(data_path: str | os.PathLike, out: str | os.PathLike, fmt: str, *,
+           progress: Progress | None = None) -> ExportSummary:
     """Write every frame of a unified file as ``fmt`` files under ``out`` (see the module docstring).
 
     Checks the whole file first (grid, taxonomy, labels, calibration, names), then writes one file per
     frame, each atomically. Linear in frames; ~1 s per OpenOccupancy frame (two 10 M-voxel resamplings).
     """
-    from b2s_core.occfile import OccDataset
-
     started = time.perf_counter()
     data_path, out = Path(data_path), Path(out)
     if fmt not in FORMATS:
@@ -242,7 +255,8 @@ def export(data_path: str | os.PathLike, out: str | os.PathLike, fmt: str, *, pr
             elif fmt == "npz":
                 _write_npz(target, {"pred": np.asarray(frame.semantics, dtype=np.uint8)})
             else:
-                _write_npy(target, openoccupancy_rows(frame.semantics, dataset.grid, frame.ego_from_lidar, dataset.z_offset))
+                rows = openoccupancy_rows(frame.semantics, dataset.grid, frame.ego_from_lidar, dataset.z_offset)
+                _write_npy(target, rows)
             if progress is not None:
                 progress(done, len(planned))
     finally:
@@ -254,8 +268,6 @@ def replaced_members(data_path: str | os.PathLike, fmt: str) -> tuple[str, ...]:
     """What an export replaces in its output folder, as ``Output.members`` glob patterns (names escaped):
     the scene folders (occ3d ``gts/<scene>``, openoccupancy ``scene_<token>``) or the files (npz
     ``<token>.npz``) it writes; anything else in the folder is not its output. Linear in frames."""
-    from b2s_core.occfile import OccDataset
-
     data_path = Path(data_path)
     if not data_path.is_file():
         raise ExportError(f"{data_path}: data file not found")
@@ -285,20 +297,7 @@ def prediction_candidates(folder: Path, scene: str, token: str) -> list[Path]:
 
 def read_prediction(path: Path, shape: tuple[int, int, int], num_labels: int) -> np.ndarray:
     """One per-token prediction file -> (X, Y, Z) uint8 labels; ExportError naming the file otherwise."""
-    try:
-        loaded = np.load(path, allow_pickle=False)  # allow_pickle=False: an object array is refused, never run
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ExportError(f"{path}: a bare .npy array, not an .npz archive of named arrays")
-        with loaded as npz:
-            names = list(npz.files)
-            key = next((k for k in PREDICTION_KEYS if k in names), names[0] if len(names) == 1 else None)
-            if key is None:
-                raise ExportError(f"{path}: no prediction array: expected 'pred' (or 'semantics', or a single array), found {names}")
-            array = npz[key]
-    except ExportError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ExportError(f"{path}: not a readable .npz prediction file ({err})") from None
+    key, array = _prediction_array(path)
     if array.shape != shape:
         raise ExportError(f"{path}: '{key}' has shape {array.shape}, the data grid is {shape}")
     if not np.issubdtype(array.dtype, np.integer):
@@ -307,6 +306,23 @@ def read_prediction(path: Path, shape: tuple[int, int, int], num_labels: int) ->
     if bad.size:
         raise ExportError(f"{path}: '{key}' holds label {int(bad[0])}, outside the taxonomy's 0..{num_labels - 1}")
     return array.astype(np.uint8)
+
+
+def _prediction_array(path: Path) -> tuple[str, np.ndarray]:
+    """(name, array) of the prediction in an ``.npz`` file: ``PREDICTION_KEYS`` first, else its only array."""
+    try:
+        loaded = np.load(path, allow_pickle=False)  # allow_pickle=False: an object array is refused, never run
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ExportError(f"{path}: a bare .npy array, not an .npz archive of named arrays")
+        with loaded as npz:
+            names = list(npz.files)
+            key = next((k for k in PREDICTION_KEYS if k in names), names[0] if len(names) == 1 else None)
+            if key is None:
+                raise ExportError(f"{path}: no prediction array: expected 'pred' (or 'semantics', or a single array), "
+                                  f"found {names}")
+            return key, npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ExportError(f"{path}: not a readable .npz prediction file ({err})") from None
 
 
 class PredictionFolder:
@@ -319,7 +335,7 @@ class PredictionFolder:
     output (flags are 0).
     """
 
-    def __init__(self, folder: str | os.PathLike, data) -> None:
+    def __init__(self, folder: str | os.PathLike, data: OccDataset) -> None:
         self.folder = Path(folder)
         self.grid: VoxelGrid = data.grid
         self.taxonomy = data.taxonomy
@@ -334,7 +350,8 @@ class PredictionFolder:
                                   "so it cannot name a prediction file")
             found = [p for p in prediction_candidates(self.folder, scene, token) if p.is_file()]
             if len(found) > 1:
-                raise ExportError(f"{self.folder}: two predictions for token {token}: {found[0]} and {found[1]}; keep one")
+                raise ExportError(f"{self.folder}: two predictions for token {token}: {found[0]} and {found[1]}; "
+                                  "keep one")
             if found:
                 self._keys.append((scene, token))
                 self._files.append(found[0])
@@ -362,5 +379,6 @@ class PredictionFolder:
         """Nothing held open (each read opens and closes its file)."""
 
 
-__all__ = ["ExportError", "ExportSummary", "FORMATS", "PredictionFolder", "export", "occ3d_arrays", "openoccupancy_rows",
+__all__ = ["ExportError", "ExportSummary", "FORMATS", "PredictionFolder", "export", "occ3d_arrays",
+           "openoccupancy_rows",
            "plan_export", "prediction_candidates", "read_prediction", "replaced_members"]

@@ -24,21 +24,27 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from b2s_core.apps.launch import Ranks, my_scenes
+from b2s_core.data.augment import BevAug, bev_from_ego_matrix
+from b2s_core.data.dataset import DataConfig, OccTrainDataset, collate
 from b2s_core.errors import B2SError
+from b2s_core.grids import VoxelGrid
+from b2s_core.models.checkpoint import load_checkpoint
+from b2s_core.models.config import ModelConfig
 from b2s_core.models.occupied_set import given_occupancy, upsample_occupancy
+from b2s_core.occfile import OccDataset, OccWriter, ResumableWriter, SceneInfo
 from b2s_core.records import OccFrame
-
-if TYPE_CHECKING:
-    from b2s_core.apps.launch import Ranks
+from b2s_core.taxonomy import Taxonomy
 
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
-NO_FLIP = ((False, False),)
-ALL_FLIPS = ((False, False), (True, False), (False, True), (True, True))  # (flip x, flip y)
+Flip = tuple[bool, bool]  # (flip x, flip y)
+NO_FLIP: tuple[Flip, ...] = ((False, False),)
+ALL_FLIPS: tuple[Flip, ...] = ((False, False), (True, False), (False, True), (True, True))
 
 
 class PredictError(B2SError):
@@ -54,28 +60,27 @@ class ModelLogits:
 
 
 # -- running the model ----------------------------------------------------------------------------------
-def _flip_dims(tensor: torch.Tensor, flip: tuple[bool, bool], x_dim: int) -> torch.Tensor:
+def _flip_dims(tensor: torch.Tensor, flip: Flip, x_dim: int) -> torch.Tensor:
     dims = [d for d, on in ((x_dim, flip[0]), (x_dim + 1, flip[1])) if on]
     return torch.flip(tensor, dims) if dims else tensor
 
 
-def _bev_from_ego(flip: tuple[bool, bool], grid) -> torch.Tensor:
-    from b2s_core.data.augment import BevAug, bev_from_ego_matrix
-
+def _bev_from_ego(flip: Flip, grid: VoxelGrid) -> torch.Tensor:
     return torch.from_numpy(bev_from_ego_matrix(BevAug(*flip), grid))
 
 
 @torch.no_grad()
-def run_model(
+def predict_logits(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
-    grid,
+    grid: VoxelGrid,
     *,
     given_occupancy: torch.Tensor | None = None,
-    flips: Sequence[tuple[bool, bool]] = NO_FLIP,
+    flips: Sequence[Flip] = NO_FLIP,
     device: str | torch.device = "cpu",
 ) -> ModelLogits:
-    """Forward one collated batch (keys images, img_from_cam, ego_from_cam) under each flip and average.
+    """The model's logits on the data grid ``grid``: one collated batch (keys images, img_from_cam,
+    ego_from_cam) forwarded under each flip, flipped back and averaged.
 
     given_occupancy: (B, Xb, Yb, Zb) bool on the model's binary grid, or None (online models).
     """
@@ -86,7 +91,8 @@ def run_model(
     for flip in flips:
         bev_from_ego = _bev_from_ego(flip, grid).to(device=device, dtype=ego_from_cam.dtype)  # (4, 4)
         given = None if given_occupancy is None else _flip_dims(given_occupancy.to(device), flip, x_dim=1)
-        out = model(images=images, img_from_cam=img_from_cam, ego_from_cam=bev_from_ego @ ego_from_cam, given_occupancy=given)
+        out = model(images=images, img_from_cam=img_from_cam, ego_from_cam=bev_from_ego @ ego_from_cam,
+                    given_occupancy=given)
         if out.semantic_logits is not None:
             semantic = _flip_dims(out.semantic_logits.float(), flip, x_dim=2)  # back to the unflipped world
             semantic_sum = semantic if semantic_sum is None else semantic_sum + semantic
@@ -110,47 +116,89 @@ def binary_on_grid(binary_logits: torch.Tensor, shape: tuple[int, int, int], thr
     return upsample_occupancy(occupied, (X // Xb, Y // Yb, Z // Zb)).cpu().numpy()
 
 
-def given_occupancy_of(batch: dict[str, torch.Tensor], binary_shape: tuple[int, int, int]) -> torch.Tensor:
-    """The ground-truth binary grid of a batch pooled to the model's binary grid: (B, Xb, Yb, Zb) bool
-    (``b2s_core.models.occupied_set.given_occupancy``, the same call as in training)."""
-    return given_occupancy(batch["binary"], binary_shape)
-
-
-def iterate_batches(dataset, indices: Sequence[int], batch_size: int, num_workers: int = 0) -> Iterator[tuple[list[int], dict]]:
+def iterate_batches(dataset: OccTrainDataset, indices: Sequence[int], batch_size: int,
+                    num_workers: int = 0) -> Iterator[tuple[list[int], dict]]:
     """(frame indices, collated batch) over ``indices`` in order, unaugmented."""
-    from b2s_core.data.dataset import collate
-
     loader = torch.utils.data.DataLoader(
-        _Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
+        _Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate,
     )
     for batch in loader:
         yield [int(i) for i in batch["index"]], batch
 
 
 class _Subset(torch.utils.data.Dataset):
-    def __init__(self, dataset, indices: list[int]):
+    def __init__(self, dataset: OccTrainDataset, indices: list[int]) -> None:
         self.dataset, self.indices = dataset, indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.dataset[self.indices[i]]  # an int key: no augmentation
 
 
-def open_inputs(data_path: str | os.PathLike | Sequence[str | os.PathLike], model_config):
-    """The model-input dataset over a data file, at the model's image size, without augmentation."""
-    from b2s_core.data.dataset import DataConfig, OccTrainDataset
+@dataclass(frozen=True)
+class ModelRun:
+    """A model over a data file, batch by batch: how predict and autolabel run it."""
 
+    model: torch.nn.Module  # on ``device``, in eval mode
+    dataset: OccTrainDataset
+    model_config: ModelConfig
+    device: str | torch.device = "cpu"
+    batch_size: int = 1
+    num_workers: int = 0
+    tta: bool = False  # average the logits of the four BEV flips
+
+    def batches(self, indices: Sequence[int]) -> Iterator[tuple[list[int], torch.Tensor | None, ModelLogits]]:
+        """(frame indices, given occupancy, logits) per batch of ``indices``. The given occupancy is the
+        offboard model's input, (B, Xb, Yb, Zb) bool: the GT binary grid pooled to the model's binary
+        grid by the same call as in training; None for online models."""
+        flips = ALL_FLIPS if self.tta else NO_FLIP
+        config = self.model_config
+        for frame_ids, batch in iterate_batches(self.dataset, indices, self.batch_size, self.num_workers):
+            given = given_occupancy(batch["binary"], config.binary_shape) if config.offboard else None
+            logits = predict_logits(self.model, batch, self.dataset.grid, given_occupancy=given, flips=flips,
+                                    device=self.device)
+            yield frame_ids, given, logits
+
+
+@dataclass
+class FrameCounter:
+    """The frames a process has finished, told to ``progress`` after every batch."""
+
+    total: int
+    progress: Progress | None = None
+    done: int = 0
+
+    def add(self, frames: int) -> None:
+        self.done += frames
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def open_inputs(data_path: str | os.PathLike | Sequence[str | os.PathLike],
+                model_config: ModelConfig) -> OccTrainDataset:
+    """The model-input dataset over a data file, at the model's image size, without augmentation."""
     paths = [data_path] if isinstance(data_path, (str, os.PathLike)) else list(data_path)
     return OccTrainDataset(paths, DataConfig(image_hw=tuple(model_config.image_size), augment=False))
 
 
-def check_grid(model_config, dataset, data_path) -> None:
-    if not model_config.output_grid.same_geometry(dataset.grid):
+def check_grid(model_config: ModelConfig, occ: OccDataset) -> None:
+    if not model_config.output_grid.same_geometry(occ.grid):
         raise PredictError(
-            f"{data_path}: grid {dataset.grid.describe()} differs from the model's output grid "
+            f"{occ.paths[0]}: grid {occ.grid.describe()} differs from the model's output grid "
             f"{model_config.output_grid.describe()}"
+        )
+
+
+def _check_taxonomy(model_config: ModelConfig, occ: OccDataset) -> None:
+    taxonomy = occ.taxonomy
+    if model_config.num_classes != taxonomy.num_labels or model_config.free_index != taxonomy.free_index:
+        raise PredictError(
+            f"{occ.paths[0]}: taxonomy '{taxonomy.name}' has {taxonomy.num_labels} labels "
+            f"(free {taxonomy.free_index}), "
+            f"the model predicts {model_config.num_classes} (free {model_config.free_index})"
         )
 
 
@@ -158,18 +206,26 @@ def copy_frame(frame: OccFrame) -> OccFrame:
     """The metadata of a data frame (scene, token, pose, cameras without image bytes), no grids."""
     return OccFrame(
         scene=frame.scene, token=frame.token, timestamp=frame.timestamp, global_from_ego=frame.global_from_ego,
-        cameras=frame.cameras, occupancy=frame.occupancy, lidar_origin=frame.lidar_origin, ego_from_lidar=frame.ego_from_lidar,
-        source_tokens=dict(frame.source_tokens),
+        cameras=frame.cameras, occupancy=frame.occupancy, lidar_origin=frame.lidar_origin,
+        ego_from_lidar=frame.ego_from_lidar, source_tokens=dict(frame.source_tokens),
     )
+
+
+def output_attrs(occ: OccDataset, taxonomy: Taxonomy, command: str) -> dict:
+    """The writer arguments of a file of model outputs over ``occ``: its grid, source, cameras, image root."""
+    # Images stored by path keep their paths and the data file's image root.
+    image_root = occ.attrs().get("image_root") or None
+    return dict(grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
+                camera_names=occ.camera_names, image_root=image_root)
 
 
 # -- the predictions file -----------------------------------------------------------------------------
 def predict_to_file(
     model: torch.nn.Module,
-    dataset,
+    dataset: OccTrainDataset,
     out_path: str | os.PathLike,
     *,
-    model_config,
+    model_config: ModelConfig,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
@@ -180,68 +236,62 @@ def predict_to_file(
 ) -> Path:
     """Write the predictions of ``model`` on every frame of ``dataset`` to ``out_path`` (atomically).
 
-    dataset: a :class:`b2s_core.data.dataset.OccTrainDataset` (``dataset.occ`` is the data file);
-    model_config: the model's :class:`ModelConfig` (output grid, free index, threshold).
-    ranks: one worker of a data-parallel job (``b2s_core.apps.launch``): this process predicts
-    its share of the scenes into ``<out>.parts/``, rank 0 merges the parts in the data's scene
-    order, and every rank returns once ``out_path`` is complete.
+    dataset: over the data file (``dataset.occ``); model_config: the model's (output grid, free
+    index, threshold). ranks: one worker of a data-parallel job (``b2s_core.apps.launch``): this
+    process predicts its share of the scenes into ``<out>.parts/``, rank 0 merges the parts in the
+    data's scene order, and every rank returns once ``out_path`` is complete.
     """
-    from b2s_core.occfile import OccWriter, ResumableWriter
-
     occ = dataset.occ
-    check_grid(model_config, occ, occ.paths[0])
-    taxonomy = occ.taxonomy
-    if model_config.num_classes != taxonomy.num_labels or model_config.free_index != taxonomy.free_index:
-        raise PredictError(
-            f"{occ.paths[0]}: taxonomy '{taxonomy.name}' has {taxonomy.num_labels} labels (free {taxonomy.free_index}), "
-            f"the model predicts {model_config.num_classes} (free {model_config.free_index})"
-        )
-    model = model.to(device).eval()
-    flips = ALL_FLIPS if tta else NO_FLIP
-    shape = occ.grid.shape
-    scenes = list(occ.scenes) if ranks is None else [occ.scenes[i] for i in ranks.share([len(s) for s in occ.scenes])]
-    total, done = sum(len(scene) for scene in scenes), 0
-
-    def scene_frames(indices: range) -> Iterator[OccFrame]:
-        nonlocal done
-        for frame_ids, batch in iterate_batches(dataset, indices, batch_size, num_workers):
-            given = given_occupancy_of(batch, model_config.binary_shape) if model_config.offboard else None
-            logits = run_model(model, batch, occ.grid, given_occupancy=given, flips=flips, device=device)
-            if logits.semantic is None:
-                raise PredictError("the model returned no semantic logits (a binary-only pre-trained model cannot be evaluated semantically)")
-            labels = logits.semantic.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (B, X, Y, Z)
-            binary = None if logits.binary is None else binary_on_grid(logits.binary, shape, model_config.occupancy_threshold)
-            for b, index in enumerate(frame_ids):
-                frame = copy_frame(occ.read(index, fields=("points", "cameras")))
-                frame.semantics = labels[b]
-                frame.occupancy = labels[b] != taxonomy.free_index
-                frame.binary_pred = None if binary is None else binary[b]
-                yield frame
-            done += len(frame_ids)
-            if progress is not None:
-                progress(done, total)
-
-    image_root = occ.attrs().get("image_root") or None
-    file_attrs = dict(grid=occ.grid, taxonomy=taxonomy, source=occ.source, command=command,
-                      camera_names=occ.camera_names, image_root=image_root)
+    check_grid(model_config, occ)
+    _check_taxonomy(model_config, occ)
+    run = ModelRun(model.to(device).eval(), dataset, model_config, device=device, batch_size=batch_size,
+                   num_workers=num_workers, tta=tta)
+    scenes = my_scenes(occ.scenes, ranks)
+    counter = FrameCounter(sum(len(scene) for scene in scenes), progress)
+    attrs = output_attrs(occ, occ.taxonomy, command)
     if ranks is None:
-        with OccWriter(out_path, **file_attrs) as writer:
+        with OccWriter(out_path, **attrs) as writer:
             for scene in scenes:
-                writer.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
-        return Path(out_path)
+                writer.write_scene(scene.name, _predicted_frames(run, scene, counter))
+    else:
+        _predict_parts(run, scenes, counter, out_path, attrs, ranks)
+    return Path(out_path)
+
+
+def _predicted_frames(run: ModelRun, scene: SceneInfo, counter: FrameCounter) -> Iterator[OccFrame]:
+    """The frames of ``scene`` with the model's labels (and binary-decoder output, if it has one)."""
+    occ = run.dataset.occ
+    for frame_ids, _, logits in run.batches(range(scene.start, scene.stop)):
+        if logits.semantic is None:
+            raise PredictError("the model returned no semantic logits "
+                               "(a binary-only pre-trained model cannot be evaluated semantically)")
+        labels = logits.semantic.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (B, X, Y, Z)
+        threshold = run.model_config.occupancy_threshold
+        binary = None if logits.binary is None else binary_on_grid(logits.binary, occ.grid.shape, threshold)
+        for b, index in enumerate(frame_ids):
+            frame = copy_frame(occ.read(index, fields=("points", "cameras")))
+            frame.semantics = labels[b]
+            frame.occupancy = labels[b] != occ.taxonomy.free_index
+            frame.binary_pred = None if binary is None else binary[b]
+            yield frame
+        counter.add(len(frame_ids))
+
+
+def _predict_parts(run: ModelRun, scenes: list[SceneInfo], counter: FrameCounter, out_path: str | os.PathLike,
+                   attrs: dict, ranks: Ranks) -> None:
+    """This rank's ``scenes`` into ``<out>.parts/``; rank 0 merges every rank's parts into ``out_path``."""
     # Predictions do not resume: parts an interrupted earlier run left could come from another model.
     parts_dir = Path(out_path).with_name(Path(out_path).name + ".parts")
     if ranks.is_main:
         shutil.rmtree(parts_dir, ignore_errors=True)
     ranks.barrier()
-    parts = ResumableWriter(out_path, **file_attrs)
+    parts = ResumableWriter(out_path, **attrs)
     for scene in scenes:
-        parts.write_scene(scene.name, scene_frames(range(scene.start, scene.stop)))
+        parts.write_scene(scene.name, _predicted_frames(run, scene, counter))
     ranks.barrier()  # every rank's parts are written
     if ranks.is_main:
-        parts.finalize(scene_order=[scene.name for scene in occ.scenes])
+        parts.finalize(scene_order=[scene.name for scene in run.dataset.occ.scenes])
     ranks.barrier()  # the merged file is there for every rank to read
-    return Path(out_path)
 
 
 def predict_checkpoint_to_file(
@@ -258,8 +308,6 @@ def predict_checkpoint_to_file(
 ) -> Path:
     """Load a checkpoint (``b2s_core.models.checkpoint.load_checkpoint``) and write its predictions file
     (ranks: see :func:`predict_to_file`)."""
-    from b2s_core.models.checkpoint import load_checkpoint
-
     loaded = load_checkpoint(checkpoint, map_location=device)
     if loaded.train_settings.get("stage") == "pretrain":
         # Pre-training trains the binary path only (Fig. 4): the semantic head is still its random

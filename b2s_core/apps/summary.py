@@ -77,7 +77,8 @@ class FileSummary:
 
 def payload_bytes(h5: h5py.File) -> int:
     """Stored bytes (after compression) of the per-frame datasets of an open file."""
-    datasets = [ds for group in PER_FRAME_GROUPS if group in h5 for ds in h5[group].values() if isinstance(ds, h5py.Dataset)]
+    datasets = [ds for group in PER_FRAME_GROUPS if group in h5
+                for ds in h5[group].values() if isinstance(ds, h5py.Dataset)]
     datasets += [h5[name] for name in PER_FRAME_RAGGED if name in h5]
     return sum(int(ds.id.get_storage_size()) for ds in datasets)
 

@@ -44,6 +44,8 @@ from b2s_core.data.targets import (binary_from_occupancy, binary_from_semantics,
                                    lidar_depth_target)
 from b2s_core.errors import B2SError
 from b2s_core.models.fpn import ImageEncoder
+from b2s_core.occfile import FLAG_MASK_CAMERA, FLAG_POINTS, OccDataset
+from b2s_core.records import OccFrame
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -65,10 +67,8 @@ class DataConfig:
     depth_stride: int | None = None
 
 
-def open_occ_dataset(paths: Sequence[str | Path]):
-    """Open one or more shards as one :class:`OccDataset` (imported here: the format module is the lead's)."""
-    from b2s_core.occfile import OccDataset
-
+def open_occ_dataset(paths: Sequence[str | Path]) -> OccDataset:
+    """Open one or more shards as one :class:`OccDataset`; DataError naming a missing file."""
     paths = [str(p) for p in paths]
     for p in paths:
         if not Path(p).is_file():
@@ -79,7 +79,7 @@ def open_occ_dataset(paths: Sequence[str | Path]):
 class OccTrainDataset(torch.utils.data.Dataset):
     """Frames of one or more shards as model inputs + targets (see the module docstring)."""
 
-    def __init__(self, paths: Sequence[str | Path], config: DataConfig):
+    def __init__(self, paths: Sequence[str | Path], config: DataConfig) -> None:
         self.paths = [str(p) for p in paths]
         self.config = config
         self.occ = open_occ_dataset(self.paths)
@@ -92,8 +92,6 @@ class OccTrainDataset(torch.utils.data.Dataset):
 
     def files_without_points(self) -> list[str]:
         """The files none of whose frames carry LiDAR points (no depth supervision from them)."""
-        from b2s_core.occfile import FLAG_POINTS
-
         out = []
         for path in self.paths:
             occ = open_occ_dataset([path])
@@ -104,8 +102,6 @@ class OccTrainDataset(torch.utils.data.Dataset):
 
     def require_camera_mask(self) -> None:
         """Raise DataError naming the first file whose frames do not all carry mask_camera (linear in files)."""
-        from b2s_core.occfile import FLAG_MASK_CAMERA
-
         for path in self.paths:
             occ = open_occ_dataset([path])
             missing = len(occ) - occ.count_flag(FLAG_MASK_CAMERA)
@@ -157,7 +153,8 @@ class OccTrainDataset(torch.utils.data.Dataset):
             sample["mask_camera"] = torch.from_numpy(flip_grid(frame.mask_camera, bev))
         return sample
 
-    def _cameras(self, frame, index: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _cameras(self, frame: OccFrame, index: int,
+                 rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Decode and augment every camera image.
 
         Returns images (N, 3, H, W) float32, img_from_cam (N, 3, 3), ego_from_cam (N, 4, 4).
@@ -188,7 +185,7 @@ class OccTrainDataset(torch.utils.data.Dataset):
             extrinsics.append(np.asarray(camera.ego_from_cam, dtype=np.float64))
         return np.stack(images), np.stack(intrinsics), np.stack(extrinsics)
 
-    def _depth_target(self, frame, img_from_cam: np.ndarray, ego_from_cam: np.ndarray) -> np.ndarray:
+    def _depth_target(self, frame: OccFrame, img_from_cam: np.ndarray, ego_from_cam: np.ndarray) -> np.ndarray:
         """(N, Hf, Wf) depth targets on the lifted feature map (before the BEV flip, which moves
         points and cameras alike); all 0 for a frame without LiDAR points."""
         H, W = self.config.image_hw

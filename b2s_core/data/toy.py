@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from b2s_core.grids import VoxelGrid
+from b2s_core.occfile import OccWriter
 from b2s_core.records import Camera, OccFrame
 from b2s_core.taxonomy import OCC3D, Taxonomy
 
@@ -22,9 +24,11 @@ TOY_GRID = VoxelGrid((-8.0, -8.0, -1.0), (8.0, 8.0, 3.0), (0.5, 0.5, 0.5), "toy"
 TOY_BOX_CLASSES = (OCC3D.class_names.index("car"), OCC3D.class_names.index("pedestrian"),
                    OCC3D.class_names.index("vegetation"))
 TOY_ROAD_CLASS = OCC3D.class_names.index("driveable_surface")
+TOY_IMAGE_HW = (96, 264)  # (H, W) of each camera image
 
 
-def toy_cameras(image_hw: tuple[int, int], yaws_deg=(0.0, 180.0), pitch_deg: float = 20.0) -> list[Camera]:
+def toy_cameras(image_hw: tuple[int, int], yaws_deg: Sequence[float] = (0.0, 180.0),
+                pitch_deg: float = 20.0) -> list[Camera]:
     """Pinhole cameras 1.5 m above the ego origin, looking along the given yaws and ``pitch_deg``
     down (so that the small grid fills the pictures), OpenCV axes."""
     H, W = image_hw
@@ -61,7 +65,8 @@ def toy_semantics(rng: np.random.Generator, grid: VoxelGrid, taxonomy: Taxonomy,
     return sem
 
 
-def paint_image(semantics: np.ndarray, grid: VoxelGrid, camera: Camera, colors: np.ndarray, free_index: int) -> Image.Image:
+def paint_image(semantics: np.ndarray, grid: VoxelGrid, camera: Camera, colors: np.ndarray,
+                free_index: int) -> Image.Image:
     """Render the occupied voxels into one camera: discs at projected centres, far to near."""
     H, W = camera.height, camera.width
     image = Image.new("RGB", (W, H), (135, 170, 210))  # sky
@@ -84,7 +89,7 @@ def paint_image(semantics: np.ndarray, grid: VoxelGrid, camera: Camera, colors: 
 
 
 def toy_frames(num_frames: int, *, seed: int = 0, grid: VoxelGrid = TOY_GRID, taxonomy: Taxonomy = OCC3D,
-               image_hw: tuple[int, int] = (96, 264), with_semantics: bool = True, top2: bool = False,
+               image_hw: tuple[int, int] = TOY_IMAGE_HW, with_semantics: bool = True, top2: bool = False,
                mask_camera: bool = False, scene: str = "toy-0", boxes: int = 3,
                box_size: tuple[int, int] = (2, 6)) -> list[OccFrame]:
     rng = np.random.default_rng(seed)
@@ -112,14 +117,13 @@ def toy_frames(num_frames: int, *, seed: int = 0, grid: VoxelGrid = TOY_GRID, ta
     return frames
 
 
-def write_toy_dataset(path: str | Path, num_frames: int, *, scenes: int = 1, seed: int = 0, **kwargs) -> Path:
-    """Write ``num_frames`` toy frames split over ``scenes`` scenes to one unified HDF5 file."""
-    from b2s_core.occfile import OccWriter
-
-    grid = kwargs.get("grid", TOY_GRID)
-    taxonomy = kwargs.get("taxonomy", OCC3D)
+def write_toy_dataset(path: str | Path, num_frames: int, *, scenes: int = 1, seed: int = 0, grid: VoxelGrid = TOY_GRID,
+                      taxonomy: Taxonomy = OCC3D, image_hw: tuple[int, int] = TOY_IMAGE_HW,
+                      **frame_options: Any) -> Path:
+    """Write ``num_frames`` toy frames split over ``scenes`` scenes to one unified HDF5 file;
+    ``frame_options``: the other keywords of :func:`toy_frames` (with_semantics, top2, boxes, ...)."""
     per_scene = int(np.ceil(num_frames / scenes))
-    cameras = toy_cameras(kwargs.get("image_hw", (96, 264)))
+    cameras = toy_cameras(image_hw)
     with OccWriter(path, grid=grid, taxonomy=taxonomy, source="toy", command="b2s_core.data.toy",
                    camera_names=[c.name for c in cameras]) as writer:
         done = 0
@@ -128,6 +132,7 @@ def write_toy_dataset(path: str | Path, num_frames: int, *, scenes: int = 1, see
             if count <= 0:
                 break
             name = f"{Path(path).stem}-{s}"
-            writer.write_scene(name, toy_frames(count, seed=seed * 1000 + s, scene=name, **kwargs))
+            writer.write_scene(name, toy_frames(count, seed=seed * 1000 + s, scene=name, grid=grid, taxonomy=taxonomy,
+                                                image_hw=image_hw, **frame_options))
             done += count
     return Path(path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -81,7 +82,8 @@ def ray_origins(
 
 
 # -- ray marching --------------------------------------------------------------------------------
-def _ray_start(origin: np.ndarray, direction: np.ndarray, grid: VoxelGrid):
+def _ray_start(origin: np.ndarray, direction: np.ndarray,
+               grid: VoxelGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-ray entry into the grid, in voxel units. Shared by both marchers so they agree bit for bit.
 
     origin, direction: (N, 3) float64 metres / unit vectors. Returns p (N, 3) origin in voxel
@@ -131,61 +133,87 @@ def first_hits(
     origin = np.repeat(np.asarray(origins, dtype=np.float64), len(directions), axis=0)  # (N, 3)
     direction = np.tile(np.asarray(directions, dtype=np.float64), (len(origins), 1))  # (N, 3)
     N = len(origin)
-    p_np, v_np, t_enter_np, hits_grid = _ray_start(origin, direction, grid)
     hit_flat = torch.full((G, N), -1, dtype=torch.int64, device=dev)
     depth = torch.full((G, N), math.inf, dtype=torch.float64, device=dev)
-
-    f64 = dict(dtype=torch.float64, device=dev)
-    ray = torch.as_tensor(np.flatnonzero(hits_grid), device=dev)  # (n,) ids of rays still travelling
-    p = torch.as_tensor(p_np[hits_grid], **f64)  # (n, 3) voxel units
-    v = torch.as_tensor(v_np[hits_grid], **f64)  # (n, 3) voxels per metre
-    t = torch.as_tensor(t_enter_np[hits_grid], **f64)  # (n,) metres at which the current voxel is entered
-    shape = torch.tensor([X, Y, Z], device=dev)
-    idx = torch.minimum(torch.floor(p + t[:, None] * v).long().clamp(min=0), shape - 1)  # (n, 3) first voxel
-    step = torch.sign(v).long()  # (n, 3)
-    t_delta = torch.where(v != 0, 1.0 / v.abs(), torch.full_like(v, math.inf))  # (n, 3) metres per voxel
-    boundary = (idx + (step > 0).long()).to(torch.float64)
-    t_next = torch.where(v != 0, (boundary - p) / v, torch.full_like(v, math.inf))  # (n, 3) next crossing per axis
-    # The march keeps the flat voxel index and, per axis, the voxels left before the grid's face:
-    # an advance changes one axis, so one gather tells whether the ray left the grid.
-    strides = torch.tensor([Y * Z, Z, 1], device=dev)
-    flat = (idx * strides).sum(dim=1)  # (n,)
-    flat_step = step * strides  # (n, 3) flat index change per advance along each axis
-    never = torch.full_like(idx, X + Y + Z)  # an axis the ray does not move along never runs out
-    left = torch.where(step > 0, shape - 1 - idx, torch.where(step < 0, idx, never))  # (n, 3)
-    pending = torch.ones((G, len(ray)), dtype=torch.bool, device=dev)  # (G, n) grids not hit yet
-    alive = torch.ones(len(ray), dtype=torch.bool, device=dev)  # (n,) inside the grid with a grid still to hit
+    rays = _Marching.start(*_ray_start(origin, direction, grid), G, (X, Y, Z), dev)
     last = X * Y * Z - 1
 
-    while len(ray):
+    while len(rays.ray):
         # Finished rays stay in the arrays until a quarter of them are finished (compacting
         # every step cost as much as the marching itself); they are masked by ``alive`` and their
         # index is clamped so that the lookup stays in bounds.
-        hit_now = pending & occ_flat[:, flat.clamp(0, last)] & alive  # (G, n)
+        hit_now = rays.pending & occ_flat[:, rays.flat.clamp(0, last)] & rays.alive  # (G, n)
         if bool(hit_now.any()):
             g_i, r_i = torch.nonzero(hit_now, as_tuple=True)
-            hit_flat[g_i, ray[r_i]] = flat[r_i]
-            depth[g_i, ray[r_i]] = t[r_i]
-            pending &= ~hit_now
-            alive &= pending.any(dim=0)
-        # advance every ray to its next voxel along the axis whose boundary comes first
-        axis = torch.argmin(t_next, dim=1, keepdim=True)  # (n, 1) first minimum on ties, as the reference
-        t = t_next.gather(1, axis).squeeze(1)
-        t_next.scatter_add_(1, axis, t_delta.gather(1, axis))
-        flat += flat_step.gather(1, axis).squeeze(1)
-        remaining_on_axis = left.gather(1, axis) - 1  # (n, 1)
-        left.scatter_(1, axis, remaining_on_axis)
-        alive &= remaining_on_axis.squeeze(1) >= 0
-        remaining = int(alive.sum())
+            hit_flat[g_i, rays.ray[r_i]] = rays.flat[r_i]
+            depth[g_i, rays.ray[r_i]] = rays.t[r_i]
+            rays.pending &= ~hit_now
+            rays.alive &= rays.pending.any(dim=0)
+        rays.advance()
+        remaining = int(rays.alive.sum())
         if remaining == 0:
             break
-        if remaining < 0.75 * len(ray):
-            keep = alive
-            ray, t, flat, flat_step, left, t_delta, t_next, alive = (
-                a[keep] for a in (ray, t, flat, flat_step, left, t_delta, t_next, alive)
-            )
-            pending = pending[:, keep]
+        if remaining < 0.75 * len(rays.ray):
+            rays.compact()
     return hit_flat.cpu().numpy(), depth.cpu().numpy()
+
+
+@dataclass
+class _Marching:
+    """The n rays :func:`first_hits` still marches, one row each, all on one device. The march keeps
+    the flat voxel index and, per axis, the voxels left before the grid's face: an advance changes
+    one axis, so one gather tells whether the ray left the grid."""
+
+    ray: torch.Tensor  # (n,) int64 ids of the rays (n = o * R + r)
+    t: torch.Tensor  # (n,) float64 metres at which the current voxel is entered
+    flat: torch.Tensor  # (n,) int64 C-order index of the current voxel
+    flat_step: torch.Tensor  # (n, 3) int64 flat index change per advance along each axis
+    left: torch.Tensor  # (n, 3) int64 voxels left before the grid's face along each axis
+    t_delta: torch.Tensor  # (n, 3) float64 metres per voxel along each axis
+    t_next: torch.Tensor  # (n, 3) float64 metres of the next boundary crossing along each axis
+    alive: torch.Tensor  # (n,) bool: inside the grid with a grid still to hit
+    pending: torch.Tensor  # (G, n) bool: grids not hit yet
+
+    @classmethod
+    def start(cls, p_np: np.ndarray, v_np: np.ndarray, t_enter_np: np.ndarray, hits_grid: np.ndarray, G: int,
+              shape_xyz: tuple[int, int, int], dev: torch.device) -> _Marching:
+        """The rays that enter the grid (``hits_grid``), in the voxel where they enter it; the other
+        arguments as :func:`_ray_start` returns them."""
+        X, Y, Z = shape_xyz
+        f64 = dict(dtype=torch.float64, device=dev)
+        ray = torch.as_tensor(np.flatnonzero(hits_grid), device=dev)  # (n,)
+        p = torch.as_tensor(p_np[hits_grid], **f64)  # (n, 3) voxel units
+        v = torch.as_tensor(v_np[hits_grid], **f64)  # (n, 3) voxels per metre
+        t = torch.as_tensor(t_enter_np[hits_grid], **f64)  # (n,)
+        shape = torch.tensor([X, Y, Z], device=dev)
+        idx = torch.minimum(torch.floor(p + t[:, None] * v).long().clamp(min=0), shape - 1)  # (n, 3) first voxel
+        step = torch.sign(v).long()  # (n, 3)
+        t_delta = torch.where(v != 0, 1.0 / v.abs(), torch.full_like(v, math.inf))
+        boundary = (idx + (step > 0).long()).to(torch.float64)
+        t_next = torch.where(v != 0, (boundary - p) / v, torch.full_like(v, math.inf))
+        strides = torch.tensor([Y * Z, Z, 1], device=dev)
+        never = torch.full_like(idx, X + Y + Z)  # an axis the ray does not move along never runs out
+        left = torch.where(step > 0, shape - 1 - idx, torch.where(step < 0, idx, never))
+        return cls(ray=ray, t=t, flat=(idx * strides).sum(dim=1), flat_step=step * strides, left=left,
+                   t_delta=t_delta, t_next=t_next, alive=torch.ones(len(ray), dtype=torch.bool, device=dev),
+                   pending=torch.ones((G, len(ray)), dtype=torch.bool, device=dev))
+
+    def advance(self) -> None:
+        """Every ray to its next voxel along the axis whose boundary comes first; a ray leaving the grid dies."""
+        axis = torch.argmin(self.t_next, dim=1, keepdim=True)  # (n, 1) first minimum on ties, as the reference
+        self.t = self.t_next.gather(1, axis).squeeze(1)
+        self.t_next.scatter_add_(1, axis, self.t_delta.gather(1, axis))
+        self.flat += self.flat_step.gather(1, axis).squeeze(1)
+        remaining_on_axis = self.left.gather(1, axis) - 1  # (n, 1)
+        self.left.scatter_(1, axis, remaining_on_axis)
+        self.alive &= remaining_on_axis.squeeze(1) >= 0
+
+    def compact(self) -> None:
+        """Drop the rays no longer alive."""
+        keep = self.alive
+        for name in ("ray", "t", "flat", "flat_step", "left", "t_delta", "t_next", "alive"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.pending = self.pending[:, keep]
 
 
 def first_hits_reference(
@@ -232,7 +260,8 @@ def first_hits_reference(
 class RayIoUAccumulator:
     """Ray counts accumulated over a split; :meth:`result` gives per-class RayIoU in percent."""
 
-    def __init__(self, num_labels: int, eval_classes: Sequence[int], free_index: int, thresholds: Sequence[float] = RAYIOU_THRESHOLDS):
+    def __init__(self, num_labels: int, eval_classes: Sequence[int], free_index: int,
+                 thresholds: Sequence[float] = RAYIOU_THRESHOLDS) -> None:
         self.num_labels = int(num_labels)
         self.eval_classes = tuple(eval_classes)
         self.free_index = int(free_index)
@@ -242,7 +271,8 @@ class RayIoUAccumulator:
         self.tp = np.zeros((len(self.thresholds), self.num_labels), dtype=np.int64)  # (T, K)
         self.rays = 0
 
-    def add_rays(self, gt_class: np.ndarray, gt_depth: np.ndarray, pred_class: np.ndarray, pred_depth: np.ndarray) -> None:
+    def add_rays(self, gt_class: np.ndarray, gt_depth: np.ndarray, pred_class: np.ndarray,
+                 pred_depth: np.ndarray) -> None:
         """Count one frame's rays: (N,) first-hit class (any value; free / 255 for no hit) and depth."""
         scored = np.isin(gt_class, self.eval_classes)  # rays whose ground truth hits a scored class
         gt_class, pred_class = gt_class[scored].astype(np.int64), pred_class[scored].astype(np.int64)
@@ -292,7 +322,8 @@ class RayIoUAccumulator:
         table = self.per_class()[:, list(self.eval_classes)]  # (T, C)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            at = {t: float(np.nanmean(row)) if not np.all(np.isnan(row)) else float("nan") for t, row in zip(self.thresholds, table)}
+            at = {t: float(np.nanmean(row)) if not np.all(np.isnan(row)) else float("nan")
+                  for t, row in zip(self.thresholds, table)}
             mean = float(np.nanmean(table)) if not np.all(np.isnan(table)) else float("nan")
         return {"per_class": dict(zip(self.thresholds, self.per_class())), "at": at, "mean": mean}
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from b2s_core.errors import B2SError
-from b2s_core.models.occupancy_model import build_model
 from b2s_core.models.config import ModelConfig, ModelConfigError
+from b2s_core.models.occupancy_model import build_model
 from b2s_core.output_paths import atomic_path
 from b2s_core.torch_files import UnreadableTorchFile, load_weights_only
 
@@ -83,7 +83,8 @@ class LoadedCheckpoint:
     path: Path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, expect_model: str | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    expect_model: str | None = None) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint was trained with and load its weights.
 
     ``expect_model``: the variant the caller needs (e.g. 'sparse-ls'); another gives a clear error.
@@ -93,7 +94,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if expect_model is not None and variant != expect_model:
         raise CheckpointError(f"{path}: checkpoint holds a '{variant}' model, expected '{expect_model}'")
     try:
-        model_config = ModelConfig.from_dict(state["model_config"])
+        model_config = ModelConfig.from_dict(state["model_config"], where="model_config")
         model = build_model(model_config)
         model.load_state_dict(state["model"])
     except (ModelConfigError, KeyError, TypeError, ValueError, RuntimeError) as err:

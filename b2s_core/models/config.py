@@ -11,12 +11,14 @@ shapes are never stored; they are derived from the output grid and the per-axis 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from b2s_core.errors import B2SError
-from b2s_core.grids import GridError, VoxelGrid, get_grid
+from b2s_core.grids import GRID_PRESETS, GridError, VoxelGrid, get_grid
 
 VARIANTS = ("sparse-ls", "sparse-bevformer", "ls", "bevformer")
 ARRANGEMENTS = ("intermediate", "multi-head", "replace-head")
@@ -61,7 +63,9 @@ class ModelConfig:
     arrangement: str = "intermediate"
     offboard: bool = False  # auto-labelling: the sparse queries come from a given GT binary grid
     preset: str = "custom"  # the preset this config was made from (informational)
-    grid: str = "occ3d"  # output grid: preset name or custom spec (b2s_core.grids.get_grid)
+    # The output grid, stored whole; model_config and from_dict also read a preset name or a custom
+    # spec (b2s_core.grids.get_grid), as the checkpoints written before held.
+    grid: VoxelGrid = GRID_PRESETS["occ3d"]
     num_classes: int = 18  # semantic labels, free included
     free_index: int = 17
     image_size: tuple[int, int] = (256, 704)  # (H, W) network input, after augmentation
@@ -93,56 +97,77 @@ class ModelConfig:
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         self.validate()
 
-    # -- validation ------------------------------------------------------------------------------
+    # -- validation ------------------------------------------------------------------------------------
     def validate(self) -> None:
-        def fail(msg: str) -> None:
-            raise ModelConfigError(f"model config ({self.variant}): {msg}")
-
         if self.variant not in VARIANTS:
             raise ModelConfigError(f"unknown model variant '{self.variant}': use one of {', '.join(VARIANTS)}")
+        for check in (self._layout_problem, self._image_problem, self._size_problem, self._depth_problem,
+                      self._grid_problem):
+            problem = check()
+            if problem:
+                raise ModelConfigError(f"model config ({self.variant}): {problem}")
+
+    def _layout_problem(self) -> str | None:
+        """The heads' arrangement and the layer counts the variant implies."""
         problem = arrangement_problem(self.variant, self.arrangement, offboard=self.offboard)
         if problem:
-            fail(problem)
+            return problem
         if self.is_sparse and self.sparse_layers < 1:
-            fail("a sparse variant needs sparse_layers >= 1")
+            return "a sparse variant needs sparse_layers >= 1"
         if not self.is_sparse and self.sparse_layers != 0:
-            fail("a dense baseline has sparse_layers = 0")
+            return "a dense baseline has sparse_layers = 0"
         if not self.uses_lift_splat and self.dense_layers < 1:
-            fail("BEVFormer variants lift images to 3D with dense layers: dense_layers >= 1")
+            return "BEVFormer variants lift images to 3D with dense layers: dense_layers >= 1"
         if self.dense_layers < 0 or self.volume_encoder_blocks < 0:
-            fail("layer counts must be >= 0")
+            return "layer counts must be >= 0"
+        return None
+
+    def _image_problem(self) -> str | None:
+        """The backbone, the FPN levels attended and the network input."""
         if self.backbone_depth not in BACKBONE_DEPTHS:
-            fail(f"backbone_depth {self.backbone_depth} not in {BACKBONE_DEPTHS}")
+            return f"backbone_depth {self.backbone_depth} not in {BACKBONE_DEPTHS}"
         if not self.feature_strides or any(s not in FEATURE_STRIDES for s in self.feature_strides):
-            fail(f"feature_strides {self.feature_strides} must be a non-empty subset of {FEATURE_STRIDES}")
+            return f"feature_strides {self.feature_strides} must be a non-empty subset of {FEATURE_STRIDES}"
         if len(set(self.feature_strides)) != len(self.feature_strides):
-            fail(f"feature_strides {self.feature_strides} repeat a stride")
+            return f"feature_strides {self.feature_strides} repeat a stride"
         if len(self.image_size) != 2 or min(self.image_size) < 32:
-            fail(f"image_size {self.image_size} must be (H, W) of at least 32 pixels")
+            return f"image_size {self.image_size} must be (H, W) of at least 32 pixels"
+        return None
+
+    def _size_problem(self) -> str | None:
+        """Channel and attention sizes, classes, the sparse-query cap and threshold."""
         if self.embed_dim % self.num_heads:
-            fail(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        sizes = (self.embed_dim, self.num_heads, self.self_attn_points, self.cross_attn_points, self.ffn_dim, self.head_dim)
+            return f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+        sizes = (self.embed_dim, self.num_heads, self.self_attn_points, self.cross_attn_points, self.ffn_dim,
+                 self.head_dim)
         if min(sizes) < 1:
-            fail("sizes must be positive")
+            return "sizes must be positive"
         if not 0 <= self.free_index < self.num_classes:
-            fail(f"free_index {self.free_index} outside 0..{self.num_classes - 1}")
+            return f"free_index {self.free_index} outside 0..{self.num_classes - 1}"
         if not 0.0 < self.occupancy_threshold < 1.0:
-            fail(f"occupancy_threshold {self.occupancy_threshold} must lie in (0, 1)")
+            return f"occupancy_threshold {self.occupancy_threshold} must lie in (0, 1)"
         if self.max_sparse_queries < 1:
-            fail("max_sparse_queries must be >= 1")
+            return "max_sparse_queries must be >= 1"
+        return None
+
+    def _depth_problem(self) -> str | None:
         if not (0 < self.depth_min < self.depth_max and self.depth_step > 0):
-            fail(f"depth bins {self.depth_min}..{self.depth_max} step {self.depth_step} are empty")
-        try:
-            grid = get_grid(self.grid)
-        except GridError as err:
-            fail(str(err))
-        shape = np.asarray(grid.shape)
+            return f"depth bins {self.depth_min}..{self.depth_max} step {self.depth_step} are empty"
+        return None
+
+    def _grid_problem(self) -> str | None:
+        """The strides must divide the output grid, and the binary stride the compact one."""
+        if not isinstance(self.grid, VoxelGrid):
+            return (f"grid must be a VoxelGrid, got {self.grid!r} (model_config and ModelConfig.from_dict "
+                    "read preset names and specs)")
+        shape = np.asarray(self.grid.shape)
         for name in ("compact_stride", "binary_stride"):
             stride = np.asarray(getattr(self, name))
             if stride.shape != (3,) or np.any(stride < 1) or np.any(shape % stride):
-                fail(f"{name} {getattr(self, name)} does not divide the {grid.name} grid {tuple(shape)}")
+                return f"{name} {getattr(self, name)} does not divide the {self.grid.name} grid {tuple(shape)}"
         if np.any(np.asarray(self.compact_stride) % np.asarray(self.binary_stride)):
-            fail(f"binary_stride {self.binary_stride} must divide compact_stride {self.compact_stride}")
+            return f"binary_stride {self.binary_stride} must divide compact_stride {self.compact_stride}"
+        return None
 
     # -- what the variant implies ----------------------------------------------------------------
     @property
@@ -161,7 +186,7 @@ class ModelConfig:
     # -- derived sizes (never stored) ------------------------------------------------------------
     @property
     def output_grid(self) -> VoxelGrid:
-        return get_grid(self.grid)
+        return self.grid
 
     @property
     def binary_grid(self) -> VoxelGrid:
@@ -203,23 +228,56 @@ class ModelConfig:
     def num_depth_bins(self) -> int:
         return len(self.depth_bins)
 
-    # -- serialisation ---------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+    # -- serialisation ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (lists, numbers, strings; the grid as VoxelGrid.to_dict), so that a checkpoint
+        holding it loads with ``torch.load(weights_only=True)`` and the dict survives JSON."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: _plain(value) for name, value in values.items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ModelConfigError(f"model config has unknown fields: {', '.join(unknown)}")
+    def from_dict(cls, data: Mapping[str, Any], where: str = "model config") -> "ModelConfig":
+        """The one reader of a saved ModelConfig (checkpoints, JSON). Unknown fields are refused by name;
+        ``grid`` may be a VoxelGrid.to_dict, or the preset name / custom spec older checkpoints hold."""
+        refuse_unknown_fields(data, where)
         if "variant" not in data:
-            raise ModelConfigError("model config has no 'variant'")
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+            raise ModelConfigError(f"{where}: no 'variant'")
+        values = dict(data)
+        if "grid" in values:
+            values["grid"] = read_grid(values["grid"], where)
         return cls(**values)
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, VoxelGrid):
+        return value.to_dict()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def refuse_unknown_fields(values: Mapping[str, Any], where: str) -> None:
+    """The policy on names a ModelConfig does not have: refuse them all, by name, saying where they came from."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ModelConfigError(f"{where}: unknown model config field{'s' * (len(unknown) > 1)} "
+                               f"{', '.join(repr(name) for name in unknown)}")
+
+
+def read_grid(value: VoxelGrid | str | Mapping[str, Any], where: str = "model config") -> VoxelGrid:
+    """A grid as a ModelConfig holds it: a VoxelGrid, its ``to_dict``, a preset name or a custom spec."""
+    try:
+        if isinstance(value, Mapping):
+            return VoxelGrid.from_dict(value)
+        if isinstance(value, (str, VoxelGrid)):
+            return get_grid(value)
+    except GridError as err:
+        raise ModelConfigError(f"{where}: grid: {err}") from None
+    raise ModelConfigError(f"{where}: grid must be a preset name, a custom spec or a grid description, got {value!r}")
 
 
 # Layer counts of the paper (sec. 4.1): BEVFormer 3 dense vs Sparse-BEVFormer 2 dense + 1 sparse;
@@ -273,7 +331,7 @@ def model_config(
     variant: str,
     preset: str = "small",
     *,
-    grid: str = "occ3d",
+    grid: VoxelGrid | str = "occ3d",
     num_classes: int = 18,
     free_index: int = 17,
     arrangement: str | None = None,
@@ -282,26 +340,33 @@ def model_config(
 ) -> ModelConfig:
     """A named preset for ``variant``; ``overrides`` change single fields (sizes) afterwards.
 
-    ``arrangement`` defaults to 'intermediate' for the sparse variants and 'multi-head' for the
-    dense baselines. Example: ``model_config('sparse-ls', 'paper', grid='occ3d')``.
+    ``grid``: a VoxelGrid, a preset name or a custom spec (b2s_core.grids.get_grid). ``arrangement``
+    defaults to 'intermediate' for the sparse variants and 'multi-head' for the dense baselines.
+    Example: ``model_config('sparse-ls', 'paper', grid='occ3d')``.
     """
     if variant not in VARIANTS:
         raise ModelConfigError(f"unknown model variant '{variant}': use one of {', '.join(VARIANTS)}")
     if preset not in PRESETS:
         raise ModelConfigError(f"unknown model preset '{preset}': use one of {', '.join(PRESETS)}")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
-    if unknown:
-        raise ModelConfigError(f"unknown model config fields: {', '.join(unknown)}")
-    kind = "ls" if variant in ("sparse-ls", "ls") else "bevformer"
-    sizes = {**_PRESET_SIZES[preset]["common"], **_PRESET_SIZES[preset][kind]}
-    if preset == "paper" and get_grid(grid).name == "openoccupancy":
-        sizes.update(_PAPER_OPENOCCUPANCY)
+    refuse_unknown_fields(overrides, "model_overrides")
+    output_grid = read_grid(grid, "model_config")
     if arrangement is None:
         arrangement = "intermediate" if variant.startswith("sparse-") else "multi-head"
-    values = dict(variant=variant, arrangement=arrangement, offboard=offboard, preset=preset, grid=grid,
-                  num_classes=num_classes, free_index=free_index, **LAYER_COUNTS[variant], **sizes)
+    values = dict(variant=variant, arrangement=arrangement, offboard=offboard, preset=preset, grid=output_grid,
+                  num_classes=num_classes, free_index=free_index, **LAYER_COUNTS[variant],
+                  **_preset_sizes(variant, preset, output_grid))
     values.update(overrides)
     return ModelConfig(**values)
 
 
-__all__ = ["ModelConfig", "ModelConfigError", "arrangement_problem", "model_config", "VARIANTS", "ARRANGEMENTS", "PRESETS", "LAYER_COUNTS"]
+def _preset_sizes(variant: str, preset: str, grid: VoxelGrid) -> dict[str, Any]:
+    """The sizes ``preset`` gives ``variant``'s image-to-3D kind on ``grid``."""
+    kind = "ls" if variant in ("sparse-ls", "ls") else "bevformer"
+    sizes = {**_PRESET_SIZES[preset]["common"], **_PRESET_SIZES[preset][kind]}
+    if preset == "paper" and grid.same_geometry(GRID_PRESETS["openoccupancy"]):
+        sizes.update(_PAPER_OPENOCCUPANCY)
+    return sizes
+
+
+__all__ = ["ModelConfig", "ModelConfigError", "arrangement_problem", "model_config", "read_grid",
+           "refuse_unknown_fields", "VARIANTS", "ARRANGEMENTS", "PRESETS", "LAYER_COUNTS"]

@@ -17,13 +17,13 @@ baselines it reads B' directly, beside the binary decoder. Offboard models have 
 the occupied set is an input, and their output is free wherever that set says free (the voxels
 of an occupied coarse voxel are still the model's to label, free included).
 
-Training strategies and the parameters they train (see docs/models.md):
+Training strategies and the parameters they train (``b2s_core.train.strategies.select_trainable``
+decides, from the parameter groups below; see docs/models.md):
     pretrain (stage 1, every variant): ``binary_path_parameters()``; loss BCE on binary_logits;
         call with ``run_semantic=False``.
-    intermediate (proposed) / multi-head fine-tuning: ``finetune_parameters()`` = all parameters;
-        loss focal(semantic) + BCE(binary).
-    replace-head fine-tuning: ``reset_semantic_head()``, then ``finetune_parameters()`` = all but the
-        binary decoder (the binary head is replaced); loss focal(semantic) only.
+    intermediate (proposed) / multi-head fine-tuning: all parameters; loss focal(semantic) + BCE(binary).
+    replace-head fine-tuning: ``reset_semantic_head()``, then all but ``binary_head_parameters()``
+        (the binary head is replaced); loss focal(semantic) only.
     offboard: all parameters (there is no binary decoder); loss focal(semantic) only.
 """
 
@@ -61,8 +61,6 @@ class ModelOutput:
                          (replace-head: the pre-trained head, which that fine-tuning does not train.)
     semantic_logits:     (B, K, X, Y, Z) at the output resolution; None when run_semantic=False.
                          Offboard: certain free outside the given occupied set.
-    aux_binary_logits:   multi-head only: the binary head that sits beside the semantic head (the
-                         same tensor as binary_logits, under the name the strategy code asks for).
     depth_logits:        (B, N, D, Hf, Wf) Lift-Splat depth distribution logits; None for BEVFormer.
     query_mask:          (B, Xb, Yb, Zb) bool, the voxels the sparse transformer used as queries.
     num_dropped_queries: (B,) long, occupied voxels left out by max_sparse_queries (0 normally).
@@ -70,7 +68,6 @@ class ModelOutput:
 
     binary_logits: Tensor | None
     semantic_logits: Tensor | None
-    aux_binary_logits: Tensor | None = None
     depth_logits: Tensor | None = None
     query_mask: Tensor | None = None
     num_dropped_queries: Tensor | None = None
@@ -162,7 +159,6 @@ class OccupancyModel(nn.Module):
         return ModelOutput(
             binary_logits=binary_logits,
             semantic_logits=semantic_logits,
-            aux_binary_logits=binary_logits if cfg.arrangement == "multi-head" else None,
             depth_logits=depth_logits,
             query_mask=query_mask,
             num_dropped_queries=dropped,
@@ -206,14 +202,6 @@ class OccupancyModel(nn.Module):
     def binary_head_parameters(self) -> list[nn.Parameter]:
         return list(self.binary_decoder.parameters()) if self.binary_decoder is not None else []
 
-    def finetune_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained in semantic fine-tuning for this arrangement (replace-head drops the
-        binary head; every other arrangement trains all)."""
-        if self.config.arrangement == "replace-head":
-            skip = {id(p) for p in self.binary_head_parameters()}
-            return [p for p in self.parameters() if id(p) not in skip]
-        return list(self.parameters())
-
     def reset_semantic_head(self) -> None:
         """Re-initialise the semantic head (a new head for Replacing-Head / Multi-Head fine-tuning)."""
         self.semantic_head.reset_parameters()
@@ -224,6 +212,21 @@ class OccupancyModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def use_channels_last(self) -> OccupancyModel:
+        """Store every 2D convolution's weight channels-last (NHWC), in place; returns the model.
+
+        The same numbers (bitwise on the CPUs measured, docs/training.md "Step cost"): a convolution
+        follows its weight's layout, so the image encoder and the depth net then run NHWC end to end
+        and oneDNN skips the per-call re-layouts of weights and activations, ~5 % of a tiny-preset CPU
+        step. The 3D convolutions keep their layout (channels-last applies to 4D tensors only).
+        Checkpoints are unaffected: ``state_dict`` keeps the values and ``load_state_dict`` copies
+        into whichever layout the model has.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
+        return self
 
 
 def build_model(cfg: ModelConfig) -> OccupancyModel:

@@ -24,13 +24,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+
+from b2s_core.data.dataset import open_occ_dataset
+from b2s_core.data.targets import binary_from_occupancy, dense_top2
+from b2s_core.models.occupied_set import pool_binary_target
+from b2s_core.records import OccFrame
+from b2s_core.taxonomy import IGNORE_INDEX
 
 
 def count_labels(paths: Sequence[str | Path], num_classes: int, free_index: int, *, use_camera_mask: bool,
                  max_frames: int = 256) -> np.ndarray:
     """Voxels per class over (a sample of) the frames of ``paths`` -> (num_classes,) int64."""
-    from b2s_core.data.dataset import open_occ_dataset
-
     occ = open_occ_dataset(paths)
     try:
         indices = np.unique(np.linspace(0, len(occ) - 1, min(max_frames, len(occ))).round().astype(int))
@@ -48,10 +53,8 @@ def count_labels(paths: Sequence[str | Path], num_classes: int, free_index: int,
         occ.close()
 
 
-def labels_of_frame(frame, free_index: int) -> np.ndarray | None:
+def labels_of_frame(frame: OccFrame, free_index: int) -> np.ndarray | None:
     """(X, Y, Z) uint8 hard labels of a frame: its semantics, or the first class of its Top2 pairs."""
-    from b2s_core.data.targets import dense_top2
-
     if frame.semantics is not None:
         return frame.semantics
     if frame.top2_labels is None or frame.top2_logits is None or frame.occupancy is None:
@@ -76,13 +79,6 @@ def binary_pos_weight(paths: Sequence[str | Path], binary_shape: tuple[int, int,
                       use_camera_mask: bool, max_frames: int = 256) -> float:
     """(free / occupied) ** power over the binary targets of (a sample of) the frames of ``paths``,
     pooled to the binary decoder's grid as training pools them (1.0 when nothing is occupied)."""
-    import torch
-
-    from b2s_core.data.dataset import open_occ_dataset
-    from b2s_core.data.targets import binary_from_occupancy
-    from b2s_core.models.occupied_set import pool_binary_target
-    from b2s_core.taxonomy import IGNORE_INDEX
-
     occ = open_occ_dataset(paths)
     try:
         indices = np.unique(np.linspace(0, len(occ) - 1, min(max_frames, len(occ))).round().astype(int))

@@ -12,6 +12,7 @@ import difflib
 import glob
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from b2s_core.errors import B2SError
+from b2s_core.output_paths import atomic_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +114,8 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda
     workers: int = 2  # DataLoader worker processes per training process
     max_steps: int | None = None  # cap on optimiser steps (short runs, smoke tests); changes the schedule
-    stop_after_steps: int | None = None  # stop at this step leaving a checkpoint (time-limited jobs); the schedule is unchanged
+    # Stop at this step leaving a checkpoint (time-limited jobs); the schedule is unchanged.
+    stop_after_steps: int | None = None
     log_every_steps: int = 10
     ckpt_every_steps: int = 0  # also checkpoint every this many steps (0: only at epoch ends)
     ckpt_every_epochs: int = 1  # checkpoint at the end of every this many epochs (and always at the end of the run)
@@ -128,47 +131,48 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        def choose(name: str, options: tuple[str, ...]) -> None:
+        self._check_choices()
+        self._check_numbers()
+        if not self.resume:  # a resumed run's data settings come from its saved config
+            self._check_data()
+
+    def _check_choices(self) -> None:
+        for name, options in (("stage", STAGES), ("strategy", STRATEGIES), ("binary_data", BINARY_DATA),
+                              ("amp", AMP_MODES), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in options:
                 raise _bad_value(name, f"must be one of {', '.join(options)}, got {getattr(self, name)!r}")
 
-        choose("stage", STAGES)
-        choose("strategy", STRATEGIES)
-        choose("binary_data", BINARY_DATA)
-        choose("amp", AMP_MODES)
-        choose("schedule", SCHEDULES)
-        choose("device", DEVICES)
+    def _check_numbers(self) -> None:
         for f in dataclasses.fields(self):  # NaN passes every comparison below: refuse it (and inf) first
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise _bad_value(f.name, f"must be a finite number, got {value}")
-        for name in ("epochs", "batch_size", "log_every_steps", "val_every_epochs", "ckpt_every_epochs"):
-            if getattr(self, name) < 1:
-                raise _bad_value(name, f"must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "workers", "ckpt_every_steps",
-                     "binary_loss_weight", "semantic_loss_weight", "depth_loss_weight", "class_balance",
-                     "binary_balance", "seed"):
+        for name in AT_LEAST_ONE:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise _bad_value(name, f"must be at least 1, got {value}")
+        for name in NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise _bad_value(name, f"must not be negative, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise _bad_value("min_lr_ratio", f"must lie in 0..1 (a fraction of lr), got {self.min_lr_ratio}")
-        for name in ("max_steps", "stop_after_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise _bad_value(name, f"must be at least 1, got {getattr(self, name)}")
         if not -1 <= self.frozen_stages <= 4:
             raise _bad_value("frozen_stages", f"must lie in -1..4 (-1: train every stage), got {self.frozen_stages}")
-        if self.resume:
-            return  # the data settings come from the run's saved config
+
+    def _check_data(self) -> None:
+        """The data each stage needs, and the pairs of settings that contradict each other."""
         if self.stage == "pretrain" and not self.data:
             raise ConfigError("pre-training needs binary data (--data FILE.h5)")
-        if self.stage == "finetune":
-            if not self.semantic_data and not self.pseudo_data:
-                raise ConfigError("fine-tuning needs semantic data (--semantic-data FILE.h5) or pseudo-labels (--pseudo-data)")
-            if self.binary_data == "b" and not self.pretrain_data and not self.offboard and self.strategy != "replace-head":
-                raise ConfigError("--binary-data b adds pre-training batches: give them with --pretrain-data FILE.h5")
-            if self.init and self.backbone_weights:
-                raise ConfigError("--backbone-weights initialises the backbone of a model trained from scratch; "
-                                  "--init already brings a trained one: give one of the two")
+        if self.stage != "finetune":
+            return
+        if not self.semantic_data and not self.pseudo_data:
+            raise ConfigError("fine-tuning needs semantic data (--semantic-data FILE.h5) or pseudo-labels "
+                              "(--pseudo-data)")
+        if self.binary_data == "b" and not self.pretrain_data and not self.offboard and self.strategy != "replace-head":
+            raise ConfigError("--binary-data b adds pre-training batches: give them with --pretrain-data FILE.h5")
+        if self.init and self.backbone_weights:
+            raise ConfigError("--backbone-weights initialises the backbone of a model trained from scratch; "
+                              "--init already brings a trained one: give one of the two")
 
     @staticmethod
     def default_epochs(offboard: bool) -> int:
@@ -181,27 +185,42 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> "TrainConfig":
-        unknown = sorted(set(values) - set(SETTINGS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting '{unknown[0]}'{_suggestion(unknown[0])}")
-        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        """The one reader of settings as plain values (a config file, a saved config.yaml, a checkpoint's
+        train_config): unknown settings are refused by name, each value is checked against its type."""
+        refuse_unknown_settings(values, where)
         coerced = {}
         for key, value in values.items():
             try:
-                coerced[key] = _coerce(value, types[key])
+                coerced[key] = _coerce(value, SETTING_TYPES[key])
             except ConfigError as err:
                 raise ConfigError(f"{where}: {key} {err}", key=key, problem=str(err)) from None
         return cls(**coerced)
 
     def save_yaml(self, path: str | Path) -> None:
         """Write atomically (temp file + rename)."""
-        from b2s_core.output_paths import atomic_path
-
         with atomic_path(path) as temp:
             temp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+SETTINGS = tuple(FIELDS)
+SETTING_TYPES = typing.get_type_hints(TrainConfig)  # the annotations as types: int | None, list[str], ...
+
+
+# Counts and periods of at least 1 (None, where allowed, means "no limit"), and values never negative.
+AT_LEAST_ONE = ("epochs", "batch_size", "log_every_steps", "val_every_epochs", "ckpt_every_epochs", "max_steps",
+                "stop_after_steps")
+NOT_NEGATIVE = ("lr", "weight_decay", "grad_clip", "warmup_steps", "workers", "ckpt_every_steps", "binary_loss_weight",
+                "semantic_loss_weight", "depth_loss_weight", "class_balance", "binary_balance", "seed")
+
+
+def refuse_unknown_settings(values: Mapping[str, Any], where: str) -> None:
+    """The policy on names TrainConfig does not have: refuse them all, each with the setting it was
+    probably meant to be, saying where they came from."""
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        names = ", ".join(f"'{name}'{_suggestion(name)}" for name in unknown)
+        raise ConfigError(f"{where}: unknown setting{'s' * (len(unknown) > 1)} {names}")
 
 
 def _suggestion(name: str) -> str:
@@ -210,40 +229,60 @@ def _suggestion(name: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _coerce(value: Any, annotation: str) -> Any:
-    """Check / convert one setting to its declared type (YAML may give '2e-4' as a string)."""
-    optional = annotation.endswith("| None")
-    base = annotation.replace("| None", "").strip()
-    if value is None:
-        if optional:
+def _coerce(value: Any, hint: Any) -> Any:
+    """Check / convert one setting to its declared type (YAML may give '2e-4' as a string).
+
+    ``hint``: the field's type from ``typing.get_type_hints`` (``int``, ``str | None``, ``list[str]``...).
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
             return None
+        (hint,) = [arg for arg in args if arg is not type(None)]
+    elif value is None:
         raise ConfigError("must not be empty")
     try:
-        if base == "bool":
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if base == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        if base == "float":
-            return float(value)
-        if base == "str":
-            if not isinstance(value, (str, Path)):
-                raise ValueError
-            return str(value)
-        if base.startswith("list"):
-            return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
-        if base == "dict":
-            if not isinstance(value, Mapping):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"must be {base}, got {value!r}") from None
+        return _READERS[typing.get_origin(hint) or hint](value)
+    except (TypeError, ValueError, OverflowError):
+        name = str(hint) if typing.get_args(hint) else hint.__name__  # 'list[str]', 'int'
+        raise ConfigError(f"must be {name}, got {value!r}") from None
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _read_bool(value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    if not isinstance(value, bool):
+        raise ValueError(value)
     return value
+
+
+def _read_int(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)):  # 3.0 and '3' are 3; 3.5 and True are not
+        raise ValueError(value)
+    return int(float(value))
+
+
+def _read_str(value: Any) -> str:
+    if not isinstance(value, (str, Path)):
+        raise ValueError(value)
+    return str(value)
+
+
+def _read_str_list(value: Any) -> list[str]:
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+
+
+def _read_dict(value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise ValueError(value)
+    return dict(value)
+
+
+# The reader of each type a TrainConfig field has (list: list[str], the shard lists).
+_READERS = {bool: _read_bool, int: _read_int, float: float, str: _read_str, list: _read_str_list, dict: _read_dict}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -280,8 +319,8 @@ def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def resolve_config(
-    *, config_file: str | Path | None = None, options: Mapping[str, Any] | None = None, overrides: list[str] | None = None,
-    defaults: Mapping[str, Any] | None = None,
+    *, config_file: str | Path | None = None, options: Mapping[str, Any] | None = None,
+    overrides: list[str] | None = None, defaults: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Dataclass defaults < ``defaults`` (a command's own) < config file < explicit options (``None``
     means "not given") < ``--set`` overrides.
@@ -291,23 +330,7 @@ def resolve_config(
     one setting names where that setting came from: the file, the option or ``--set``.
     """
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    layers = [("defaults", dict(defaults or {}))]
-    if config_file is not None:
-        layers.append((str(config_file), read_config_file(config_file)))
-    layers += [("options", options), ("--set", parse_set_overrides(overrides))]
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {}  # setting -> the layer that set it last
-    for name, layer in layers:
-        values.update(layer)
-        origin.update(dict.fromkeys(layer, name))
-        stage = options.get("stage")
-        if stage is not None and layer.get("stage", stage) != stage:
-            where = "--set stage" if name == "--set" else f"{name}: stage"
-            raise ConfigError(f"{where} is '{layer['stage']}': these settings are for b2s {layer['stage']}, "
-                              f"not b2s {stage}", key="stage")
-    unknown = sorted(set(values) - set(SETTINGS))
-    if unknown:  # named with where it came from, and the setting it was probably meant to be
-        raise ConfigError(f"{origin[unknown[0]]}: unknown setting '{unknown[0]}'{_suggestion(unknown[0])}")
+    values, origin = _merge(_layers(config_file, options, overrides, defaults), stage=options.get("stage"))
     for name in DATA_FIELDS:
         if values.get(name):
             values[name] = expand_globs(values[name])
@@ -317,6 +340,36 @@ def resolve_config(
     except ConfigError as err:
         raise _placed(err, origin.get(err.key or "", "")) from None
     return config
+
+
+def _layers(config_file: str | Path | None, options: dict[str, Any], overrides: list[str] | None,
+            defaults: Mapping[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """(where, settings) from the lowest precedence to the highest."""
+    layers = [("defaults", dict(defaults or {}))]
+    if config_file is not None:
+        layers.append((str(config_file), read_config_file(config_file)))
+    return layers + [("options", options), ("--set", parse_set_overrides(overrides))]
+
+
+def _merge(layers: list[tuple[str, dict[str, Any]]], stage: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings of all layers, each from the last layer that sets it, and that layer's name per setting.
+    Unknown settings and another stage's settings are refused naming the layer they came from."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for where, layer in layers:
+        refuse_unknown_settings(layer, where)
+        _check_stage(where, layer, stage)
+        values.update(layer)
+        origin.update(dict.fromkeys(layer, where))
+    return values, origin
+
+
+def _check_stage(where: str, layer: Mapping[str, Any], stage: str | None) -> None:
+    """A file or ``--set`` naming the other stage than the command's is refused."""
+    if stage is not None and layer.get("stage", stage) != stage:
+        place = "--set stage" if where == "--set" else f"{where}: stage"
+        raise ConfigError(f"{place} is '{layer['stage']}': these settings are for b2s {layer['stage']}, "
+                          f"not b2s {stage}", key="stage")
 
 
 def _placed(err: ConfigError, where: str) -> ConfigError:
@@ -338,36 +391,43 @@ OPTION_FLAGS = {"use_camera_mask": "--camera-mask"}
 def _check_given(config: TrainConfig, given: set[str]) -> None:
     """Refuse settings the run would silently ignore. ``given``: the settings from a file, an option or
     ``--set``; one at its default value counts as not given (a saved config.yaml holds every key)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-    def is_given(name: str) -> bool:
-        field_ = fields[name]
-        default = field_.default if field_.default_factory is dataclasses.MISSING else field_.default_factory()
-        return name in given and getattr(config, name) != default
-
+    changed = {name for name in given if getattr(config, name) != _default(name)}
     if config.stage == "pretrain":
-        for name in FINETUNE_ONLY:
-            if is_given(name):
-                raise _bad_value(name, "is a fine-tuning setting (b2s finetune); pre-training would ignore it")
+        _refuse_given(changed, FINETUNE_ONLY, "is a fine-tuning setting (b2s finetune); pre-training would ignore it")
+        return
+    _refuse_given(changed, PRETRAIN_ONLY, "is pre-training data (b2s pretrain); fine-tuning reads semantic_data, "
+                                          "pseudo_data and pretrain_data")
+    if config.offboard:
+        _refuse_given(changed, ("strategy", "binary_data", "pretrain_data"), "applies to the online model's "
+                      "fine-tuning; offboard (the auto-labeller, focal loss only) would ignore it")
     else:
-        for name in PRETRAIN_ONLY:
-            if is_given(name):
-                raise _bad_value(name, "is pre-training data (b2s pretrain); fine-tuning reads semantic_data, "
-                                       "pseudo_data and pretrain_data")
-        if config.offboard:
-            for name in ("strategy", "binary_data", "pretrain_data"):
-                if is_given(name):
-                    raise _bad_value(name, "applies to the online model's fine-tuning; offboard (the auto-labeller, "
-                                           "focal loss only) would ignore it")
-        elif config.pretrain_data and (config.binary_data != "b" or config.strategy == "replace-head"):
-            raise _bad_value("pretrain_data", "is drawn from only with binary_data b and a strategy that keeps the "
-                                              f"binary head (binary_data is '{config.binary_data}', strategy "
-                                              f"'{config.strategy}')")
-        elif config.binary_data == "b" and config.strategy == "replace-head":
-            raise _bad_value("binary_data", "b adds pre-training batches for the binary head, which replace-head "
-                                            "drops: use bstar")
-        if config.init and is_given("preset"):
-            raise _bad_value("preset", "sets the model sizes of a model trained from scratch; --init brings its own")
+        _check_binary_data(config)
+    if config.init and "preset" in changed:
+        raise _bad_value("preset", "sets the model sizes of a model trained from scratch; --init brings its own")
+
+
+def _default(name: str) -> Any:
+    field_ = FIELDS[name]
+    return field_.default if field_.default_factory is dataclasses.MISSING else field_.default_factory()
+
+
+def _refuse_given(changed: set[str], names: tuple[str, ...], problem: str) -> None:
+    """The first of ``names`` (in their order) that was given, refused with ``problem``."""
+    for name in names:
+        if name in changed:
+            raise _bad_value(name, problem)
+
+
+def _check_binary_data(config: TrainConfig) -> None:
+    """Pre-training batches (binary_data b, from pretrain_data) feed the binary head: a run that drops it
+    (replace-head) or does not draw them (bstar) would ignore them."""
+    if config.pretrain_data and (config.binary_data != "b" or config.strategy == "replace-head"):
+        raise _bad_value("pretrain_data", "is drawn from only with binary_data b and a strategy that keeps the "
+                                          f"binary head (binary_data is '{config.binary_data}', strategy "
+                                          f"'{config.strategy}')")
+    if config.binary_data == "b" and config.strategy == "replace-head":
+        raise _bad_value("binary_data", "b adds pre-training batches for the binary head, which replace-head "
+                                        "drops: use bstar")
 
 
 DATA_FIELDS = ("data", "semantic_data", "pseudo_data", "pretrain_data", "val_data")

@@ -48,9 +48,10 @@ def launch(config: TrainConfig, gpus: int = 1, *, show_progress: bool = True) ->
         config_path = Path(config.out) / "launch.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config.save_yaml(config_path)
-        raise ConfigError(f"{config.out}: started as one of {srun['WORLD_SIZE']} srun tasks, which would each train alone; "
-                          f"wrote {config_path}: run 'srun python -m b2s_core.train.launch {config_path}' (one rank per "
-                          "task) or one task per node running torchrun (docs/training.md, Multi-node and SLURM)")
+        raise ConfigError(f"{config.out}: started as one of {srun['WORLD_SIZE']} srun tasks, which would each train "
+                          f"alone; wrote {config_path}: run 'srun python -m b2s_core.train.launch {config_path}' (one "
+                          "rank per task) or one task per node running torchrun (docs/training.md, Multi-node and "
+                          "SLURM)")
     if gpus == 1 or "WORLD_SIZE" in os.environ:
         return train(config, show_progress=show_progress)
     wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
@@ -66,7 +67,8 @@ def launch(config: TrainConfig, gpus: int = 1, *, show_progress: bool = True) ->
         env["B2S_NO_PROGRESS"] = "1"
     result = subprocess.run(torchrun_command(config_path, gpus), env=env)
     if result.returncode != 0:
-        raise LaunchError(f"{config_path}: {gpus}-process training failed with exit code {result.returncode} (see the messages above)")
+        raise LaunchError(f"{config_path}: {gpus}-process training failed with exit code {result.returncode} "
+                          "(see the messages above)")
     return out / CHECKPOINT_NAME
 
 

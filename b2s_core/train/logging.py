@@ -88,7 +88,8 @@ class MetricsLog:
             if not rows or "step" not in rows[0]:
                 continue
             column = rows[0].index("step")
-            kept_rows = [rows[0]] + [row for row in rows[1:] if not _after(row[column] if column < len(row) else None, step)]
+            kept_rows = [rows[0]] + [row for row in rows[1:]
+                                     if not _after(row[column] if column < len(row) else None, step)]
             text = io.StringIO()
             csv.writer(text).writerows(kept_rows)
             _replace(csv_path, text.getvalue())

@@ -8,6 +8,7 @@ a coarser grid (Xb, Yb, Zb) that divides it (``b2s_core.models.occupied_set.pool
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from b2s_core.models import losses
@@ -25,7 +26,7 @@ def loss_targets(batch: dict[str, torch.Tensor], *, use_camera_mask: bool) -> di
 def apply_camera_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Mark voxels outside ``mask_camera`` as ignored in every target (Occ3D camera-visible training)."""
     if "mask_camera" not in batch:
-        # The run's data were checked for mask_camera on every frame before training (loop.py);
+        # The run's data were checked for mask_camera on every frame before training (loop.setup_data);
         # a batch without it would silently train on unobserved voxels.
         raise ValueError("camera-mask training on a batch without mask_camera")
     hidden = ~batch["mask_camera"]
@@ -45,13 +46,14 @@ def binary_loss(logits: torch.Tensor, binary: torch.Tensor, pos_weight: float | 
     return losses.binary_occupancy_loss(logits.float(), target, valid, pos_weight=pos_weight)
 
 
-def depth_loss(depth_logits: torch.Tensor, batch: dict[str, torch.Tensor], depth_bins) -> torch.Tensor:
+def depth_loss(depth_logits: torch.Tensor, batch: dict[str, torch.Tensor], depth_bins: np.ndarray) -> torch.Tensor:
     """Cross-entropy of the Lift-Splat depth distribution (B, N, D, Hf, Wf) on the LiDAR depth bin of
     each feature cell (``batch['depth']`` (B, N, Hf, Wf), 0 = no return: not counted)."""
     return losses.depth_loss(depth_logits.float(), batch["depth"], depth_bins)
 
 
-def semantic_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def semantic_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
+                  class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Focal loss of the semantic head. logits (B, K, X, Y, Z).
 
     Hard labels: ``batch['semantics']`` (B, X, Y, Z). Top2 soft targets: ``top2_labels`` /

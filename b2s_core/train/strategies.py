@@ -19,44 +19,67 @@ random batch of pre-training binary samples run through the binary path only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
 from b2s_core.models.config import arrangement_problem
 from b2s_core.train.config import ConfigError, TrainConfig
 
+Stage = Literal["pretrain", "finetune"]
+PlanName = Literal["pretrain", "intermediate", "multi-head", "replace-head", "offboard"]
+Arrangement = Literal["intermediate", "multi-head", "replace-head"]  # models.config.ARRANGEMENTS
+Trains = Literal["binary-path", "all", "all-but-binary-head"]
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class TrainingPlan:
-    stage: str  # 'pretrain' | 'finetune'
-    name: str  # 'pretrain', 'intermediate', 'multi-head', 'replace-head' or 'offboard'
-    arrangement: str  # the model's head arrangement (ModelConfig.arrangement)
+    """What a run trains, on which losses and data: one row of the table above."""
+
+    stage: Stage
+    name: PlanName
+    arrangement: Arrangement  # the model's head arrangement (ModelConfig.arrangement)
     offboard: bool  # GT binary as the model's occupied set
     up_to_binary: bool  # run the model only up to its binary output
     semantic_loss: bool
     binary_loss: bool  # BCE on the main batch's binaries (pre-training data or B*)
     pretrain_batches: bool  # S+B: an extra batch of pre-training binary samples each step
-    trains: str  # 'binary-path' | 'all' | 'all-but-binary-head'
+    trains: Trains  # which parameters select_trainable leaves trainable
+
+
+# Stage 1: the binary path only, BCE only; the arrangement is the one the variant fine-tunes in by default.
+PRETRAIN_SPARSE = TrainingPlan(stage="pretrain", name="pretrain", arrangement="intermediate", offboard=False,
+                               up_to_binary=True, semantic_loss=False, binary_loss=True, pretrain_batches=False,
+                               trains="binary-path")
+PRETRAIN_DENSE = replace(PRETRAIN_SPARSE, arrangement="multi-head")
+# Offboard: the GT binary is the input, so there is no binary decoder to train and no BCE.
+OFFBOARD = TrainingPlan(stage="finetune", name="offboard", arrangement="intermediate", offboard=True,
+                        up_to_binary=False, semantic_loss=True, binary_loss=False, pretrain_batches=False,
+                        trains="all-but-binary-head")
+# Replacing Head (UniScene): a new semantic head in place of the binary one, which stays as pre-trained.
+REPLACE_HEAD = TrainingPlan(stage="finetune", name="replace-head", arrangement="replace-head", offboard=False,
+                            up_to_binary=False, semantic_loss=True, binary_loss=False, pretrain_batches=False,
+                            trains="all-but-binary-head")
 
 
 def plan_for(config: TrainConfig, variant: str) -> TrainingPlan:
     """The plan of a run; raises ConfigError for a strategy the variant cannot follow."""
-    sparse = variant.startswith("sparse-")
     if config.stage == "pretrain":
-        arrangement = "intermediate" if sparse else "multi-head"
-        return TrainingPlan("pretrain", "pretrain", arrangement, False, True, False, True, False, "binary-path")
+        return PRETRAIN_SPARSE if variant.startswith("sparse-") else PRETRAIN_DENSE
     # The arrangement the strategy asks of the model (an offboard model is a sparse 'intermediate' one).
     wanted = "intermediate" if config.offboard else config.strategy
     problem = arrangement_problem(variant, wanted, offboard=config.offboard)
     if problem:
         raise ConfigError(f"strategy {problem}" if not config.offboard else f"--offboard: {problem}")
     if config.offboard:
-        return TrainingPlan("finetune", "offboard", "intermediate", True, False, True, False, False, "all-but-binary-head")
+        return OFFBOARD
     if config.strategy == "replace-head":
-        return TrainingPlan("finetune", "replace-head", "replace-head", False, False, True, False, False, "all-but-binary-head")
-    extra = config.binary_data == "b"
-    return TrainingPlan("finetune", config.strategy, config.strategy, False, False, True, True, extra, "all")
+        return REPLACE_HEAD
+    # Intermediate (proposed) / Multi-Head: the whole model, focal + BCE on B*, and with B the extra batch.
+    return TrainingPlan(stage="finetune", name=config.strategy, arrangement=config.strategy, offboard=False,
+                        up_to_binary=False, semantic_loss=True, binary_loss=True,
+                        pretrain_batches=config.binary_data == "b", trains="all")
 
 
 def select_trainable(model: torch.nn.Module, plan: TrainingPlan) -> list[str]:

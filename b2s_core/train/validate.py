@@ -6,24 +6,25 @@ Occ3D protocol does, then turned into IoUs; ``b2s evaluate`` is the full evaluat
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from b2s_core.metrics.confusion import confusion_matrix
 from b2s_core.metrics.iou import binary_iou, geometry_iou, mean_iou, per_class_iou
-from b2s_core.taxonomy import IGNORE_INDEX, Taxonomy
+from b2s_core.models.occupancy_model import ModelOutput
 from b2s_core.models.occupied_set import pool_binary_target
+from b2s_core.taxonomy import IGNORE_INDEX, Taxonomy
 from b2s_core.train.objectives import loss_targets
 
 
 @torch.no_grad()
 def validate(
     model: torch.nn.Module,
-    loader,
+    loader: Iterable[dict[str, torch.Tensor]],
     *,
-    forward: Callable[[torch.nn.Module, dict], object],
+    forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], ModelOutput],
     device: torch.device,
     taxonomy: Taxonomy,
     use_camera_mask: bool,

@@ -265,13 +265,7 @@ def camera_mosaic(tiles: dict[str, np.ndarray], *, gap: int = 4, background: tup
     otherwise in rows of three in the given order -> one (H, W, 3) uint8 image. With ``labels`` each
     tile carries its camera's name in its top-left corner (light text on a dark box, readable on any
     photo; left out on tiles too small to hold it)."""
-    names = list(tiles)
-    if set(names) == {n for row in NUSCENES_LAYOUT for n in row}:
-        layout = [list(row) for row in NUSCENES_LAYOUT]
-    else:
-        layout = [names[i : i + 3] for i in range(0, len(names), 3)]
-    if not layout:
-        raise VisualizeError("no camera images to arrange")
+    layout = _mosaic_layout(list(tiles))
     tile_h = max(t.shape[0] for t in tiles.values())
     tile_w = max(t.shape[1] for t in tiles.values())
     columns = max(len(row) for row in layout)
@@ -283,6 +277,15 @@ def camera_mosaic(tiles: dict[str, np.ndarray], *, gap: int = 4, background: tup
             top, left = r * (tile_h + gap), c * (tile_w + gap)
             out[top : top + tile.shape[0], left : left + tile.shape[1]] = tile
     return out
+
+
+def _mosaic_layout(names: list[str]) -> list[list[str]]:
+    """Rows of camera names: the nuScenes 2 x 3 layout when the names are its six, else rows of three."""
+    if set(names) == {n for row in NUSCENES_LAYOUT for n in row}:
+        return [list(row) for row in NUSCENES_LAYOUT]
+    if not names:
+        raise VisualizeError("no camera images to arrange")
+    return [names[i : i + 3] for i in range(0, len(names), 3)]
 
 
 def overlay_legends(layers: list[VoxelLayer], width: int) -> list[np.ndarray]:

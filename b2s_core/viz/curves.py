@@ -26,13 +26,19 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
 
 from b2s_core.output_paths import atomic_path
 from b2s_core.viz.voxels import VisualizeError
+
+if TYPE_CHECKING:  # types only: matplotlib itself is imported where it draws (start-up time)
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_SMOOTHING = 0.6  # EMA weight of the previous value: a trend over ~5 log records, still following warm-up
@@ -58,7 +64,8 @@ PANELS = (
     Panel("binary_iou", "val", "validation binary IoU", "IoU (%)",
           "no validation binary IoU in these runs\n(train with --val-data to get one)"),
     Panel("miou", "val", "validation mIoU", "mIoU (%)",
-          "no validation mIoU in these runs\n(fine-tuning with semantic --val-data has one;\nbinary pre-training has none)"),
+          "no validation mIoU in these runs\n(fine-tuning with semantic --val-data has one;\n"
+          "binary pre-training has none)"),
 )
 
 
@@ -83,7 +90,8 @@ class RunMetrics:
 @dataclass
 class CurvesPicture:
     image: np.ndarray  # (H, W, 3) uint8
-    plot_boxes: dict[str, tuple[int, int, int, int]]  # panel key -> (row0, row1, col0, col1) of its plot area, end exclusive
+    # panel key -> (row0, row1, col0, col1) of its plot area, end exclusive
+    plot_boxes: dict[str, tuple[int, int, int, int]]
     colors: dict[str, tuple[int, int, int]]  # run name -> its RGB line colour
     empty: list[str] = field(default_factory=list)  # keys of the panels no run has data for
     warnings: list[str] = field(default_factory=list)  # runs with nothing to draw
@@ -142,7 +150,8 @@ def read_runs(runs: Sequence[str | os.PathLike]) -> list[RunMetrics]:
     folders = [p.parent.name or str(p.parent) for p in paths]
     names = [f"{p.parent.parent.name}/{p.parent.name}" if folders.count(folders[k]) > 1 else folders[k]
              for k, p in enumerate(paths)]
-    names = [str(p.parent) if names.count(names[k]) > 1 else names[k] for k, p in enumerate(paths)]  # still alike: the path
+    # still alike: the whole path
+    names = [str(p.parent) if names.count(names[k]) > 1 else names[k] for k, p in enumerate(paths)]
     return [read_run(path, name) for path, name in zip(paths, names)]
 
 
@@ -171,9 +180,9 @@ def draw_curves(runs: Sequence[RunMetrics], *, smoothing: float = DEFAULT_SMOOTH
     """The four panels of ``runs`` -> a :class:`CurvesPicture` of ``size`` (width, height) pixels."""
     if not 0.0 <= smoothing < 1.0:
         raise VisualizeError(f"smoothing must be in [0, 1), got {smoothing}")
+    # matplotlib imported here, not at the top: it costs every b2s command its start-up time
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     width, height = size
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
@@ -188,38 +197,67 @@ def draw_curves(runs: Sequence[RunMetrics], *, smoothing: float = DEFAULT_SMOOTH
     # Runs often share a curve (one learning-rate schedule): each later run is drawn thinner on top
     # of the earlier ones, which stay visible as a rim around it.
     widths = np.linspace(LINE_WIDTH[0], LINE_WIDTH[1], len(runs)) if len(runs) > 1 else [LINE_WIDTH[1]]
-    handles = {}
+    handles: dict[str, Line2D] = {}  # run name -> its first line, for the legend
     for ax, panel in zip(axes, PANELS):
-        drawn = False
-        for run, width in zip(runs, widths):
-            steps, values = run.series(panel.kind, panel.key)
-            if len(steps) == 0:
-                continue
-            color = tuple(c / 255 for c in colors[run.name])
-            if panel.smoothed:
-                ax.plot(steps, values, color=color, alpha=RAW_ALPHA, linewidth=1.0)
-                values = smooth(values, smoothing)
-            style = dict(marker="o", markersize=3.5) if panel.kind == "val" else {}
-            (line,) = ax.plot(steps, values, color=color, linewidth=width, label=run.name, **style)
-            handles.setdefault(run.name, line)
-            drawn = True
-        ax.set_title(panel.title + (f" (smoothed {smoothing:g}; raw faint)" if panel.smoothed and drawn else ""),
-                     fontsize=10)
-        if drawn:
-            ax.set_xlabel("step")
-            ax.set_ylabel(panel.ylabel)
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 2.5, 5, 10]))
-            ax.grid(alpha=0.3)
-            if panel.key == "lr":
-                ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        else:
+        drawn = _plot_panel(ax, panel, runs, widths, colors, smoothing, handles)
+        _label_panel(ax, panel, drawn, smoothing)
+        if not drawn:
             picture.empty.append(panel.key)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.text(0.5, 0.5, panel.empty, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=10)
 
-    # One legend for the four panels, above them (under the title), as many rows as the runs need;
-    # the panels fill what the title and legend leave, measured once they are drawn.
+    top = _heading_and_legend(figure, canvas, title, handles, height)
+    figure.tight_layout(rect=(0, 0, 1, top), pad=0.6)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())  # (H, W, 4)
+    picture.image = np.ascontiguousarray(rgba[..., :3])
+    rows_total = picture.image.shape[0]
+    for ax, panel in zip(axes, PANELS):
+        picture.plot_boxes[panel.key] = _plot_box(ax, rows_total)
+    return picture
+
+
+def _plot_panel(ax: Axes, panel: Panel, runs: Sequence[RunMetrics], widths: Sequence[float],
+                colors: dict[str, tuple[int, int, int]], smoothing: float, handles: dict[str, Line2D]) -> bool:
+    """Draw each run's ``panel`` series on ``ax`` (the smoothed loss over its faint raw values), adding
+    each run's first line to ``handles``; whether any run had data."""
+    drawn = False
+    for run, width in zip(runs, widths):
+        steps, values = run.series(panel.kind, panel.key)
+        if len(steps) == 0:
+            continue
+        color = tuple(c / 255 for c in colors[run.name])
+        if panel.smoothed:
+            ax.plot(steps, values, color=color, alpha=RAW_ALPHA, linewidth=1.0)
+            values = smooth(values, smoothing)
+        style = dict(marker="o", markersize=3.5) if panel.kind == "val" else {}
+        (line,) = ax.plot(steps, values, color=color, linewidth=width, label=run.name, **style)
+        handles.setdefault(run.name, line)
+        drawn = True
+    return drawn
+
+
+def _label_panel(ax: Axes, panel: Panel, drawn: bool, smoothing: float) -> None:
+    """Title, axis labels and grid of a drawn panel; an empty one says why in its middle instead."""
+    from matplotlib.ticker import MaxNLocator  # start-up time, as in draw_curves
+
+    ax.set_title(panel.title + (f" (smoothed {smoothing:g}; raw faint)" if panel.smoothed and drawn else ""),
+                 fontsize=10)
+    if not drawn:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, panel.empty, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=10)
+        return
+    ax.set_xlabel("step")
+    ax.set_ylabel(panel.ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 2.5, 5, 10]))
+    ax.grid(alpha=0.3)
+    if panel.key == "lr":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+
+def _heading_and_legend(figure: Figure, canvas: FigureCanvasAgg, title: str | None, handles: dict[str, Line2D],
+                        height: int) -> float:
+    """Place the title and one legend for the four panels above them, as many rows as the runs need;
+    the top of the room left for the panels, as a fraction of the figure's height, measured once drawn."""
     top = 1.0
     if title:
         # figure.text, not suptitle: tight_layout would reserve the suptitle's room a second time
@@ -229,17 +267,14 @@ def draw_curves(runs: Sequence[RunMetrics], *, smoothing: float = DEFAULT_SMOOTH
         legend = figure.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 4),
                                fontsize=9, bbox_to_anchor=(0.5, top), frameon=False)
         top = legend.get_window_extent(canvas.get_renderer()).y0 / height
-    figure.tight_layout(rect=(0, 0, 1, top), pad=0.6)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())  # (H, W, 4)
-    picture.image = np.ascontiguousarray(rgba[..., :3])
-    rows_total = picture.image.shape[0]
-    for ax, panel in zip(axes, PANELS):
-        box = ax.get_window_extent()  # display pixels, origin bottom left
-        # Inside the frame line: the plot area's own pixels.
-        picture.plot_boxes[panel.key] = (rows_total - int(math.floor(box.y1)) + 1, rows_total - int(math.ceil(box.y0)) - 1,
-                                         int(math.ceil(box.x0)) + 1, int(math.floor(box.x1)) - 1)
-    return picture
+    return top
+
+
+def _plot_box(ax: Axes, rows_total: int) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1), end exclusive, of the pixels inside ``ax``'s frame line in the image."""
+    box = ax.get_window_extent()  # display pixels, origin bottom left
+    return (rows_total - int(math.floor(box.y1)) + 1, rows_total - int(math.ceil(box.y0)) - 1,
+            int(math.ceil(box.x0)) + 1, int(math.floor(box.x1)) - 1)
 
 
 # -- (3) writing -------------------------------------------------------------------------------------

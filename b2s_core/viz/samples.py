@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
+from b2s_core.occfile import OccWriter
 from b2s_core.records import Box, Camera, LidarSweep, OccFrame, SensorFrame
 from b2s_core.taxonomy import OCC3D
 from b2s_core.viz.voxels import VisualizeError, VoxelLayer
@@ -68,7 +69,8 @@ def keyframe_sensor_frame(folder: Path) -> tuple[SensorFrame, np.ndarray]:
                          str(number), row["category"], 0))
     cameras = [Camera(name, np.array(c["intrinsic"]), np.array(c["cam2ego"]), 1600, 900, c["filename"])
                for name, c in meta["cameras"].items()]
-    frame = SensorFrame("scene-0061", meta["sample_token"], meta["timestamp_us"], global_from_ego, cameras, sweep, [], boxes)
+    frame = SensorFrame("scene-0061", meta["sample_token"], meta["timestamp_us"], global_from_ego, cameras, sweep, [],
+                        boxes)
     xyz = points[:, :3].astype(np.float64)
     return frame, xyz @ ego_from_lidar[:3, :3].T + ego_from_lidar[:3, 3]
 
@@ -118,8 +120,6 @@ def write_sample_scene(folder: Path, out_dir: Path, *, frames: int = 3, seed: in
     output the ground truth's occupancy dilated by one voxel upwards: a stand-in with known
     errors for pictures and tests, not a model's output.
     """
-    from b2s_core.occfile import OccWriter  # here: the viewers themselves never need h5py
-
     frame, images = nuscenes_keyframe(folder)
     rng = np.random.default_rng(seed)
     grid, names = GRID_PRESETS["occ3d"], [c.name for c in frame.cameras]
@@ -136,7 +136,8 @@ def write_sample_scene(folder: Path, out_dir: Path, *, frames: int = 3, seed: in
         flip = occupancy & (rng.random(occupancy.shape) < 0.1)
         predicted[flip] = rng.integers(0, OCC3D.free_index, size=int(flip.sum()), dtype=np.uint8)
         binary = occupancy | np.roll(occupancy, 1, axis=2)
-        pred_frames.append(OccFrame(occupancy=occupancy, semantics=predicted, binary_pred=binary, **{**common, "cameras": []}))
+        pred_frames.append(OccFrame(occupancy=occupancy, semantics=predicted, binary_pred=binary,
+                                    **{**common, "cameras": []}))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, scene_frames in (("data.h5", gt_frames), ("preds.h5", pred_frames)):

@@ -27,7 +27,14 @@ from b2s_core.output_paths import Output, atomic_path, check_apart
 from b2s_core.records import OccFrame
 from b2s_core.viz.animation import write_gif
 from b2s_core.viz.bev import bev_image
-from b2s_core.viz.cameras import DEFAULT_DISTANCE_M, camera_mosaic, camera_overlay, check_overlay, decode_image, overlay_legends
+from b2s_core.viz.cameras import (
+    DEFAULT_DISTANCE_M,
+    camera_mosaic,
+    camera_overlay,
+    check_overlay,
+    decode_image,
+    overlay_legends,
+)
 from b2s_core.viz.compose import panels_with_legend, stacked, titled
 from b2s_core.viz.html import HtmlFrame, write_html
 from b2s_core.viz.render3d import RenderUnavailable, VoxelRenderer, grid_half_length, voxel_mesh
@@ -48,10 +55,12 @@ class VisualizeOptions:
     bev_scale: int = 2  # pixels per voxel in the BEV (2: 400 x 400 for Occ3D)
     view_size: tuple[int, int] = (480, 360)  # width, height of each 3D panel
     camera_width: int = 400  # width of each camera tile
-    camera_overlay: str = "outline"  # region borders only, so near voxels never hide the photo; 'fill': blended voxel squares
+    # region borders only, so near voxels never hide the photo; 'fill': blended voxel squares
+    camera_overlay: str = "outline"
     camera_distance: tuple[float, float] = DEFAULT_DISTANCE_M  # (near, far) metres from the camera of the voxels drawn
     gif_fps: float = 2.0  # nuScenes key frames come at 2 Hz
-    errors: bool = False  # also each voxel's case (correct / wrong class / missed / false positive) vs the GT; needs predictions
+    # also each voxel's case (correct / wrong class / missed / false positive) vs the GT; needs predictions
+    errors: bool = False
 
     def __post_init__(self) -> None:
         if self.mask not in MASKS:
@@ -92,7 +101,8 @@ def save_picture(image: np.ndarray, path: Path) -> Path:
     return path
 
 
-def frame_layers(gt: OccFrame, pred: OccFrame | None, data: OccDataset, preds: OccDataset | None, mask: str) -> list[VoxelLayer]:
+def frame_layers(gt: OccFrame, pred: OccFrame | None, data: OccDataset, preds: OccDataset | None,
+                 mask: str) -> list[VoxelLayer]:
     """GT, prediction and binary-decoder layers of one frame (those that exist), masked as asked."""
     visible = None
     if mask != "none":
@@ -125,6 +135,31 @@ def _layer(frame: OccFrame, ds: OccDataset, title: str, visible: np.ndarray | No
     return VoxelLayer.from_heights(frame.occupancy, ds.grid, f"{title} (binary)", visible)
 
 
+@dataclass(frozen=True)
+class _SceneFiles:
+    """Step (1): the opened files and the scene's frames in them."""
+
+    data: OccDataset
+    preds: OccDataset | None
+    pred_path: str | os.PathLike | None  # named in the warning of a frame without a prediction
+    frames: range  # global indices of the scene's frames in the data file, in time order
+    pred_by_token: dict[str, int]  # frame token -> global index in the predictions file
+    picked: set[int]  # indices within the scene of the frames whose pictures are written
+
+
+@dataclass(frozen=True)
+class _DrawnFrame:
+    """One frame's layers and caption, shared by all its pictures."""
+
+    n: int  # index within the scene
+    index: int  # global index in the data file
+    gt: OccFrame
+    pred: OccFrame | None
+    layers: list[VoxelLayer]  # [GT, prediction, binary decoder], those that exist (frame_layers)
+    errors: list[VoxelLayer]  # frame_errors of the layers; [] without options.errors
+    caption: str
+
+
 def visualize_scene(
     data_path: str | os.PathLike,
     scene: str,
@@ -141,78 +176,28 @@ def visualize_scene(
     # Never a picture over the files drawn (the CLI also checks existing pictures and holds the lock).
     check_apart([picture_folder(out, scene)], {"data": data_path, "pred": pred_path})
     if options.errors and pred_path is None:
-        raise VisualizeError("--errors compares a prediction with the ground truth: pass a predictions file (--predictions)")
-
-    # (1) files, frames, predictions matched by token
-    data = OccDataset(data_path)
-    preds = OccDataset(pred_path) if pred_path is not None else None
-    if preds is not None and not preds.grid.same_geometry(data.grid):
-        raise VisualizeError(f"{pred_path}: prediction grid {preds.grid.describe()} differs from the data's "
-                             f"{data.grid.describe()}")
-    scene_range = data.scene_indices(scene)
-    if len(scene_range) == 0:
-        raise VisualizeError(f"{data_path}: scene '{scene}' has no frames")
-    pred_by_token: dict[str, int] = {}
-    if preds is not None:
-        pred_range = preds.scene_indices(scene)
-        pred_by_token = {preds.read(i, fields=()).token: i for i in pred_range}
-    if options.frame is not None and not 0 <= options.frame < len(scene_range):
-        raise VisualizeError(f"{data_path}: scene '{scene}' has frames 0..{len(scene_range) - 1}, not {options.frame}")
-    picked = set(range(len(scene_range))) if options.frame is None else {options.frame}
+        raise VisualizeError("--errors compares a prediction with the ground truth: "
+                             "pass a predictions file (--predictions)")
+    files = _open_scene(data_path, scene, pred_path, options.frame)  # (1)
     stem = safe_name(scene)
     out.mkdir(parents=True, exist_ok=True)
 
-    renderer = None
-    if options.render_3d:
-        try:
-            renderer = VoxelRenderer(*options.view_size)
-        except RenderUnavailable as err:
-            result.warnings.append(f"3D views skipped: {err}")
-
+    renderer = _open_renderer(options, result)
     gif_frames, html_frames = [], []
     try:
-        for n, index in enumerate(scene_range):
-            gt = data.read(index, fields=FRAME_FIELDS + ("top2",) if n in picked else FRAME_FIELDS[:-1])
-            pred = None
-            if preds is not None:
-                pred_index = pred_by_token.get(gt.token)
-                if pred_index is None:
-                    result.warnings.append(f"frame {n} ({gt.token}): no prediction with this token in {pred_path}")
-                else:
-                    pred = preds.read(pred_index, fields=("occupancy", "semantics", "binary_pred") + (("top2",) if n in picked else ()))
-            layers = frame_layers(gt, pred, data, preds, options.mask)
-            errors = frame_errors(layers) if options.errors else []
-            caption = f"{scene}  frame {n} ({n + 1} of {len(scene_range)})  {gt.token}"
-            where = "all voxels" if options.mask == "none" else f"inside mask_{options.mask}"
-            error_caption = f"{caption}  errors, {where}; BEV: the case of each column's top-most voxel"
-            bev_panels = panels_with_legend([bev_image(layer, scale=options.bev_scale) for layer in layers], layers, caption)
+        for n, index in enumerate(files.frames):
+            frame = _draw_frame(files, scene, n, index, options, result)
+            bev_panels = panels_with_legend([bev_image(layer, scale=options.bev_scale) for layer in frame.layers],
+                                            frame.layers, frame.caption)
             gif_frames.append(bev_panels)
             if options.html:
-                html_frames.append(HtmlFrame(f"frame {n} ({n + 1} of {len(scene_range)})", layers + errors, token=gt.token))
-            if n in picked:
-                # (2) the frame's pictures
-                prefix = out / f"{stem}_frame{n:03d}"
-                result.paths.append(save_picture(bev_panels, Path(f"{prefix}_bev.png")))
-                top2 = _top2_picture(gt, pred, data, preds, options, caption)
-                if top2 is not None:
-                    result.paths.append(save_picture(top2, Path(f"{prefix}_top2.png")))
-                if errors:
-                    error_bev = [bev_image(layer, scale=options.bev_scale) for layer in errors]
-                    result.paths.append(save_picture(panels_with_legend(error_bev, errors, error_caption),
-                                                     Path(f"{prefix}_errors_bev.png")))
-                if renderer is not None:
-                    views = [renderer.render(voxel_mesh(layer), grid_half_length(layer)) for layer in layers]
-                    result.paths.append(save_picture(panels_with_legend(views, layers, caption), Path(f"{prefix}_3d.png")))
-                    if errors:
-                        views = [renderer.render(voxel_mesh(layer), grid_half_length(layer)) for layer in errors]
-                        result.paths.append(save_picture(panels_with_legend(views, errors, error_caption),
-                                                         Path(f"{prefix}_errors_3d.png")))
-                if options.cameras:
-                    mosaic = _camera_picture(data, index, gt, layers, options, result)
-                    if mosaic is not None:
-                        result.paths.append(save_picture(mosaic, Path(f"{prefix}_cameras.jpg")))
+                html_frames.append(HtmlFrame(f"frame {n} ({n + 1} of {len(files.frames)})", frame.layers + frame.errors,
+                                             token=frame.gt.token))
+            if n in files.picked:  # (2)
+                result.paths += _frame_pictures(frame, bev_panels, files, out / f"{stem}_frame{n:03d}", options,
+                                                renderer, result)
             if on_frame is not None:
-                on_frame(n + 1, len(scene_range))
+                on_frame(n + 1, len(files.frames))
     finally:
         if renderer is not None:
             renderer.close()
@@ -225,6 +210,89 @@ def visualize_scene(
     return result
 
 
+def _open_scene(data_path: str | os.PathLike, scene: str, pred_path: str | os.PathLike | None,
+                frame: int | None) -> _SceneFiles:
+    """Step (1): open the files, check they fit together, match predictions to frames by token."""
+    data = OccDataset(data_path)
+    preds = OccDataset(pred_path) if pred_path is not None else None
+    if preds is not None and not preds.grid.same_geometry(data.grid):
+        raise VisualizeError(f"{pred_path}: prediction grid {preds.grid.describe()} differs from the data's "
+                             f"{data.grid.describe()}")
+    scene_range = data.scene_indices(scene)
+    if len(scene_range) == 0:
+        raise VisualizeError(f"{data_path}: scene '{scene}' has no frames")
+    pred_by_token: dict[str, int] = {}
+    if preds is not None:
+        pred_by_token = {preds.read(i, fields=()).token: i for i in preds.scene_indices(scene)}
+    if frame is not None and not 0 <= frame < len(scene_range):
+        raise VisualizeError(f"{data_path}: scene '{scene}' has frames 0..{len(scene_range) - 1}, not {frame}")
+    picked = set(range(len(scene_range))) if frame is None else {frame}
+    return _SceneFiles(data, preds, pred_path, scene_range, pred_by_token, picked)
+
+
+def _open_renderer(options: VisualizeOptions, result: VisualizeResult) -> VoxelRenderer | None:
+    """The 3D renderer, or None (with a warning) when 3D views are off or no OpenGL context exists."""
+    if not options.render_3d:
+        return None
+    try:
+        return VoxelRenderer(*options.view_size)
+    except RenderUnavailable as err:
+        result.warnings.append(f"3D views skipped: {err}")
+        return None
+
+
+def _draw_frame(files: _SceneFiles, scene: str, n: int, index: int, options: VisualizeOptions,
+                result: VisualizeResult) -> _DrawnFrame:
+    """Read frame ``n`` of the scene (and its prediction) and build its layers; a picked frame also
+    reads what only its pictures need (cameras, Top-2)."""
+    picked = n in files.picked
+    gt = files.data.read(index, fields=FRAME_FIELDS + ("top2",) if picked else FRAME_FIELDS[:-1])
+    pred = None
+    if files.preds is not None:
+        pred_index = files.pred_by_token.get(gt.token)
+        if pred_index is None:
+            result.warnings.append(f"frame {n} ({gt.token}): no prediction with this token in {files.pred_path}")
+        else:
+            fields = ("occupancy", "semantics", "binary_pred") + (("top2",) if picked else ())
+            pred = files.preds.read(pred_index, fields=fields)
+    layers = frame_layers(gt, pred, files.data, files.preds, options.mask)
+    errors = frame_errors(layers) if options.errors else []
+    caption = f"{scene}  frame {n} ({n + 1} of {len(files.frames)})  {gt.token}"
+    return _DrawnFrame(n, index, gt, pred, layers, errors, caption)
+
+
+def _frame_pictures(frame: _DrawnFrame, bev_panels: np.ndarray, files: _SceneFiles, prefix: Path,
+                    options: VisualizeOptions, renderer: VoxelRenderer | None, result: VisualizeResult) -> list[Path]:
+    """Step (2): write one picked frame's pictures (BEV, Top-2, errors, 3D, cameras) as ``{prefix}_*``;
+    the paths written, in order."""
+    where = "all voxels" if options.mask == "none" else f"inside mask_{options.mask}"
+    error_caption = f"{frame.caption}  errors, {where}; BEV: the case of each column's top-most voxel"
+    paths = [save_picture(bev_panels, Path(f"{prefix}_bev.png"))]
+    top2 = _top2_picture(frame.gt, frame.pred, files.data, files.preds, options, frame.caption)
+    if top2 is not None:
+        paths.append(save_picture(top2, Path(f"{prefix}_top2.png")))
+    if frame.errors:
+        error_bev = [bev_image(layer, scale=options.bev_scale) for layer in frame.errors]
+        paths.append(save_picture(panels_with_legend(error_bev, frame.errors, error_caption),
+                                  Path(f"{prefix}_errors_bev.png")))
+    if renderer is not None:
+        paths.append(save_picture(_views_3d(renderer, frame.layers, frame.caption), Path(f"{prefix}_3d.png")))
+        if frame.errors:
+            paths.append(save_picture(_views_3d(renderer, frame.errors, error_caption),
+                                      Path(f"{prefix}_errors_3d.png")))
+    if options.cameras:
+        mosaic = _camera_picture(files.data, frame.index, frame.gt, frame.layers, options, result)
+        if mosaic is not None:
+            paths.append(save_picture(mosaic, Path(f"{prefix}_cameras.jpg")))
+    return paths
+
+
+def _views_3d(renderer: VoxelRenderer, layers: list[VoxelLayer], caption: str) -> np.ndarray:
+    """One 3D view per layer, side by side with their legends."""
+    views = [renderer.render(voxel_mesh(layer), grid_half_length(layer)) for layer in layers]
+    return panels_with_legend(views, layers, caption)
+
+
 def _camera_picture(data: OccDataset, index: int, gt: OccFrame, layers: list[VoxelLayer],
                     options: VisualizeOptions, result: VisualizeResult) -> np.ndarray | None:
     """Camera mosaics, one per semantic layer (GT, prediction), stacked; None when there are no images."""
@@ -232,16 +300,19 @@ def _camera_picture(data: OccDataset, index: int, gt: OccFrame, layers: list[Vox
         result.warnings.append(f"frame '{gt.token}': no cameras in {data.paths[0]}; camera pictures skipped")
         return None
     try:
-        photos = {cam.name: decode_image(data.image(index, cam.name), f"{data.paths[0]} {cam.name}") for cam in gt.cameras}
+        photos = {cam.name: decode_image(data.image(index, cam.name), f"{data.paths[0]} {cam.name}")
+                  for cam in gt.cameras}
     except (OccFormatError, VisualizeError) as err:
         result.warnings.append(f"camera pictures skipped: {err}")
         return None
     blocks = []
     for layer in layers[:2]:  # the binary decoder (no classes) would hide the photo without telling much
-        tiles = {cam.name: camera_overlay(photos[cam.name], cam, layer, width=options.camera_width, mode=options.camera_overlay,
-                                          distance=options.camera_distance) for cam in gt.cameras}
+        tiles = {cam.name: camera_overlay(photos[cam.name], cam, layer, width=options.camera_width,
+                                          mode=options.camera_overlay, distance=options.camera_distance)
+                 for cam in gt.cameras}
         blocks.append(titled(camera_mosaic(tiles), layer.title))
-    return stacked(blocks + overlay_legends(layers[:2], blocks[0].shape[1]))  # camera colours differ from the BEV's for a few classes
+    # camera colours differ from the BEV's for a few classes, hence legends of their own
+    return stacked(blocks + overlay_legends(layers[:2], blocks[0].shape[1]))
 
 
 def _top2_picture(gt: OccFrame, pred: OccFrame | None, data: OccDataset, preds: OccDataset | None,
@@ -253,4 +324,5 @@ def _top2_picture(gt: OccFrame, pred: OccFrame | None, data: OccDataset, preds: 
     layers = top2_layers(frame, ds.taxonomy, ds.grid, visible, where=f"{ds.paths[0]}: frame '{frame.token}'")
     if layers is None:
         return None
-    return top2_picture(layers, scale=options.bev_scale, caption=f"{caption}  Top-2 pseudo-labels of {Path(ds.paths[0]).name}")
+    return top2_picture(layers, scale=options.bev_scale,
+                        caption=f"{caption}  Top-2 pseudo-labels of {Path(ds.paths[0]).name}")

@@ -25,14 +25,14 @@ from b2s_core.grids import get_grid
 from b2s_core.occfile import ResumableWriter
 from b2s_core.taxonomy import BINARY
 from converters import open_reader
-from converters.readers.base import SceneReader
-from converters.jobs.convert import default_grid
 from converters.errors import ConverterError
-from converters.readers.plugins import plugin_ego_body, resolve_source
+from converters.jobs.convert import default_grid
 from converters.jobs.progress import SceneProgress
 from converters.jobs.ray_backend import check_backend
 from converters.jobs.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
-                                  run_scenes, select_scenes)
+                                       run_scenes, select_scenes)
+from converters.readers.base import SceneReader
+from converters.readers.plugins import plugin_ego_body, resolve_source
 
 EGO_BODY = {"nuscenes": EGO_BODY_NUSCENES, "nuplan": EGO_BODY_NUPLAN, "openscene": EGO_BODY_NUPLAN}
 
@@ -70,11 +70,13 @@ class BuildBinaryJob:
     reader_options: dict = field(default_factory=dict)
     backend: str = "local"  # 'local' (this process or a process pool) or 'ray' (converters.jobs.ray_backend)
     ray_address: str | None = None  # a Ray cluster to join; None: a local Ray instance of `workers` CPUs
+    # The core's settings, made once on creation from the options above; every scene is built with them.
+    build_config: BinaryBuildConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.dataroot, self.out = Path(self.dataroot), Path(self.out)
         self.source = resolve_source(self.source)  # workers and the resume record see the same id
-        ego_body(self.source)  # a plug-in without one fails here, before the dataset is opened
+        body = ego_body(self.source)  # a plug-in without one fails here, before the dataset is opened
         check_run_options(self.on_error, self.workers, self.shard)
         check_backend(self.backend, self.ray_address)
         if self.sweeps < 0 or self.ray_sweeps < 1:
@@ -84,23 +86,21 @@ class BuildBinaryJob:
             raise ConverterError(str(self.camera_stride), "--camera-stride must be a number of pixels > 0, or 'auto'")
         if not math.isfinite(self.z_offset):
             raise ConverterError(str(self.z_offset), "--z-offset must be a finite number of metres")
-        grid = get_grid(self.grid or default_grid(self.source))  # a bad spec fails here, before the dataset is opened
+        # Parsed once, here: a bad spec fails before the dataset is opened, and every scene gets this grid.
+        grid = get_grid(self.grid) if self.grid else default_grid(self.source)
         height = grid.range_max[2] - grid.range_min[2]
         if abs(self.z_offset) >= height:
             raise ConverterError(f"{self.z_offset:g}", f"--z-offset must lie within the grid's height ({height:g} m)")
+        self.build_config = BinaryBuildConfig(
+            grid=grid, sweeps=self.sweeps, ray_sweeps=self.ray_sweeps, ego_body=body, camera_stride=self.camera_stride,
+            dedupe_rays=not self.exact_rays, keep_points=self.keep_points, z_offset=self.z_offset,
+        )
 
     def reader_kwargs(self) -> dict:
         return dict(source=self.source, dataroot=self.dataroot, version=self.version, scenes=self.scenes,
                     split=self.split, **self.reader_options)
 
-    def core_config(self, ego_body: EgoBody) -> BinaryBuildConfig:
-        return BinaryBuildConfig(
-            grid=get_grid(self.grid or default_grid(self.source)), sweeps=self.sweeps, ray_sweeps=self.ray_sweeps,
-            ego_body=ego_body, camera_stride=self.camera_stride, dedupe_rays=not self.exact_rays,
-            keep_points=self.keep_points, z_offset=self.z_offset,
-        )
-
-    def output_options(self, config: BinaryBuildConfig) -> dict:
+    def output_options(self) -> dict:
         """The options that shape a scene's frames, by flag: a resumed build must repeat them.
 
         Which scenes are built (--scenes, --split, --shard, --version: a scene's frames are the same
@@ -109,7 +109,7 @@ class BuildBinaryJob:
         return {
             "--source": self.source,
             "--dataroot": str(self.dataroot.resolve()),
-            "--grid": grid_text(config.grid),
+            "--grid": grid_text(self.build_config.grid),
             "--sweeps": self.sweeps,
             "--ray-sweeps": self.ray_sweeps,
             "--camera-stride": self.camera_stride,
@@ -145,7 +145,6 @@ class _BuildTask:
     def run(self, reader: SceneReader, scene: str, on_frame) -> tuple[int, list[SkippedFrame]]:
         """Build one scene into its part file; returns (frames written, frames skipped)."""
         job = self.job
-        config = job.core_config(ego_body(job.source))
         skipped: list[SkippedFrame] = []
         seen_bad: set[str] = set()
 
@@ -157,7 +156,7 @@ class _BuildTask:
                 skipped.append(SkippedFrame(scene_name, token, str(err)))
 
         def frames():
-            for frame in build_scene(lambda: reader.read_scene(scene, on_error=handle), config):
+            for frame in build_scene(lambda: reader.read_scene(scene, on_error=handle), job.build_config):
                 yield frame
                 if on_frame is not None:
                     on_frame(scene)
@@ -172,14 +171,14 @@ def build_binary(job: BuildBinaryJob, progress: SceneProgress | None = None) -> 
     if job.out.exists() and not job.overwrite:
         raise ConverterError(job.out, "output exists; pass --overwrite to replace it")
     reader = open_reader(**job.reader_kwargs())
-    config = job.core_config(ego_body(job.source))  # validates the grid before any work
+    config = job.build_config
     skipped = open_error_skips(reader, job.on_error)
     scenes = select_scenes(reader, job.shard, job.dataroot)
     writer_kwargs = dict(grid=config.grid, taxonomy=BINARY, source=job.source, command=job.command,
                          camera_names=reader.camera_names, image_root=str(Path(reader.image_root).resolve()),
                          z_offset=config.z_offset)
     writer = ResumableWriter(job.out, **writer_kwargs)
-    check_resume_options(writer.parts_dir, job.output_options(config), what="build")
+    check_resume_options(writer.parts_dir, job.output_options(), what="build")
     done = [s for s in scenes if writer.is_done(s)]
     todo = [s for s in scenes if s not in set(done)]
     progress.start(len(scenes), len(done))

@@ -23,28 +23,26 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from b2s_core.grids import VoxelGrid, get_grid
+from b2s_core.grids import SOURCE_GRIDS, VoxelGrid, get_grid
 from b2s_core.occfile import ResumableWriter, validate_file
-from b2s_core.records import Camera, OccFrame, SensorFrame
+from b2s_core.records import Camera, LidarSweep, OccFrame, SemanticLabels, SensorFrame
 from b2s_core.taxonomy import Taxonomy
 from converters import open_reader
-from converters.readers.base import SceneReader
 from converters.errors import ConverterError
-from converters.readers.labels import LabelSpec
-from converters.readers.plugins import plugin_default_grid, resolve_source
 from converters.jobs.progress import SceneProgress
 from converters.jobs.ray_backend import check_backend
 from converters.jobs.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
-                                  run_scenes, select_scenes)
+                                       run_scenes, select_scenes)
+from converters.readers.base import SOURCES, SceneReader
+from converters.readers.labels import LabelSpec
+from converters.readers.plugins import plugin_default_grid, resolve_source
 
-# The grid of an unlabelled conversion, per built-in source: the grid its usual labels live on.
-DEFAULT_GRID = {"nuscenes": "occ3d", "nuplan": "openscene", "openscene": "openscene"}
 
-
-def default_grid(source: str) -> str | VoxelGrid:
+def default_grid(source: str) -> VoxelGrid:
     """The grid of an unlabelled conversion, and of build-binary without --grid, for a source id
-    (:func:`converters.readers.plugins.resolve_source`): the table above, or a plug-in reader's ``default_grid``."""
-    return DEFAULT_GRID[source] if source in DEFAULT_GRID else plugin_default_grid(source)
+    (:func:`converters.readers.plugins.resolve_source`): a built-in source's from
+    :data:`b2s_core.grids.SOURCE_GRIDS`, or a plug-in reader's ``default_grid``."""
+    return SOURCE_GRIDS[source] if source in SOURCES else plugin_default_grid(source)
 
 
 @dataclass
@@ -98,22 +96,12 @@ class ConvertSummary:
 def occ_frame_of(frame: SensorFrame, *, grid: VoxelGrid, taxonomy: Taxonomy, image_root: Path,
                  embed_images: bool, store_points: bool) -> OccFrame:
     """A reader's frame -> one frame of the unified format (loads the key LiDAR sweep and, if asked, images)."""
-    points_ego = None
-    if frame.lidar is not None and (store_points or frame.labels is None):
-        points = frame.lidar.load()  # (N, C) sensor frame
-        if points.ndim != 2 or points.shape[1] < 3:
-            raise ConverterError(frame.lidar.path, f"LiDAR points have shape {points.shape}, expected (N, >=3)")
-        ego_from_sensor = frame.lidar.ego_from_sensor
-        points_ego = (points[:, :3].astype(np.float64) @ ego_from_sensor[:3, :3].T + ego_from_sensor[:3, 3]).astype(np.float32)
-    labels = frame.labels
-    if labels is not None:
-        if labels.semantics.shape != grid.shape:
-            raise ConverterError(labels.path, f"labels have shape {labels.semantics.shape}, the {grid.name} grid is {grid.shape}")
-        semantics = labels.semantics
-        occupancy = semantics != taxonomy.free_index
-    else:
-        semantics = None
-        occupancy = grid.voxelize(points_ego) if points_ego is not None else np.zeros(grid.shape, dtype=bool)
+    lidar, labels = frame.lidar, frame.labels
+    # The points are loaded when they are kept, or when they are the occupancy (no labels).
+    points_ego = _points_ego(lidar) if lidar is not None and (store_points or labels is None) else None
+    occupancy, semantics = _occupancy(labels, points_ego, grid, taxonomy)
+    mask_lidar, mask_camera = (labels.mask_lidar, labels.mask_camera) if labels is not None else (None, None)
+    ego_from_lidar = np.asarray(lidar.ego_from_sensor, np.float64) if lidar is not None else None
     return OccFrame(
         scene=frame.scene,
         token=frame.token,
@@ -122,13 +110,34 @@ def occ_frame_of(frame: SensorFrame, *, grid: VoxelGrid, taxonomy: Taxonomy, ima
         cameras=[_camera(cam, image_root, embed_images) for cam in frame.cameras],
         occupancy=occupancy,
         semantics=semantics,
-        mask_lidar=labels.mask_lidar if labels is not None else None,
-        mask_camera=labels.mask_camera if labels is not None else None,
+        mask_lidar=mask_lidar,
+        mask_camera=mask_camera,
         points=points_ego if store_points else None,
-        lidar_origin=frame.lidar.ego_from_sensor[:3, 3].astype(np.float32) if frame.lidar is not None else None,
-        ego_from_lidar=np.asarray(frame.lidar.ego_from_sensor, np.float64) if frame.lidar is not None else None,
+        lidar_origin=ego_from_lidar[:3, 3].astype(np.float32) if ego_from_lidar is not None else None,
+        ego_from_lidar=ego_from_lidar,
         source_tokens=dict(frame.source_tokens),
     )
+
+
+def _points_ego(lidar: LidarSweep) -> np.ndarray:
+    """The sweep's points -> (N, 3) float32 in the ego frame."""
+    points = lidar.load()  # (N, C) sensor frame
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise ConverterError(lidar.path, f"LiDAR points have shape {points.shape}, expected (N, >=3)")
+    ego_from_sensor = lidar.ego_from_sensor
+    return (points[:, :3].astype(np.float64) @ ego_from_sensor[:3, :3].T + ego_from_sensor[:3, 3]).astype(np.float32)
+
+
+def _occupancy(labels: SemanticLabels | None, points_ego: np.ndarray | None, grid: VoxelGrid,
+               taxonomy: Taxonomy) -> tuple[np.ndarray, np.ndarray | None]:
+    """(X, Y, Z) bool occupancy and uint8 semantics: the labels' non-free voxels, or without labels the
+    voxels the key sweep's points fall in (semantics None)."""
+    if labels is None:
+        occupancy = grid.voxelize(points_ego) if points_ego is not None else np.zeros(grid.shape, dtype=bool)
+        return occupancy, None
+    if labels.semantics.shape != grid.shape:
+        raise ConverterError(labels.path, f"labels have shape {labels.semantics.shape}, the {grid.name} grid is {grid.shape}")
+    return labels.semantics != taxonomy.free_index, labels.semantics
 
 
 def _camera(cam: Camera, image_root: Path, embed: bool) -> Camera:
@@ -200,7 +209,7 @@ def output_layout(reader: SceneReader, config: ConvertConfig) -> tuple[VoxelGrid
         if config.grid and not get_grid(config.grid).same_geometry(reader.label_grid):
             raise ConverterError(config.grid, f"--grid disagrees with the {reader.label_grid.name} grid of the labels; leave it out")
         return reader.label_grid, reader.taxonomy
-    return get_grid(config.grid or default_grid(config.source)), reader.taxonomy
+    return get_grid(config.grid) if config.grid else default_grid(config.source), reader.taxonomy
 
 
 def convert(config: ConvertConfig, progress: SceneProgress | None = None) -> ConvertSummary:

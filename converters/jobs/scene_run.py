@@ -38,6 +38,7 @@ from converters import open_reader
 from converters.readers.base import SceneReader
 from converters.errors import ConverterError
 from converters.jobs.progress import SceneProgress
+from converters.jobs.ray_backend import run_scenes_ray  # Ray itself is imported only when a run uses it
 
 
 @dataclass
@@ -271,8 +272,6 @@ def run_scenes(task: Any, reader: SceneReader, todo: list[str], *, workers: int,
     (:mod:`converters.jobs.ray_backend`), progress per finished scene.
     """
     if backend == "ray":
-        from converters.jobs.ray_backend import run_scenes_ray  # imports ray: only when asked for
-
         return run_scenes_ray(task, reader, todo, workers=workers, address=ray_address, progress=progress)
     frames, skipped = 0, []
     if workers == 1 or len(todo) <= 1:

@@ -15,6 +15,10 @@ from b2s_core.records import SensorFrame
 from b2s_core.taxonomy import IGNORE_INDEX, Taxonomy, TaxonomyError
 from converters.errors import ConverterError
 
+# The built-in sources (their readers: converters.readers.{nuscenes,nuplan,openscene}); any other
+# --source is a plug-in reader (converters.readers.plugins).
+SOURCES = ("nuscenes", "nuplan", "openscene")
+
 # Called with (scene, frame token, error) when one frame cannot be read; it may re-raise to stop.
 FrameErrorHandler = Callable[[str, str, ConverterError], None]
 

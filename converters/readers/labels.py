@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from b2s_core.grids import GRID_PRESETS, OPENOCCUPANCY_LIDAR_GRID, VoxelGrid, resample_rigid
+from b2s_core.grids import OPENOCCUPANCY_LIDAR_GRID, SOURCE_GRIDS, VoxelGrid, resample_rigid
 from b2s_core.paths import name_problem
 from b2s_core.records import SemanticLabels
 from b2s_core.taxonomy import IGNORE_INDEX, OCC3D, OPENOCCUPANCY, OPENSCENE, Taxonomy, get_taxonomy
@@ -52,7 +52,7 @@ class LabelSpec:
 
     @property
     def grid(self) -> VoxelGrid:
-        return GRID_PRESETS[self.kind]
+        return SOURCE_GRIDS[self.kind]
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -67,7 +67,7 @@ def _load_npy(path: Path) -> np.ndarray:
 def read_occ3d(path: str | Path) -> SemanticLabels:
     """An Occ3D ``labels.npz`` -> labels on the occ3d grid (masks as bool)."""
     path = Path(path)
-    shape = GRID_PRESETS["occ3d"].shape
+    shape = SOURCE_GRIDS["occ3d"].shape
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in ("semantics", "mask_lidar", "mask_camera") if key in npz.files}
@@ -94,11 +94,12 @@ def read_openoccupancy(path: str | Path, ego_from_lidar: np.ndarray, grid: Voxel
     """An OpenOccupancy sparse ``.npy`` (LIDAR_TOP frame) -> dense labels on the ego-frame ``grid``.
 
     ``ego_from_lidar``: (4, 4) the key frame's LIDAR_TOP calibrated_sensor. ``grid``: default the
-    openoccupancy preset. Returns (X, Y, Z) uint8 OpenOccupancy labels; ego voxels whose centre
-    lies outside the file's LiDAR-frame volume are 255 (unknown: not scored, not trained on).
+    openoccupancy grid of :data:`b2s_core.grids.SOURCE_GRIDS`. Returns (X, Y, Z) uint8 OpenOccupancy
+    labels; ego voxels whose centre lies outside the file's LiDAR-frame volume are 255 (unknown: not
+    scored, not trained on).
     """
     path = Path(path)
-    grid = grid or GRID_PRESETS["openoccupancy"]
+    grid = grid or SOURCE_GRIDS["openoccupancy"]
     rows = _load_npy(path)
     source = OPENOCCUPANCY_LIDAR_GRID
     if rows.ndim != 2 or rows.shape[1] < 4:
@@ -121,9 +122,9 @@ def read_openoccupancy(path: str | Path, ego_from_lidar: np.ndarray, grid: Voxel
 
 
 def read_openscene(path: str | Path, grid: VoxelGrid | None = None) -> SemanticLabels:
-    """An OpenScene sparse ``.npy`` of ``[flat, label]`` rows -> dense labels (default openscene grid)."""
+    """An OpenScene sparse ``.npy`` of ``[flat, label]`` rows -> dense labels (default: the openscene grid of SOURCE_GRIDS)."""
     path = Path(path)
-    grid = grid or GRID_PRESETS["openscene"]
+    grid = grid or SOURCE_GRIDS["openscene"]
     rows = _load_npy(path)
     if rows.ndim != 2 or rows.shape[1] != 2:
         raise ConverterError(path, f"OpenScene labels have shape {rows.shape}, expected (N, 2) rows [flat_index, label]")

@@ -38,6 +38,7 @@ def load_lidar_bin(path: str) -> np.ndarray:
 
 def official_split_scenes(split: str) -> list[str]:
     """Scene names of one of the devkit's official splits (train, val, test, mini_train, mini_val)."""
+    # Here, not at the top: nuscenes-devkit takes ~1 s to import, and every command imports this module.
     from nuscenes.utils.splits import create_splits_scenes
 
     splits = create_splits_scenes(verbose=False)
@@ -48,6 +49,7 @@ def official_split_scenes(split: str) -> list[str]:
 
 def open_devkit(dataroot: Path, version: str):
     """``NuScenes(version, dataroot)`` with the devkit's asserts and KeyErrors turned into one clear message."""
+    # Here, not at the top: nuscenes-devkit takes ~1 s to import, and every command imports this module.
     from nuscenes.nuscenes import NuScenes
 
     problem = name_problem(version)

@@ -69,30 +69,42 @@ class OpenSceneReader(SceneReader):
         self.taxonomy = OPENSCENE
         self.label_grid = labels.grid if labels else None
         self.open_errors: list[ConverterError] = []
-        metas = self._find_metas(split)
+        self._scene_logs: dict[str, _LogRef] = {}  # scene -> the first log that names it (read_scene reads that one)
+        self._scene_frames: dict[str, int] = {}  # scene -> frames its log lists (scene_length)
+        channels = self._index_logs(self._find_metas(split), split)
+        self.camera_names = [c for c in CAMERA_ORDER if c in channels] + sorted(channels - set(CAMERA_ORDER))
+        self._selected = self._select(scenes)
+        self._cache: tuple[Path, list[dict]] | None = None
+
+    def _index_logs(self, metas: list[_LogRef], split: str | None) -> set[str]:
+        """Index the scenes of every meta pickle; returns the camera channels their frames list.
+
+        A corrupt log goes to ``open_errors`` and the others still convert; when every log fails,
+        the first failure is raised (not "no scene selected" further down)."""
         if not metas:
             raise ConverterError(self.dataroot / "meta_datas", f"no OpenScene meta pickle found{' for split ' + split if split else ''}")
-        self._scene_logs: dict[str, _LogRef] = {}
-        self._scene_frames: dict[str, int] = {}  # scene -> frames its log lists (scene_length)
         channels: set[str] = set()
         for ref in metas:
             try:
                 frames = self._load_meta(ref.meta)
             except ConverterError as err:
-                self.open_errors.append(err)  # a corrupt log is reported, the others still convert
+                self.open_errors.append(err)
                 continue
-            for frame in frames:
-                scene = self._scene_of(frame, ref.meta)
-                if self._scene_logs.setdefault(scene, ref) is ref:  # read_scene reads the first log naming the scene
-                    self._scene_frames[scene] = self._scene_frames.get(scene, 0) + 1
-                channels |= set(frame.get("cams", {}) or {})
+            channels |= self._index_log(ref, frames)  # a frame that names no scene stops the run
         if not self._scene_logs and self.open_errors:
-            # Every log failed to open: say why, not "no scene selected" further down.
             more = f" (and {len(self.open_errors) - 1} other meta pickles)" if len(self.open_errors) > 1 else ""
             raise ConverterError(self.open_errors[0].path, f"{self.open_errors[0].problem}{more}")
-        self.camera_names = [c for c in CAMERA_ORDER if c in channels] + sorted(channels - set(CAMERA_ORDER))
-        self._selected = self._select(scenes)
-        self._cache: tuple[Path, list[dict]] | None = None
+        return channels
+
+    def _index_log(self, ref: _LogRef, frames: list[dict]) -> set[str]:
+        """Count one log's frames per scene it is the first to name; returns the camera channels it lists."""
+        channels: set[str] = set()
+        for frame in frames:
+            scene = self._scene_of(frame, ref.meta)
+            if self._scene_logs.setdefault(scene, ref) is ref:
+                self._scene_frames[scene] = self._scene_frames.get(scene, 0) + 1
+            channels |= set(frame.get("cams", {}) or {})
+        return channels
 
     def _find_metas(self, split: str | None) -> list[_LogRef]:
         meta_root = self.dataroot / "meta_datas"

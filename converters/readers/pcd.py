@@ -58,20 +58,30 @@ class PcdHeader:
 
 def parse_header(data: bytes, source: object) -> tuple[PcdHeader, int]:
     """The header of a PCD file and the byte offset where its payload starts."""
+    entries, offset = _header_entries(data, source)
+    fields, sizes, types, counts = _field_layout(entries, source)
+    return PcdHeader(fields, sizes, types, counts, _num_points(entries, source), _data_mode(entries, source)), offset
+
+
+def _header_entries(data: bytes, source: object) -> tuple[dict[str, list[str]], int]:
+    """The header's lines up to DATA as {KEY: values} (comments and blank lines skipped), and the offset after it."""
     entries: dict[str, list[str]] = {}
     offset = 0
-    while True:
+    while "DATA" not in entries:
         end = data.find(b"\n", offset)
         if end < 0:
             raise ConverterError(source, "PCD header ends before its DATA line (truncated or not a PCD file)")
         line = data[offset:end].decode("ascii", errors="replace").strip()
         offset = end + 1
-        if not line or line.startswith("#"):
-            continue
-        key, *values = line.split()
-        entries[key.upper()] = values
-        if key.upper() == "DATA":
-            break
+        if line and not line.startswith("#"):
+            key, *values = line.split()
+            entries[key.upper()] = values
+    return entries, offset
+
+
+def _field_layout(entries: dict[str, list[str]], source: object) -> tuple[tuple[str, ...], tuple[int, ...],
+                                                                      tuple[str, ...], tuple[int, ...]]:
+    """(fields, sizes, types, counts) of FIELDS, SIZE, TYPE and COUNT: one each per field, of a type numpy reads."""
     for key in ("FIELDS", "SIZE", "TYPE"):
         if key not in entries:
             raise ConverterError(source, f"PCD header has no {key} line")
@@ -87,15 +97,23 @@ def parse_header(data: bytes, source: object) -> tuple[PcdHeader, int]:
     for kind, size in zip(types, sizes):
         if kind not in _NUMPY_KIND or (kind == "F" and size not in (4, 8)) or size not in (1, 2, 4, 8):
             raise ConverterError(source, f"PCD field type {kind}{size} is not supported")
+    return fields, sizes, types, counts
+
+
+def _num_points(entries: dict[str, list[str]], source: object) -> int:
+    """POINTS, else WIDTH x HEIGHT."""
     if "POINTS" in entries:
         (num_points,) = _counts(entries["POINTS"][:1], "POINTS", source, minimum=0)
-    else:
-        width, height = _counts(entries.get("WIDTH", ["0"])[:1] + entries.get("HEIGHT", ["1"])[:1], "WIDTH / HEIGHT", source, minimum=0)
-        num_points = width * height
+        return num_points
+    width, height = _counts(entries.get("WIDTH", ["0"])[:1] + entries.get("HEIGHT", ["1"])[:1], "WIDTH / HEIGHT", source, minimum=0)
+    return width * height
+
+
+def _data_mode(entries: dict[str, list[str]], source: object) -> str:
     mode = entries["DATA"][0].lower() if entries["DATA"] else ""
     if mode not in ("ascii", "binary", "binary_compressed"):
         raise ConverterError(source, f"PCD DATA '{mode}' is not ascii or binary")
-    return PcdHeader(fields, sizes, types, counts, num_points, mode), offset
+    return mode
 
 
 def _counts(values: list[str], key: str, source: object, minimum: int) -> tuple[int, ...]:

@@ -3,7 +3,7 @@ and ``b2s build-binary``.
 
 ``--source`` names a reader in one of three ways, tried in this order:
 
-1. a built-in source: ``nuscenes``, ``nuplan``, ``openscene`` (:data:`converters.SOURCES`);
+1. a built-in source: ``nuscenes``, ``nuplan``, ``openscene`` (:data:`converters.readers.base.SOURCES`);
 2. the name of an entry point in the ``b2s.readers`` group of an installed package
    (``toyfleet = "toy_fleet.reader:ToyFleetReader"`` in its pyproject.toml);
 3. ``package.module:Class``, imported as written (installed, or on ``PYTHONPATH``).
@@ -44,10 +44,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from b2s_core.binary.aggregate import EgoBody
 from b2s_core.grids import GridError, VoxelGrid, get_grid
 from b2s_core.taxonomy import OCC3D, TAXONOMIES, Taxonomy
-from converters import SOURCES
-from converters.readers.base import SceneReader
+from converters.readers.base import SOURCES, SceneReader
 from converters.errors import ConverterError
 
 READER_GROUP = "b2s.readers"
@@ -115,18 +115,32 @@ def _source_id(spec: str, cls: type) -> str:
 def reader_class(spec: str, where: str | None = None) -> type[SceneReader]:
     """Import ``module:Class`` and check it is a concrete SceneReader with usable class attributes.
 
-    ``where`` names the entry point the spec came from, for the message. Cached: build-binary asks
-    for the class's ``ego_body`` once per scene.
+    ``where`` names the entry point the spec came from, for the message. Cached: resolving a source
+    and opening its reader (in every worker) both ask for the class.
     """
     name = where or spec
+    module_name, attribute = _split_spec(spec, name)
+    cls = _import_reader(spec, module_name, name)
+    _check_reader_class(cls, attribute, name)
+    _check_class_attributes(cls, attribute, name)
+    return cls
+
+
+def _split_spec(spec: str, name: str) -> tuple[str, str]:
+    """``module:Class`` -> (module, Class); refused when malformed or defined in ``__main__``."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute or ":" in attribute:
         raise ConverterError(name, "a reader is named package.module:Class")
-    if module_name == "__main__" or module_name.split(".")[0] == "__main__":
+    if module_name.split(".")[0] == "__main__":
         raise ConverterError(name, "a reader defined in __main__ cannot be re-created in worker processes; "
                                    "move it into a module and name it module:Class")
+    return module_name, attribute
+
+
+def _import_reader(spec: str, module_name: str, name: str) -> Any:
+    """The object ``spec`` names; a module that is missing or fails while importing is one line."""
     try:
-        cls = _load(spec)
+        return _load(spec)
     except ModuleNotFoundError as err:
         if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
             raise ConverterError(name, f"module {err.name} not found; install its package or put its folder "
@@ -136,6 +150,10 @@ def reader_class(spec: str, where: str | None = None) -> type[SceneReader]:
         raise ConverterError(name, f"{err}") from err  # "module 'm' has no attribute 'C'", the missing part named
     except Exception as err:  # the plug-in's own code failed while importing: say so in one line
         raise ConverterError(name, f"importing {module_name} failed: {type(err).__name__}: {err}") from err
+
+
+def _check_reader_class(cls: Any, attribute: str, name: str) -> None:
+    """A class, a SceneReader subclass, with every abstract method implemented."""
     if not inspect.isclass(cls):
         raise ConverterError(name, f"{attribute} is a {type(cls).__name__}, not a subclass of converters.readers.base.SceneReader")
     if not issubclass(cls, SceneReader):
@@ -143,19 +161,19 @@ def reader_class(spec: str, where: str | None = None) -> type[SceneReader]:
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
         raise ConverterError(name, f"{attribute} does not implement {', '.join(missing)}")
+
+
+def _check_class_attributes(cls: type, attribute: str, name: str) -> None:
+    """``default_grid`` makes a grid; ``ego_body``, when given, is an EgoBody."""
     grid = getattr(cls, "default_grid", PLUGIN_DEFAULT_GRID)
     try:
         get_grid(grid)
     except (GridError, TypeError, AttributeError) as err:
         raise ConverterError(name, f"{attribute}.default_grid {grid!r} is not a grid: {err}") from None
     body = getattr(cls, "ego_body", None)
-    if body is not None:
-        from b2s_core.binary.aggregate import EgoBody
-
-        if not isinstance(body, EgoBody):
-            raise ConverterError(name, f"{attribute}.ego_body must be a b2s_core.binary.aggregate.EgoBody, "
-                                       f"got {type(body).__name__}")
-    return cls
+    if body is not None and not isinstance(body, EgoBody):
+        raise ConverterError(name, f"{attribute}.ego_body must be a b2s_core.binary.aggregate.EgoBody, "
+                                   f"got {type(body).__name__}")
 
 
 def _load(spec: str) -> Any:
@@ -167,12 +185,12 @@ def _load(spec: str) -> Any:
     return value
 
 
-def plugin_default_grid(source: str) -> str:
-    """The ``default_grid`` of the plug-in reader ``source`` (a source id)."""
-    return getattr(reader_class(source), "default_grid", PLUGIN_DEFAULT_GRID)
+def plugin_default_grid(source: str) -> VoxelGrid:
+    """The ``default_grid`` of the plug-in reader ``source`` (a source id), as a grid."""
+    return get_grid(getattr(reader_class(source), "default_grid", PLUGIN_DEFAULT_GRID))
 
 
-def plugin_ego_body(source: str):
+def plugin_ego_body(source: str) -> EgoBody:
     """The ``ego_body`` (:class:`~b2s_core.binary.aggregate.EgoBody`) of the plug-in reader ``source``."""
     body = getattr(reader_class(source), "ego_body", None)
     if body is None:
@@ -217,30 +235,50 @@ def _check_signature(cls: type, source: str, dataroot: Path, given: dict[str, An
 
 def _complete(reader: SceneReader, source: str, dataroot: Path) -> None:
     """Check the instance attributes convert and build-binary read; fill in the defaults."""
+    reader.camera_names = _camera_names(reader, source)
+    reader.taxonomy = _taxonomy(reader, source)
+    reader.label_grid = _label_grid(reader, source)
+    reader.image_root = _image_root(reader, source, dataroot)
+    reader.open_errors = _open_errors(reader, source)
+
+
+def _camera_names(reader: SceneReader, source: str) -> list[str]:
     names = getattr(reader, "camera_names", None)
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
         raise ConverterError(source, f"camera_names must be a list of camera names (empty without cameras), got {names!r}")
     if len(set(names)) != len(names):
         raise ConverterError(source, f"camera_names {list(names)} name a camera twice")
-    reader.camera_names = list(names)
+    return list(names)
+
+
+def _taxonomy(reader: SceneReader, source: str) -> Taxonomy:
     taxonomy = getattr(reader, "taxonomy", OCC3D)
     if not isinstance(taxonomy, Taxonomy) or TAXONOMIES.get(taxonomy.name) != taxonomy:
         shown = taxonomy.name if isinstance(taxonomy, Taxonomy) else repr(taxonomy)
         raise ConverterError(source, f"taxonomy {shown} is not one a b2s file can record; use one of "
                                      f"b2s_core.taxonomy.TAXONOMIES ({', '.join(TAXONOMIES)})")
-    reader.taxonomy = taxonomy
+    return taxonomy
+
+
+def _label_grid(reader: SceneReader, source: str) -> VoxelGrid | None:
     label_grid = getattr(reader, "label_grid", None)
     if label_grid is not None and not isinstance(label_grid, VoxelGrid):
         raise ConverterError(source, f"label_grid must be a b2s_core.grids.VoxelGrid or None, got {type(label_grid).__name__}")
-    reader.label_grid = label_grid
+    return label_grid
+
+
+def _image_root(reader: SceneReader, source: str, dataroot: Path) -> Path:
     image_root = getattr(reader, "image_root", dataroot)
     if not isinstance(image_root, (str, Path)):
         raise ConverterError(source, f"image_root must be a folder path, got {type(image_root).__name__}")
-    reader.image_root = Path(image_root)
+    return Path(image_root)
+
+
+def _open_errors(reader: SceneReader, source: str) -> list[ConverterError]:
     open_errors = getattr(reader, "open_errors", [])
     if not isinstance(open_errors, list) or not all(isinstance(e, ConverterError) for e in open_errors):
         raise ConverterError(source, "open_errors must be a list of ConverterError")
-    reader.open_errors = open_errors
+    return open_errors
 
 
 __all__ = ["PLUGIN_DEFAULT_GRID", "READER_GROUP", "installed_readers", "open_plugin",

@@ -10,8 +10,11 @@ uses to rebuild arrays and scalars, plus nuplan-devkit's three calibration value
 from __future__ import annotations
 
 import _codecs
+import collections
+import importlib
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +41,6 @@ _CORE_SPELLINGS = {"numpy.core.multiarray": ("numpy.core.multiarray", "numpy._co
 def _numpy_global(module: str, name: str) -> Any:
     """One of the allowed numpy globals. Only called after the (module, name) pair passed the
     allow-list, so the modules imported here are numpy's own, never one a file names."""
-    import importlib
-    import warnings
-
     if module == "numpy":
         return getattr(np, name)
     for spelling in _CORE_SPELLINGS[module]:
@@ -135,8 +135,6 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module in ("builtins", "__builtin__") and name in _BUILTINS:
             return _BUILTINS[name]
         if module == "collections" and name == "OrderedDict":
-            import collections
-
             return collections.OrderedDict
         if module == "_codecs" and name == "encode":
             return _latin1_encode
