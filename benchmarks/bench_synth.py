@@ -24,7 +24,9 @@ import numpy as np  # noqa: E402
 from b2s_core.grids import GRID_PRESETS  # noqa: E402
 from b2s_core.synth import FORMATS, write_dataset  # noqa: E402
 from b2s_core.synth.geometry import transform_points  # noqa: E402
-from b2s_core.synth.groundtruth import camera_mask, lidar_mask, semantic_occupancy, traverse, traverse_reference  # noqa: E402
+from b2s_core.binary.lidar_mask import lidar_visibility  # noqa: E402
+from b2s_core.binary.raycast import traverse, traverse_reference  # noqa: E402
+from b2s_core.synth.groundtruth import exact_camera_visibility, semantic_occupancy  # noqa: E402
 from b2s_core.synth.raycast import cast_rays, cast_rays_reference  # noqa: E402
 from b2s_core.synth.sensors import NUSCENES_CAMERAS, LidarSpec, camera_rays, render_camera, simulate_lidar  # noqa: E402
 from b2s_core.synth.world import build_world  # noqa: E402
@@ -56,9 +58,10 @@ def stages(image_size) -> None:
     points = transform_points(spec.ego_from_sensor, sweep.points[:, :3].astype(np.float64))
     origin = spec.ego_from_sensor[:3, 3]
     grid = GRID_PRESETS["occ3d"]
-    t_trav, _ = timed(lambda: traverse(grid, origin, points))
+    origins = np.broadcast_to(origin, points.shape)
+    t_trav, _ = timed(lambda: traverse(origins, points, grid, ordered=False))
     few = points[:: max(1, len(points) // 1000)]
-    t_trav_ref = timed(lambda: traverse_reference(grid, origin, few))[0] * len(points) / len(few)
+    t_trav_ref = timed(lambda: traverse_reference(origins[: len(few)], few, grid))[0] * len(points) / len(few)
     prims_ego = prims.transformed(np.linalg.inv(pose))
 
     def ground(xy):
@@ -69,9 +72,9 @@ def stages(image_size) -> None:
         (f"camera {size[0]}x{size[1]} (cast + shade)", t_cam, None),
         ("  ray cast only, tiled cones", t_fast_cast, t_ref_cast),
         ("mask_lidar traversal, occ3d (one sweep)", t_trav, t_trav_ref),
-        ("mask_camera, occ3d, 6 cameras (cached projection)",
-         timed(lambda: camera_mask(grid, [(view.intrinsic, cam.ego_from_cam, view.distance)] * 6))[0], None),
-        ("mask_lidar, occ3d", timed(lambda: lidar_mask(grid, origin, points))[0], None),
+        ("exact camera visibility, occ3d, 6 cameras (cached projection)",
+         timed(lambda: exact_camera_visibility(grid, [(view.intrinsic, cam.ego_from_cam, view.distance)] * 6))[0], None),
+        ("mask_lidar, occ3d", timed(lambda: lidar_visibility(origins, points, grid))[0], None),
     ]
     for name in ("occ3d", "openscene", "openoccupancy"):
         rows.append((f"semantic truth, {name} grid", timed(lambda: semantic_occupancy(prims_ego, ground, GRID_PRESETS[name]))[0], None))

@@ -44,8 +44,8 @@ def test_nuscenes_occ3d_equals_truth(manifest, nuscenes_occ3d):
             truth = manifest.ground_truth(scene, key["index"])
             frame = ds.read(i, images=True)
             assert frame.token == key["nuscenes_sample_token"] and frame.timestamp == key["timestamp"]
-            # Labels bit-exact.
-            assert np.array_equal(frame.semantics, truth.semantics["occ3d"])
+            # Labels bit-exact (the label set, made from the LiDAR; truth.semantics is the solid world).
+            assert np.array_equal(frame.semantics, truth.labels["occ3d"])
             assert np.array_equal(frame.mask_lidar, truth.mask_lidar["occ3d"].astype(bool))
             assert np.array_equal(frame.mask_camera, truth.mask_camera["occ3d"].astype(bool))
             # Poses and calibration: exact up to the quaternions the nuScenes tables store.
@@ -98,12 +98,14 @@ def test_nuscenes_openoccupancy_matches_truth(manifest, tmp_path):
         # The file format has no 'others' class: the generator writes it as noise (0), read back as 255.
         truth = map_labels(truth, "occ3d", "openoccupancy")
         got = ds[i].semantics
-        # Not bit-exact: the files are in the LIDAR_TOP frame (0.943 m ahead, 1.84 m up: not whole voxels),
-        # resampled to the ego grid by nearest voxel (measured IoU 0.981..0.990, labels 97.2..98.3 %).
-        # Ego x < -50.257 lies outside the file's volume (255).
+        # The files are in the LIDAR_TOP frame (0.943 m ahead, 1.84 m up: not whole voxels), resampled to the
+        # ego grid by nearest voxel. Ego x < -50.257 lies outside the file's volume (255).
         assert (got[:5] == 255).all()
+        # The files list observed surfaces (b2s_core/synth/labels.py), the truth is solid: the labels' voxels lie
+        # on the truth's solids (measured 89-90 %; most of the rest: ground the completion raised above the road
+        # on this 0.2 m grid) with the solid's class (97.5 %).
         a, b = got[5:] != 0, truth[5:] != 0
-        assert (a & b).sum() / (a | b).sum() > 0.97 and ((got[5:] == truth[5:]) & b).sum() / b.sum() > 0.96
+        assert (a & b).sum() / a.sum() > 0.85 and ((got[5:] == truth[5:]) & a & b).sum() / (a & b).sum() > 0.96
 
 
 def _nuplan_rig(manifest) -> dict:
@@ -161,7 +163,7 @@ def test_nuplan_and_openscene_equal_truth(manifest, source, tmp_path):
             points = truth.lidar_points[:, :3].astype(np.float64) @ truth.ego_from_lidar[:3, :3].T + truth.ego_from_lidar[:3, 3]
             assert np.allclose(frame.points, points, atol=1e-4)
             if source == "openscene":
-                assert np.array_equal(frame.semantics, map_labels(truth.semantics["openscene"], "occ3d", "openscene"))
+                assert np.array_equal(frame.semantics, map_labels(truth.labels["openscene"], "occ3d", "openscene"))
             else:
                 # a nuPlan scene's first key frame has no earlier sweep in its scene
                 assert len(sensor_frame.sweeps) == (0 if sensor_frame.token in starts else 9)

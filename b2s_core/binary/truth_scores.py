@@ -1,7 +1,7 @@
 """Scores of a built frame against exact ground truth (the synthetic world's), as the issue defines them.
 
 ``truth`` is a :class:`b2s_core.synth.GroundTruthFrame` (duck-typed: semantics / instance /
-mask_camera per grid name, boxes with center, size (l, w, h), yaw, velocity, track). Used by the
+mask_camera / visible per grid name, boxes with center, size (l, w, h), yaw, velocity, track). Used by the
 acceptance tests and by ``benchmarks/bench_build_binary.py --quality``.
 """
 
@@ -40,12 +40,14 @@ def score_frame(frame: OccFrame, truth, scene_truths: list, grid: VoxelGrid) -> 
     """Static / moving IoU, trail share and mask agreement of one built key frame.
 
     * static: IoU of occupancy vs true non-object occupancy, away from every object box (+0.3 m),
-      inside the generator's mask_camera (``static_gt_mask``) and inside ours (``static_our_mask``);
+      inside the exact world's camera visibility (``static_gt_mask``) and inside our mask_camera
+      (``static_our_mask``);
     * moving: IoU of occupancy in the moving agents' boxes (+0.3 m, minus static truth) vs the
       agents' true voxels, inside our mask_camera;
     * trail: voxels occupied but truly free in the path of moving agents (their boxes at every key
       frame of the scene) outside their current boxes, as a share of the agents' voxels;
-    * mask_agreement: share of all voxels where our mask_camera equals the generator's.
+    * mask_agreement: share of all voxels where our mask_camera equals the label set's (one rule, so
+      it measures how close the build comes to the labels' geometry, not two definitions).
     """
     name = grid.name
     occupied = truth.semantics[name] != TRUTH_FREE
@@ -64,7 +66,7 @@ def score_frame(frame: OccFrame, truth, scene_truths: list, grid: VoxelGrid) -> 
     path = voxels_in_extents(grid, path, samples=3)
     built_moving = frame.occupancy & near_moving & ~static
     return {
-        "static_gt_mask": iou(frame.occupancy & ~near_objects, static & ~near_objects, truth.mask_camera[name]),
+        "static_gt_mask": iou(frame.occupancy & ~near_objects, static & ~near_objects, truth.visible[name]),
         "static_our_mask": iou(frame.occupancy & ~near_objects, static & ~near_objects, frame.mask_camera),
         "moving": iou(built_moving, moving, frame.mask_camera),
         "trail": float((frame.occupancy & path & ~occupied & ~near_moving).sum() / max(moving.sum(), 1)),

@@ -1,8 +1,9 @@
-"""A procedural driving world with simulated sensors and exact ground truth, written in real formats.
+"""A procedural driving world with simulated sensors, written in real formats with labels made as real ones are.
 
 Entry points: :func:`write_dataset` (what ``b2s synth`` calls), :func:`load_manifest`,
-:func:`load_ground_truth`; the pieces (``world``, ``sensors``, ``raycast``, ``groundtruth``,
-``scene``, ``writers``) are usable on their own. Layout and file contents: docs/synth.md.
+:func:`load_ground_truth`; the pieces (``world``, ``sensors``, ``raycast``, ``groundtruth`` (the
+exact solid truth), ``labels`` (label sets from the LiDAR, Occ3D masks), ``scene``, ``writers``) are
+usable on their own. Layout and file contents: docs/synth.md.
 """
 
 from b2s_core.synth.dataset import FORMATS, MANIFEST, SynthError, SynthManifest, load_manifest, write_dataset

@@ -1,10 +1,12 @@
-"""Exact ground truth on a voxel grid: semantic occupancy and LiDAR / camera visibility masks.
+"""Exact ground truth on a voxel grid: the solid world's semantic occupancy (the truth file's, for scoring).
 
 Occupancy is exact: a voxel is occupied when its interior overlaps a shape's interior (separating
 axis test for boxes, closest-point tests for cylinders and spheres) or the ground slab
 ``GROUND_THICKNESS`` metres below z = 0. When several shapes share a voxel the label with the
 higher :data:`PRIORITY` wins (objects over scenery over ground), as in the Occ3D labels where a car
-standing on the road owns its bottom voxels.
+standing on the road owns its bottom voxels. :func:`exact_camera_visibility` is the exact world's
+camera visibility, for scoring. The label files are made from the LiDAR instead, with the visibility
+masks of the Occ3D rules (:mod:`b2s_core.synth.labels`).
 """
 
 from __future__ import annotations
@@ -95,115 +97,16 @@ def _overlap(prims, p, origin, size, first, last) -> np.ndarray:
     return xy_ok[:, :, None] & z_ok[None, None, :]
 
 
-# -- visibility ---------------------------------------------------------------------------------
-def traverse(grid: VoxelGrid, origin: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Flat indices (with repeats) of every voxel that the segments origin -> ends[n] pass through.
-
-    origin (3,), ends (N, 3), both in the grid's frame. Exact: the segment is cut at every voxel
-    boundary plane it crosses (all crossings of all rays at once); the voxel entered at each
-    crossing plus the entry voxel are the traversed voxels. :func:`traverse_reference` is the per-ray Amanatides-Woo walk.
-    """
-    origin = np.asarray(origin, dtype=np.float64)
-    d = np.asarray(ends, dtype=np.float64) - origin  # (N, 3), t in [0, 1]
-    gmin, gmax = grid.origin, np.asarray(grid.range_max)
-    size = np.asarray(grid.voxel_size)
-    shape = np.asarray(grid.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / np.where(d == 0, np.inf, d)
-        t1 = (gmin - origin) * inv
-        t2 = (gmax - origin) * inv
-    t_lo = np.where(d == 0, np.where((origin >= gmin) & (origin < gmax), -np.inf, np.inf), np.minimum(t1, t2))
-    t_hi = np.where(d == 0, np.where((origin >= gmin) & (origin < gmax), np.inf, -np.inf), np.maximum(t1, t2))
-    t_in = np.maximum(t_lo.max(axis=1), 0.0)
-    t_out = np.minimum(t_hi.min(axis=1), 1.0)
-    live = np.flatnonzero(t_in < t_out)
-    if live.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    d, t_in, t_out = d[live], t_in[live], t_out[live]
-    span = t_out - t_in
-    p_in = origin + (t_in + 1e-9 * span)[:, None] * d
-    p_out = origin + (t_out - 1e-9 * span)[:, None] * d
-    i_in = np.clip(np.floor((p_in - gmin) / size), 0, shape - 1).astype(np.int64)
-    i_out = np.clip(np.floor((p_out - gmin) / size), 0, shape - 1).astype(np.int64)
-    # the voxel where each segment enters the grid, then the voxel entered at every plane crossing:
-    # together they are exactly the traversed voxels, so no per-ray sorting is needed
-    flat = [(i_in[:, 0] * shape[1] + i_in[:, 1]) * shape[2] + i_in[:, 2]]
-    for a in range(3):
-        count = np.abs(i_out[:, a] - i_in[:, a])
-        total = int(count.sum())
-        if total == 0:
-            continue
-        ray = np.repeat(np.arange(live.size), count)
-        j = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-        forward = d[ray, a] > 0
-        plane = i_in[ray, a] + np.where(forward, 1 + j, -j)  # boundary plane index crossed
-        t = (gmin[a] + plane * size[a] - origin[a]) / d[ray, a]
-        index = np.floor((origin + t[:, None] * d[ray] - gmin) / size).astype(np.int64)
-        index[:, a] = np.where(forward, plane, plane - 1)
-        index = np.clip(index, 0, shape - 1)
-        flat.append((index[:, 0] * shape[1] + index[:, 1]) * shape[2] + index[:, 2])
-    return np.concatenate(flat)
-
-
-def traverse_reference(grid: VoxelGrid, origin: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Per-ray 3D DDA (Amanatides & Woo) over the clipped segments; same voxels as :func:`traverse`."""
-    out = []
-    gmin, size, shape = grid.origin, np.asarray(grid.voxel_size), np.asarray(grid.shape)
-    for end in np.asarray(ends, dtype=np.float64):
-        samples = _dda(origin, end, gmin, np.asarray(grid.range_max), size, shape)
-        out.extend((i * shape[1] + j) * shape[2] + k for i, j, k in samples)
-    return np.asarray(out, dtype=np.int64)
-
-
-def _dda(origin, end, gmin, gmax, size, shape):
-    d = end - origin
-    t_in, t_out = 0.0, 1.0
-    for a in range(3):
-        if d[a] == 0:
-            if not gmin[a] <= origin[a] < gmax[a]:
-                return []
-            continue
-        ta, tb = sorted(((gmin[a] - origin[a]) / d[a], (gmax[a] - origin[a]) / d[a]))
-        t_in, t_out = max(t_in, ta), min(t_out, tb)
-    if t_in >= t_out:
-        return []
-    span = t_out - t_in
-    p = origin + (t_in + 1e-9 * span) * d
-    idx = np.clip(np.floor((p - gmin) / size), 0, shape - 1).astype(int)
-    p_end = origin + (t_out - 1e-9 * span) * d
-    idx_end = np.clip(np.floor((p_end - gmin) / size), 0, shape - 1).astype(int)
-    step = np.sign(d).astype(int)
-    t_max = np.full(3, np.inf)
-    t_delta = np.full(3, np.inf)
-    for a in range(3):
-        if d[a] != 0:
-            boundary = gmin[a] + (idx[a] + (step[a] > 0)) * size[a]
-            t_max[a] = (boundary - origin[a]) / d[a]
-            t_delta[a] = size[a] / abs(d[a])
-    visited = [tuple(idx)]
-    remaining = int(np.abs(idx_end - idx).sum())
-    for _ in range(remaining):
-        a = int(np.argmin(t_max))
-        idx[a] += step[a]
-        t_max[a] += t_delta[a]
-        visited.append(tuple(idx))
-    return visited
-
-
-def lidar_mask(grid: VoxelGrid, origin: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) bool: voxels a LiDAR ray passed through or ended in (origin, points in the grid frame)."""
-    mask = np.zeros(grid.num_voxels, dtype=bool)
-    mask[traverse(grid, origin, points)] = True
-    return mask.reshape(grid.shape)
-
-
-def camera_mask(grid: VoxelGrid, cameras: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """(X, Y, Z) bool: voxels seen by some camera, up to and including the first surface.
+def exact_camera_visibility(grid: VoxelGrid, cameras: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(X, Y, Z) bool: voxels whose centre lies in front of the true surface some pixel sees, for scoring.
 
     ``cameras``: (intrinsic (3, 3), ego_from_cam (4, 4), distance (H, W) metres along each pixel's
-    ray, inf for sky). A voxel counts as seen when its centre projects into the image no farther
-    along the pixel's ray than the surface rendered there plus half a voxel diagonal: the dense
-    form of casting a ray through every pixel and stopping at the first occupied voxel.
+    ray to the rendered surface, inf for sky). A voxel counts when its centre projects into the image
+    no farther along the pixel's ray than the surface plus half a voxel diagonal. This is the exact
+    world's visibility, kept in the truth file to score built occupancy where the cameras truly see;
+    the label files' mask_camera follows the Occ3D rule on the labels' voxels instead
+    (:func:`b2s_core.binary.camera_mask.camera_mask`, shared with build-binary), which a grazed voxel
+    stops entirely: the two agree on 84-87 % of the voxels.
     """
     margin = 0.5 * float(np.linalg.norm(grid.voxel_size))
     seen = np.zeros(grid.num_voxels, dtype=bool)

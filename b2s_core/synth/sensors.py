@@ -194,7 +194,7 @@ def render_camera(
     prims: Primitives, world, global_from_ego: np.ndarray, camera: CameraSpec, size: tuple[int, int], max_range: float = 160.0
 ) -> CameraView:
     """Ray-trace one camera at a world snapshot and shade it (see :mod:`b2s_core.synth.shading`)."""
-    from b2s_core.synth.shading import shade
+    from b2s_core.synth.shading import shade  # here: shading imports SKY_LABEL from this module (a cycle)
 
     global_from_cam = global_from_ego @ camera.ego_from_cam
     bundle = _camera_bundle(camera, tuple(size))

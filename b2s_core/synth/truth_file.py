@@ -33,11 +33,13 @@ class GroundTruthFrame:
     timestamp: int
     global_from_ego: np.ndarray  # (4, 4)
     ego_from_lidar: np.ndarray  # (4, 4)
-    semantics: dict[str, np.ndarray]  # grid name -> (X, Y, Z) uint8
+    semantics: dict[str, np.ndarray]  # grid name -> (X, Y, Z) uint8 exact solid labels
+    labels: dict[str, np.ndarray]  # grid name -> (X, Y, Z) uint8 the label set (LiDAR geometry), as the label files hold it
     objects: dict[str, np.ndarray]  # grid name -> (X, Y, Z) bool, voxels of annotated objects (small grids only)
     instance: dict[str, np.ndarray]  # grid name -> (X, Y, Z) int32 track id (small grids only)
-    mask_lidar: dict[str, np.ndarray]
+    mask_lidar: dict[str, np.ndarray]  # grid name -> (X, Y, Z) bool, the label set's (Occ3D rules)
     mask_camera: dict[str, np.ndarray]
+    visible: dict[str, np.ndarray]  # grid name -> (X, Y, Z) bool exact camera visibility (true surfaces), for scoring
     lidar_points: np.ndarray  # (N, 5) float32 the key sweep as written (sensor frame, with noise)
     exact_points_ego: np.ndarray  # (N, 3) float32 noise-free hit points, ego frame
     point_labels: np.ndarray  # (N,) uint8 label of the surface each point hit
@@ -69,10 +71,15 @@ def write_ground_truth(path: Path, frame: KeyFrameRecord) -> None:
         if truth.semantics.size <= SMALL_GRID:
             arrays[f"objects_{grid}"] = truth.objects
             arrays[f"instance_{grid}"] = truth.instance
-    for grid, mask in frame.mask_lidar.items():
-        arrays[f"mask_lidar_{grid}"] = mask
-    for grid, mask in frame.mask_camera.items():
-        arrays[f"mask_camera_{grid}"] = mask
+    for target in frame.scene.labels:
+        if target.name not in frame.truth:  # a label grid in another frame (OpenOccupancy's LiDAR) lives in its files only
+            continue
+        labels = frame.labels[target.name]
+        arrays[f"labels_{target.name}"] = labels.semantics
+        if target.masks:
+            arrays[f"mask_lidar_{target.name}"] = labels.mask_lidar
+            arrays[f"mask_camera_{target.name}"] = labels.mask_camera
+            arrays[f"visible_{target.name}"] = frame.visible[target.name]
     views = frame.cameras.get("nuscenes", [])
     if views:
         arrays["camera_names"] = np.array([v.camera.name for v in views])
@@ -96,8 +103,9 @@ def load_ground_truth(path: str | Path) -> GroundTruthFrame:
     return GroundTruthFrame(
         path=path, scene=str(arrays["scene"]), key_index=int(arrays["key_index"]), timestamp=int(arrays["timestamp"]),
         global_from_ego=arrays["global_from_ego"], ego_from_lidar=arrays["ego_from_lidar"],
-        semantics=by_prefix("semantics_"), objects=by_prefix("objects_"), instance=by_prefix("instance_"),
-        mask_lidar=by_prefix("mask_lidar_"), mask_camera=by_prefix("mask_camera_"),
+        semantics=by_prefix("semantics_"), labels=by_prefix("labels_"), objects=by_prefix("objects_"),
+        instance=by_prefix("instance_"),
+        mask_lidar=by_prefix("mask_lidar_"), mask_camera=by_prefix("mask_camera_"), visible=by_prefix("visible_"),
         lidar_points=arrays["lidar_points"], exact_points_ego=arrays["exact_points_ego"],
         point_labels=arrays["point_labels"], point_instance=arrays["point_instance"], boxes=by_prefix("box_"),
         camera_names=[str(n) for n in arrays.get("camera_names", [])], camera_intrinsic=arrays.get("camera_intrinsic"),

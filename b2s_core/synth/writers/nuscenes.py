@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from b2s_core.synth.geometry import quaternion_from_matrix, token
-from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord
+from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord, annotated
 from b2s_core.synth.sensors import NUSCENES_CAMERAS
 from b2s_core.synth.world import KINDS
 from b2s_core.synth.writers.common import atomic_write_bytes, atomic_write_json, jpeg_bytes, png_bytes
 
-ANNOTATION_RANGE = 75.0  # metres from the ego: objects annotated at a key frame (covers every grid preset)
 ATTRIBUTES = (
     "vehicle.moving", "vehicle.parked", "vehicle.stopped", "pedestrian.moving", "pedestrian.standing",
     "cycle.with_rider", "cycle.without_rider",
@@ -141,9 +140,7 @@ class NuScenesWriter:
 
     def _annotations(self, frame: KeyFrameRecord, sample_tok: str) -> None:
         boxes = frame.boxes
-        ego_xy = frame.global_from_ego[:2, 3]
-        near = np.hypot(*(boxes["center"][:, :2] - ego_xy).T) < ANNOTATION_RANGE
-        for a in np.flatnonzero(near):
+        for a in np.flatnonzero(annotated(boxes, frame.global_from_ego)):
             agent = frame.world.agents[int(boxes["track"][a])]
             track = agent.track
             if track not in self.instances:

@@ -2,9 +2,10 @@
 
 One ``.npy`` per key frame: int64 rows ``[z, y, x, label]`` of the non-empty voxels of the
 512 x 512 x 40 grid (0.2 m, range [-51.2, -51.2, -5, 51.2, 51.2, 3]) **in the key frame's LIDAR_TOP
-frame**, as the real files are (``b2s_core.grids.OPENOCCUPANCY_LIDAR_GRID``): the labels are the
-exact truth of the world on that grid, computed in the sensor frame of the calibrated_sensor the
-nuScenes writer stores, not the ego-frame truth moved by whole voxels. Labels are OpenOccupancy's:
+frame**, as the real files are (``b2s_core.grids.OPENOCCUPANCY_LIDAR_GRID``): the key frame's label
+set (:mod:`b2s_core.synth.labels`: the observed surfaces, no solid interiors, as the real files list
+them) made on that grid in the sensor frame of the calibrated_sensor the nuScenes writer stores, not
+the ego-frame labels moved by whole voxels. Labels are OpenOccupancy's:
 1..16 the Occ3D classes barrier..vegetation, 0 (noise) for Occ3D 'others' (it has no OpenOccupancy
 class). Tokens are the nuScenes scene token and the key frame's LIDAR_TOP sample_data token.
 """
@@ -17,11 +18,15 @@ import numpy as np
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import OPENOCCUPANCY_LIDAR_GRID, VoxelGrid
-from b2s_core.synth.groundtruth import FREE, semantic_occupancy
+from b2s_core.synth.groundtruth import FREE
+from b2s_core.synth.labels import LabelTarget
 from b2s_core.synth.scene import KeyFrameRecord
+from b2s_core.synth.sensors import LidarSpec
 from b2s_core.synth.writers.common import KeyFrameFileWriter, atomic_write_bytes
 from b2s_core.synth.writers.nuscenes import NuScenesWriter
 from b2s_core.taxonomy import IGNORE_INDEX, map_labels
+
+TARGET = "openoccupancy-lidar"  # the label target of the files (not an ego-frame grid of the truth file)
 
 
 def sparse_rows(semantics_occ3d: np.ndarray) -> np.ndarray:
@@ -32,26 +37,25 @@ def sparse_rows(semantics_occ3d: np.ndarray) -> np.ndarray:
     return np.stack([z, y, x, labels], axis=1).astype(np.int64)
 
 
-def lidar_frame_truth(frame: KeyFrameRecord) -> np.ndarray:
-    """(512, 512, 40) uint8 exact Occ3D labels of a key frame on OPENOCCUPANCY_LIDAR_GRID (LIDAR_TOP frame)."""
-    ego_from_lidar = frame.scene.lidar.ego_from_sensor
+def openoccupancy_target(lidar: LidarSpec) -> LabelTarget:
+    """The label grid of the files: OPENOCCUPANCY_LIDAR_GRID in the LIDAR_TOP frame of the written calibration.
+
+    Built in frame G, the LiDAR's axes with the origin on the ground below it (G's z is the ego z, so
+    the ground sits at z = 0 as the label maker needs); the LiDAR grid is the same voxels with z
+    raised by the sensor height, so a label's voxel index is the file's.
+    """
+    ego_from_lidar = lidar.ego_from_sensor
     if not np.allclose(ego_from_lidar[2, :3], [0.0, 0.0, 1.0]):
-        # semantic_occupancy and Primitives.transformed take yaw-only frames with the ground at z = 0
-        raise B2SError(f"synthetic LiDAR rotation {ego_from_lidar[:3, :3].tolist()} is not a yaw: OpenOccupancy truth needs a level LiDAR")
+        # the exact truth (Primitives.transformed) takes yaw-only frames with the ground at z = 0
+        raise B2SError(f"synthetic LiDAR rotation {ego_from_lidar[:3, :3].tolist()} is not a yaw: "
+                       "OpenOccupancy labels need a level LiDAR")
     height = ego_from_lidar[2, 3]
-    # Frame G: the LiDAR's axes with the origin on the ground below it, so G's z is the ego z and the
-    # LiDAR grid is the same voxels with z raised by the sensor height.
     ego_from_g = ego_from_lidar.copy()
     ego_from_g[2, 3] = 0.0
-    lidar = OPENOCCUPANCY_LIDAR_GRID
-    grid_g = VoxelGrid(np.add(lidar.range_min, (0, 0, height)), np.add(lidar.range_max, (0, 0, height)), lidar.voxel_size, lidar.name)
-    global_from_g = frame.global_from_ego @ ego_from_g
-    prims_g = frame.world.snapshot(frame.sweep.time).transformed(np.linalg.inv(global_from_g))
-
-    def ground_label(xy_g: np.ndarray) -> np.ndarray:
-        return frame.world.ground(xy_g @ global_from_g[:2, :2].T + global_from_g[:2, 3])[0]
-
-    return semantic_occupancy(prims_g, ground_label, grid_g).semantics
+    grid = OPENOCCUPANCY_LIDAR_GRID
+    raised = (0.0, 0.0, height)
+    grid_g = VoxelGrid(np.add(grid.range_min, raised), np.add(grid.range_max, raised), grid.voxel_size, grid.name)
+    return LabelTarget(TARGET, grid_g, ego_from_g)
 
 
 class OpenOccupancyWriter(KeyFrameFileWriter):
@@ -59,5 +63,5 @@ class OpenOccupancyWriter(KeyFrameFileWriter):
         scene_token = NuScenesWriter.scene_token(self.spec)
         lidar_token = NuScenesWriter.sample_data_token(self.spec, "LIDAR_TOP", frame.sweep.sweep_index)
         buf = io.BytesIO()
-        np.save(buf, sparse_rows(lidar_frame_truth(frame)))
+        np.save(buf, sparse_rows(frame.labels[TARGET].semantics))
         atomic_write_bytes(self.root / f"scene_{scene_token}" / "occupancy" / f"{lidar_token}.npy", buf.getvalue())

@@ -39,8 +39,9 @@ one- or two-key-frame nuPlan scenes that exist only to satisfy the nuPlan devkit
 Pickles hold only dicts, lists, tuples, str, int, float, None and numpy arrays. ``lidar_path`` and
 ``data_path`` are relative to ``sensor_blobs/<split>``; ``occ_gt_final_path`` is relative to ``<root>``.
 Occupancy: 200 x 200 x 16 at 0.5 m over [-50, -50, -4, 50, 50, 4] in the ego frame, flat = x +
-200 * y + 200 * 200 * z, OpenScene labels (0 vehicle, 4 czone_sign, 5 bicycle, 6 generic_object,
-7 pedestrian, 8 traffic_cone, 9 barrier, 10 background); free voxels (16) are not listed.
+200 * y + 200 * 200 * z, the key frame's label set (:mod:`b2s_core.synth.labels`) in OpenScene
+labels (0 vehicle, 4 czone_sign, 5 bicycle, 6 generic_object, 7 pedestrian, 8 traffic_cone, 9 barrier,
+10 background); free voxels (16) are not listed.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class OpenSceneWriter:
             }
         occ_rel = f"occupancy/{self.split}/{self.log}/{frame_token}.npy"
         buf = io.BytesIO()
-        np.save(buf, sparse_rows(frame.truth[GRID].semantics))
+        np.save(buf, sparse_rows(frame.labels[GRID].semantics))
         atomic_write_bytes(self.root / occ_rel, buf.getvalue())
         speed = float(frame.world.ego_speed)
         # nuPlan ego_pose as a CanBus vector (helpers/canbus.py): x y z, qw qx qy qz, acceleration
