@@ -9,22 +9,25 @@ measures the start-up).
 from __future__ import annotations
 
 import warnings
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 import typer
 
-from b2s_cli.commands import align
-from b2s_cli.commands import autolabel
-from b2s_cli.commands import build_binary
-from b2s_cli.commands import convert
-from b2s_cli.commands import curves
-from b2s_cli.commands import evaluate
-from b2s_cli.commands import export
-from b2s_cli.commands import finetune
-from b2s_cli.commands import info
-from b2s_cli.commands import pretrain
-from b2s_cli.commands import synth
-from b2s_cli.commands import visualize
+from b2s_cli.commands import (
+    align,
+    autolabel,
+    build_binary,
+    convert,
+    curves,
+    evaluate,
+    export,
+    finetune,
+    info,
+    pretrain,
+    synth,
+    visualize,
+)
 
 app = typer.Typer(
     name="b2s",

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Callable, Iterable
 
 import typer
 

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from converters.jobs.scene_run import SkippedFrame
 from converters.jobs.progress import SceneProgress
+from converters.jobs.scene_run import SkippedFrame
 
 
 def scene_progress_bars(console: Console) -> Progress:

@@ -109,7 +109,7 @@ class VoxelGrid:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VoxelGrid":
+    def from_dict(cls, data: dict) -> VoxelGrid:
         try:
             grid = cls(tuple(data["range_min"]), tuple(data["range_max"]), tuple(data["voxel_size"]),
                        data.get("name", "custom"))
@@ -131,14 +131,14 @@ class VoxelGrid:
         X, Y, Z = self.shape
         return f"{X}x{Y}x{Z} of {size} over ({numbers(self.range_min)}) .. ({numbers(self.range_max)})"
 
-    def same_geometry(self, other: "VoxelGrid") -> bool:
+    def same_geometry(self, other: VoxelGrid) -> bool:
         return (
             np.allclose(self.range_min, other.range_min)
             and np.allclose(self.range_max, other.range_max)
             and np.allclose(self.voxel_size, other.voxel_size)
         )
 
-    def scaled(self, factor: tuple[int, int, int], name: str | None = None) -> "VoxelGrid":
+    def scaled(self, factor: tuple[int, int, int], name: str | None = None) -> VoxelGrid:
         """The grid over the same range with voxels ``factor`` times larger per axis (coarser)."""
         size = tuple(s * f for s, f in zip(self.voxel_size, factor))
         return VoxelGrid(self.range_min, self.range_max, size, name or f"{self.name}/{'x'.join(map(str, factor))}")

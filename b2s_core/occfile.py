@@ -25,10 +25,11 @@ import re
 import shutil
 import tempfile
 from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the Zstd filter with HDF5 for both writing and reading)
@@ -457,7 +458,7 @@ class OccWriter:
         self._append(self._ds("frames/lidar_origin"), origin[None])
         self._append(self._ds("frames/ego_from_lidar"), ego_from_lidar[None])
 
-    def copy_scene(self, source: "OccDataset", name: str) -> int:
+    def copy_scene(self, source: OccDataset, name: str) -> int:
         """Append a scene of another file of the same grid, taxonomy, cameras and compression,
         copying the compressed grid chunks as they are (no decode / re-encode); returns frames.
         A failed write raises like :meth:`write_scene`; a source that cannot be read raises
@@ -472,7 +473,7 @@ class OccWriter:
                                      f"{_h5_reason(err)})") from None
             raise failure from None
 
-    def _copy_scene(self, source: "OccDataset", name: str) -> int:
+    def _copy_scene(self, source: OccDataset, name: str) -> int:
         if name in self._scene_names:
             raise OccFormatError(f"{self.path}: scene '{name}' written twice")
         shard, first, count = source._scene_location(name)
@@ -650,7 +651,7 @@ class OccWriter:
         except OSError:
             pass  # e.g. the folder became read-only; the next writer of this target clears it
 
-    def __enter__(self) -> "OccWriter":
+    def __enter__(self) -> OccWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -918,7 +919,7 @@ class _FrameDamage(Exception):
     """What is wrong with one frame's stored data; ``OccDataset.read`` adds the file and frame."""
 
 
-def _row(shard: "_Shard", name: str, i: int) -> np.ndarray:
+def _row(shard: _Shard, name: str, i: int) -> np.ndarray:
     """Row ``i`` of a per-frame dataset; a missing dataset or an undecodable chunk is frame damage."""
     try:
         return shard.ds(name)[i]
@@ -930,7 +931,7 @@ def _row(shard: "_Shard", name: str, i: int) -> np.ndarray:
         raise _FrameDamage(f"{name} has no row {i}") from None
 
 
-def _ragged(shard: "_Shard", name: str, range_name: str, start_count: np.ndarray, expected: int | None = None,
+def _ragged(shard: _Shard, name: str, range_name: str, start_count: np.ndarray, expected: int | None = None,
             what: str = "") -> np.ndarray:
     """The rows ``[start, start + count)`` of a ragged dataset, checked against its length and,
     when ``expected`` is given, against the number of rows the frame needs."""
@@ -950,7 +951,7 @@ def _ragged(shard: "_Shard", name: str, range_name: str, start_count: np.ndarray
                            f"(corrupt or truncated data: {_h5_reason(err)})") from None
 
 
-def _frame_label(shard: "_Shard", i: int) -> str:
+def _frame_label(shard: _Shard, i: int) -> str:
     """" (scene S, token T)" of a frame, as far as those can still be read."""
     try:
         scene = shard.scene_names[int(shard.scene_index[i])]
@@ -1111,7 +1112,7 @@ class OccDataset:
         except _FrameDamage as damage:
             raise OccFormatError(f"{shard.path}: frame {i}{_frame_label(shard, i)}: {damage}") from None
 
-    def _decode(self, shard: "_Shard", i: int, fields: Sequence[str], images: bool | str) -> OccFrame:
+    def _decode(self, shard: _Shard, i: int, fields: Sequence[str], images: bool | str) -> OccFrame:
         """Frame ``i`` of ``shard``: its fixed fields, then the optional ones asked for and stored
         (grids relative to their references: see _encode_xor)."""
         flags = int(shard.flags[i])
@@ -1139,7 +1140,7 @@ class OccDataset:
             frame.ego_from_lidar = ego_from_lidar if np.isfinite(ego_from_lidar).all() else None
         return frame
 
-    def _decode_fixed(self, shard: "_Shard", i: int, occupancy: np.ndarray, fields: Sequence[str],
+    def _decode_fixed(self, shard: _Shard, i: int, occupancy: np.ndarray, fields: Sequence[str],
                       images: bool | str) -> OccFrame:
         """The fields every frame has (and its cameras, when asked for)."""
         row = functools.partial(_row, shard)

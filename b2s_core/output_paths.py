@@ -29,14 +29,14 @@ import fnmatch
 import os
 import socket
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 from b2s_core.errors import B2SError
 
-PathLike = Union[str, os.PathLike]
-InputPaths = Mapping[str, Union[PathLike, Sequence[PathLike], None]]  # option name -> path(s) or None
+PathLike = str | os.PathLike
+InputPaths = Mapping[str, PathLike | Sequence[PathLike] | None]  # option name -> path(s) or None
 
 # A lock without a readable pid may be one being written this instant; older than this, it is debris.
 _UNREADABLE_LOCK_GRACE_S = 10.0

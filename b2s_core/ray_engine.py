@@ -18,7 +18,8 @@ This module imports neither torch nor ``ray`` at import time: the CLI reads :dat
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from b2s_core.errors import B2SError
 

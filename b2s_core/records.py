@@ -16,8 +16,8 @@ it), sensor frames (LiDAR; cameras in OpenCV convention: x right, y down, z forw
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -8,7 +8,7 @@ One rule for every engine that divides work: ``--shard i/N`` of convert / build-
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def balanced_shares(sizes: Sequence[int], parts: int) -> list[list[int]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def bench_pipeline(reader, grid_name: str, console: Console, quality: bool, mani
     frames = 0
     scores = []
     for scene in reader.scene_names():
-        built = list(build_scene(lambda: reader.read_scene(scene), config, times))
+        built = list(build_scene(partial(reader.read_scene, scene), config, times))
         frames += len(built)
         if quality and manifest is not None:
             from b2s_core.binary.truth_scores import score_frame

@@ -100,7 +100,8 @@ def main() -> None:
             for frame in reader.read_scene(scene):
                 frame.lidar.load()
         read_s, read_cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-        print(f"{'reader only (open, tables, labels, LiDAR)':45s} {total / read_s:7.1f} frames/s  {1000 * read_cpu / total:6.1f} CPU-ms/frame")
+        print(f"{'reader only (open, tables, labels, LiDAR)':45s} {total / read_s:7.1f} frames/s  "
+              f"{1000 * read_cpu / total:6.1f} CPU-ms/frame")
 
         for embed in (False, True):
             for workers in (1, 2):

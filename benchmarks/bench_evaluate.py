@@ -59,7 +59,7 @@ def make_frames(count: int, seed: int = 0):
         camera0, lidar0 = rng.random(gt0.shape) < 0.3, rng.random(gt0.shape) < 0.4
         source = "random scenes (Occ3D sample absent)"
     frames = []
-    for i in range(count):
+    for _ in range(count):
         shift = int(rng.integers(-20, 20))
         gt = np.roll(gt0, shift, axis=0)
         noise = rng.random(gt.shape) < 0.05
@@ -90,7 +90,8 @@ def straightforward(frames_iter, taxonomy=OCC3D):
 def same(a, b) -> bool:
     iou_a, miou_a, geo_a = a
     iou_b, miou_b, geo_b = b
-    return bool(np.array_equal(np.asarray(iou_a), np.asarray(iou_b), equal_nan=True) and math.isclose(miou_a, miou_b, rel_tol=1e-12) and geo_a == geo_b)
+    return bool(np.array_equal(np.asarray(iou_a), np.asarray(iou_b), equal_nan=True)
+                and math.isclose(miou_a, miou_b, rel_tol=1e-12) and geo_a == geo_b)
 
 
 def fast(frames, batch: int = 8):

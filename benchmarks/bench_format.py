@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -127,9 +128,10 @@ def main() -> None:
                 if semantic:
                     np.testing.assert_array_equal(got.semantics, frames[-1]["semantics"])
                     np.testing.assert_array_equal(got.mask_camera, frames[-1]["mask_camera"].astype(bool))
-                fps = time_reads(lambda i: dataset.read(i, fields=fields), len(frames), args.reads)
+                fps = time_reads(partial(dataset.read, fields=fields), len(frames), args.reads)
                 label = f"b2s HDF5 {compression}, " + ("(b) semantics + mask_lidar + mask_camera" if semantic else "(a) binary only")
-                rows.append((label, path.stat().st_size / len(frames), fps, f"file size / {len(frames)} frames; write {write_ms:.1f} ms/frame"))
+                note = f"file size / {len(frames)} frames; write {write_ms:.1f} ms/frame"
+                rows.append((label, path.stat().st_size / len(frames), fps, note))
                 dataset.close()
     table = Table(title=f"Unified format on the real Occ3D frame ({args.frames} distinct variants, 1 core)")
     for col in ("layout", "bytes / frame", "decode frames/s", "note"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +83,11 @@ def main() -> None:
         rows = []
         for what, run, fields in (("build-binary", build, ("occupancy", "mask_lidar", "mask_camera")),
                                   ("convert", conv, ("occupancy", "points"))):
-            local = _timed(lambda: run(f"{what}-local.h5", "local"))
-            cold = _timed(lambda: run(f"{what}-ray-cold.h5", "ray"))  # starts and stops its own Ray instance
+            local = _timed(partial(run, f"{what}-local.h5", "local"))
+            cold = _timed(partial(run, f"{what}-ray-cold.h5", "ray"))  # starts and stops its own Ray instance
             ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False)
             try:
-                warm = _timed(lambda: run(f"{what}-ray.h5", "ray"))
+                warm = _timed(partial(run, f"{what}-ray.h5", "ray"))
             finally:
                 ray.shutdown()
             _check_equal(root / f"{what}-local.h5", root / f"{what}-ray.h5", fields)

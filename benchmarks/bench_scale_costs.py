@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ class MergeClock:
         self.cpu, self.wall = [], []
         self._finalize = ResumableWriter.finalize
 
-    def __enter__(self) -> "MergeClock":
+    def __enter__(self) -> MergeClock:
         clock, finalize = self, self._finalize
 
         def timed(writer, *args, **kwargs):
@@ -134,7 +135,9 @@ def per_scene_costs(dataroot: Path, version: str, repeats: int) -> dict:
     config = BinaryBuildConfig(grid=get_grid("occ3d"))
     costs = {}
     for scene in reader.scene_names():
-        spent, _, frames = timed_min(lambda: len(list(build_scene(lambda: reader.read_scene(scene), config, StageTimes()))), repeats)
+        read_scene = partial(reader.read_scene, scene)
+        spent, _, frames = timed_min(lambda read_scene=read_scene: len(list(build_scene(read_scene, config, StageTimes()))),
+                                     repeats)
         costs[scene] = spent / frames
     return costs
 

@@ -104,9 +104,9 @@ def bench_data(path: Path, image_hw: tuple[int, int], repeats: int) -> dict:
 
 def bench_train(path: Path, variant: str, preset: str, batch: int, steps: int) -> dict:
     from b2s_core.models import build_model, model_config
+    from b2s_core.train.config import TrainConfig
     from b2s_core.train.objectives import binary_loss, semantic_loss
     from b2s_core.train.strategies import plan_for, select_trainable
-    from b2s_core.train.config import TrainConfig
 
     torch.manual_seed(0)
     cfg = model_config(variant, preset, grid="occ3d")

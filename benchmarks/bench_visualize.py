@@ -62,7 +62,8 @@ def main() -> None:
 
     fast, image = timed(lambda: bev_image(layer, scale=1, draw_ego=False))
     slow, reference = timed(lambda: bev_image_reference(layer), repeat=1)
-    print(f"BEV 200x200x16        numpy {fast * 1e3:8.1f} ms   column loop {slow * 1e3:8.1f} ms   x{slow / fast:6.0f}   equal={np.array_equal(image, reference)}")
+    print(f"BEV 200x200x16        numpy {fast * 1e3:8.1f} ms   column loop {slow * 1e3:8.1f} ms   x{slow / fast:6.0f}   "
+          f"equal={np.array_equal(image, reference)}")
 
     fast, mesh = timed(lambda: voxel_mesh(layer, ego_box=False))
     slow, boxes = timed(lambda: boxes_per_voxel_mesh(layer), repeat=1)
@@ -86,7 +87,8 @@ def main() -> None:
     slow, (canvas, covered) = timed(lambda: splat_voxels_reference(lidar_layer, K, front.ego_from_cam, 400, 225), repeat=1)
     same = np.zeros_like(covered)
     same[splats.rows, splats.cols] = True
-    print(f"camera overlay 400px  z-buffer {fast * 1e3:5.1f} ms   painter loop {slow * 1e3:7.1f} ms   x{slow / fast:6.0f}   same pixels={np.array_equal(same, covered)}")
+    print(f"camera overlay 400px  z-buffer {fast * 1e3:5.1f} ms   painter loop {slow * 1e3:7.1f} ms   x{slow / fast:6.0f}   "
+          f"same pixels={np.array_equal(same, covered)}")
 
     fast, text = timed(lambda: pack_layer(layer))
     print(f"HTML voxel packing    {fast * 1e3:.1f} ms, {len(text) / 1024:.0f} KiB base64 for the Occ3D sample")

@@ -123,7 +123,8 @@ def main() -> int:
     for name, counts in occ3d["layers"].items():
         print(f"     {name:<18} {layers_text(counts)}")
     floors = occ3d["floors_near"]
-    print(f"   columns within {NEAR:g} m: {floors.sum():,} occupied, {floors[0]:,} start in layer 0; floors by layer: {layers_text(floors)}")
+    print(f"   columns within {NEAR:g} m: {floors.sum():,} occupied, {floors[0]:,} start in layer 0; "
+          f"floors by layer: {layers_text(floors)}")
     print(f"   all columns: floors by layer: {layers_text(occ3d['floors_all'])}\n")
 
     builds = {offset: keyframe_facts(keyframe, grid, offset) for offset in (0.0, LABEL_CONVENTIONS["occ3d"].z_offset)}

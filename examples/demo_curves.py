@@ -32,12 +32,21 @@ if str(REPO) not in sys.path:
 # The demo's data, made exactly as examples/run_demo.sh makes it (same seeds and options), and the
 # tuning validation scenes: another seed, so that no setting is ever chosen on the demo's held-out scene.
 WORLD_COMMANDS = [
-    ("logs/synth_manifest.json", "b2s synth --scenes 4 --frames 6 --format nuplan --image-size 352x198 --seed 1 --no-preview --out {w}/logs"),
-    ("labelled/synth_manifest.json", "b2s synth --scenes 3 --frames 6 --format nuscenes,occ3d --image-size 352x198 --seed 2 --no-preview --out {w}/labelled"),
+    ("logs/synth_manifest.json",
+     "b2s synth --scenes 4 --frames 6 --format nuplan --image-size 352x198 --seed 1 --no-preview --out {w}/logs"),
+    ("labelled/synth_manifest.json",
+     "b2s synth --scenes 3 --frames 6 --format nuscenes,occ3d --image-size 352x198 --seed 2 --no-preview "
+     "--out {w}/labelled"),
     ("binary.h5", "b2s build-binary --source nuplan --dataroot {w}/logs/nuplan --grid occ3d --points --out {w}/binary.h5"),
-    ("semantic-train.h5", "b2s convert --source nuscenes --dataroot {w}/labelled/nuscenes --version v1.0-mini --labels occ3d:{w}/labelled/occ3d/gts --scenes scene-0001,scene-0002 --out {w}/semantic-train.h5"),
-    ("tune/synth_manifest.json", "b2s synth --scenes 2 --frames 6 --format nuscenes,occ3d --image-size 352x198 --seed 7 --no-preview --out {w}/tune"),
-    ("tune-val.h5", "b2s convert --source nuscenes --dataroot {w}/tune/nuscenes --version v1.0-mini --labels occ3d:{w}/tune/occ3d/gts --out {w}/tune-val.h5"),
+    ("semantic-train.h5",
+     "b2s convert --source nuscenes --dataroot {w}/labelled/nuscenes --version v1.0-mini "
+     "--labels occ3d:{w}/labelled/occ3d/gts --scenes scene-0001,scene-0002 --out {w}/semantic-train.h5"),
+    ("tune/synth_manifest.json",
+     "b2s synth --scenes 2 --frames 6 --format nuscenes,occ3d --image-size 352x198 --seed 7 --no-preview "
+     "--out {w}/tune"),
+    ("tune-val.h5",
+     "b2s convert --source nuscenes --dataroot {w}/tune/nuscenes --version v1.0-mini --labels occ3d:{w}/tune/occ3d/gts "
+     "--out {w}/tune-val.h5"),
 ]
 ONE_SCENE = "binary-one-scene.h5"  # the first binary scene alone: the over-fitting runs
 
@@ -129,10 +138,10 @@ def geometry_recall(checkpoint: Path, data: Path, every: int = 3) -> dict:
     recall near the ground (<= 1 m above z = 0) and above it, and precision above it."""
     import torch
 
-    from b2s_core.models.occupied_set import pool_binary_target
-    from b2s_core.occfile import OccDataset
     from b2s_core.apps.predict import iterate_batches, open_inputs, predict_logits
     from b2s_core.models.checkpoint import load_checkpoint
+    from b2s_core.models.occupied_set import pool_binary_target
+    from b2s_core.occfile import OccDataset
 
     loaded = load_checkpoint(checkpoint)
     model, config = loaded.model.eval(), loaded.model_config
@@ -193,7 +202,7 @@ def report(work: Path, docs: Path) -> None:
         seconds = json.loads(done.read_text())["seconds"] if done.is_file() else None
         per_step = f"{seconds / records[-1]['step']:.2f}" if seconds else "-"
         for r in records:
-            cell = lambda key: "-" if r.get(key) is None else f"{r[key]:.1f}"  # noqa: E731
+            cell = lambda key, r=r: "-" if r.get(key) is None else f"{r[key]:.1f}"  # noqa: E731
             lines.append(f"| {run.name} | {run.what if r is records[0] else ''} | {r['step']} | {cell('miou')} | "
                          f"{cell('geometry_iou')} | {cell('binary_iou')} | {cell('iou/car')} | {cell('iou/manmade')} | "
                          f"{cell('iou/vegetation')} | {per_step if r is records[-1] else ''} |")

@@ -27,12 +27,13 @@ for path in (str(REPO), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from b2s_core.errors import B2SError  # noqa: E402
 from reproduce.cells import make_cells  # noqa: E402
 from reproduce.report import write_report  # noqa: E402
 from reproduce.runner import check_settings, run_cells  # noqa: E402
 from reproduce.scales import SCALES  # noqa: E402
 from reproduce.world import build_world  # noqa: E402
+
+from b2s_core.errors import B2SError  # noqa: E402
 
 
 def log(message: str) -> None:

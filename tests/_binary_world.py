@@ -48,7 +48,7 @@ def ego_pose(t_s: float) -> np.ndarray:
 
 def all_boxes(t_s: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(global_from_box (4, 4), size (3,))] of every solid at time t."""
-    boxes = [(yaw_pose(x, y, z, yaw), np.array([l, w, h])) for x, y, z, l, w, h, yaw in STATIC_BOXES]
+    boxes = [(yaw_pose(x, y, z, yaw), np.array([length, w, h])) for x, y, z, length, w, h, yaw in STATIC_BOXES]
     boxes.append((car_pose(t_s), np.array(CAR_SIZE)))
     return boxes
 

@@ -168,7 +168,8 @@ def write_tiny_nuplan(root: Path, *, scenes: int = 2, sweeps_per_scene: int = 12
     blobs = root / "sensor_blobs"
     con = sqlite3.connect(db_path)
     con.executescript("""
-        CREATE TABLE log (token BLOB PRIMARY KEY, vehicle_name TEXT, date TEXT, timestamp INTEGER, logfile TEXT, location TEXT, map_version TEXT);
+        CREATE TABLE log (token BLOB PRIMARY KEY, vehicle_name TEXT, date TEXT, timestamp INTEGER, logfile TEXT,
+                          location TEXT, map_version TEXT);
         CREATE TABLE ego_pose (token BLOB PRIMARY KEY, timestamp INTEGER, x REAL, y REAL, z REAL, qw REAL, qx REAL, qy REAL, qz REAL,
                                vx REAL, vy REAL, vz REAL, acceleration_x REAL, acceleration_y REAL, acceleration_z REAL,
                                angular_rate_x REAL, angular_rate_y REAL, angular_rate_z REAL, epsg INTEGER, log_token BLOB);

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _eval_data import SMALL, StandInConfig, StandInModel, make_frames, write_file
+
 from b2s_core.apps.autolabel import AutolabelConfig, AutolabelError, autolabel_to_file, model_taxonomy, pseudo_labels
-from b2s_core.occfile import OccDataset
 from b2s_core.apps.predict import ALL_FLIPS, iterate_batches, open_inputs, predict_logits
 from b2s_core.models.occupied_set import given_occupancy
+from b2s_core.occfile import OccDataset
 from b2s_core.taxonomy import OCC3D
 
 OFFBOARD = StandInConfig(offboard=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import _binary_world as world
 import numpy as np
 import pytest
 
-import _binary_world as world
 from b2s_core.binary.aggregate import (
     EGO_BODY_NUSCENES,
     PointSet,

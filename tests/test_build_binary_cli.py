@@ -7,13 +7,13 @@ import re
 
 import numpy as np
 import typer
+from _convert_data import wrap_nuscenes_keyframe
 from typer.testing import CliRunner
 
-from _convert_data import wrap_nuscenes_keyframe
 from b2s_cli.commands import build_binary as build_command
 from b2s_core.occfile import OccDataset, ResumableWriter
-from converters.jobs.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary
 from converters.errors import ConverterError
+from converters.jobs.build_binary import BuildBinaryJob, BuildBinarySummary, build_binary
 from converters.jobs.progress import SceneProgress
 
 

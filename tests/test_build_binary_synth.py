@@ -9,6 +9,8 @@ centres with the true surface per pixel and agreed on ~86 %)"""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -27,7 +29,7 @@ def synth_scores(synth_root):
     grid = get_grid("occ3d")
     rows = []
     for scene in reader.scene_names():
-        built = list(build_scene(lambda: reader.read_scene(scene), BinaryBuildConfig(grid=grid)))
+        built = list(build_scene(partial(reader.read_scene, scene), BinaryBuildConfig(grid=grid)))
         truths = [manifest.ground_truth(scene, k) for k in range(len(built))]
         if "occ3d" not in truths[0].semantics:
             pytest.skip("the synthetic world wrote no occ3d ground truth")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _eval_data import make_frames, write_file
 from rich.console import Console
 from typer.testing import CliRunner
 
-from _eval_data import make_frames, write_file
 from b2s_cli.app import app
 from b2s_cli.commands import convert as convert_cli
 from b2s_cli.options import OptionValueError, resolve_device

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _eval_data import make_frames, write_file
 from rich.console import Console
 from rich.progress import Progress
+from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
 from typer.testing import CliRunner
 
-from _eval_data import make_frames, write_file
 from b2s_cli.app import app
-from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
 
 WIDE = {"COLUMNS": "400"}  # tables and progress lines unwrapped: a path stays on one line
 
@@ -143,7 +143,8 @@ REFUSED = [
     ("pretrain-yaml-finetune-key", _pretrain("--config", "{d}/semantic.yaml"),
      "semantic.yaml: semantic_data is a fine-tuning setting"),
     ("finetune-set-data", _finetune("--set", "data=[x.h5]"), "--set data: is pre-training data"),
-    ("pretrain-yaml-typo", _pretrain("--config", "{d}/typo.yaml"), "typo.yaml: unknown setting 'warmup_step' (did you mean 'warmup_steps'?)"),
+    ("pretrain-yaml-typo", _pretrain("--config", "{d}/typo.yaml"),
+     "typo.yaml: unknown setting 'warmup_step' (did you mean 'warmup_steps'?)"),
     ("finetune-set-typo", _finetune("--set", "lrr=1e-3"), "--set: unknown setting 'lrr' (did you mean 'lr'?)"),
     ("evaluate-no-rayiou-ray-step", _evaluate("--no-rayiou", "--ray-step", "4"), "--ray-step sets the RayIoU rays"),
     ("evaluate-workers-without-checkpoint", _evaluate("--workers", "2"), "--workers apply only with --checkpoint"),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _convert_data import wrap_nuscenes_keyframe, write_tiny_nuplan, write_tiny_openscene
+
 from b2s_core.data.toy import write_toy_dataset
 from b2s_core.models.checkpoint import read_checkpoint
 from b2s_core.train.config import ConfigError, TrainConfig
@@ -21,9 +21,9 @@ from b2s_core.train.launch import launch
 from b2s_core.train.logging import read_metrics
 from b2s_core.train.slurm import slurm_ranks
 from converters import open_reader
-from converters.readers.base import SceneReader
 from converters.errors import ConverterError
 from converters.jobs.scene_run import balanced_shards, parse_shard, select_scenes
+from converters.readers.base import SceneReader
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,12 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _convert_data import (
+    CAMERAS_TINY,
+    EGO_FROM_LIDAR_TINY,
+    wrap_nuscenes_keyframe,
+    write_tiny_nuplan,
+    write_tiny_openscene,
+)
 
-from _convert_data import CAMERAS_TINY, EGO_FROM_LIDAR_TINY, wrap_nuscenes_keyframe, write_tiny_nuplan, write_tiny_openscene
 from b2s_core.occfile import OccDataset
 from converters import open_reader
-from converters.jobs.convert import ConvertConfig, convert
 from converters.errors import ConverterError
+from converters.jobs.convert import ConvertConfig, convert
 from converters.jobs.progress import SceneProgress
 from converters.jobs.scene_run import _start_method
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
+from _convert_data import write_tiny_nuplan
 from typer.testing import CliRunner
 
-from _convert_data import write_tiny_nuplan
 from b2s_cli.commands import convert as convert_command
 from b2s_core.occfile import OccDataset
 from converters.jobs.convert import ConvertSummary

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.readers import safe_pickle
 from converters.errors import ConverterError
+from converters.readers import safe_pickle
 from converters.readers.labels import LabelSpec, read_occ3d, read_openoccupancy, read_openscene
 from converters.readers.pcd import read_pcd, read_pcd_bytes, write_pcd
 

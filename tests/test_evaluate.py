@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from _eval_data import SMALL, make_frames, prediction_of, write_file
+from test_metrics import straightforward_scores
 from typer.testing import CliRunner
 
-from _eval_data import SMALL, make_frames, prediction_of, write_file
 from b2s_core.apps.evaluate import EvaluateConfig, EvaluateError, evaluate_files, render_table, write_json
 from b2s_core.grids import get_grid
 from b2s_core.metrics import OccupancyEvaluator, get_protocol, lidar_ray_directions, ray_origins
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import IGNORE_INDEX, OCC3D, OPENOCCUPANCY, OPENSCENE
-from test_metrics import straightforward_scores
 
 NO_RAYS = EvaluateConfig(rayiou=False, batch_size=2)
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from _eval_data import StandInConfig, StandInModel, make_frames, write_file
 from typer.testing import CliRunner
 
-from _eval_data import StandInConfig, StandInModel, make_frames, write_file
 from b2s_core.apps.evaluate import EvaluateConfig, evaluate_files
+from b2s_core.apps.predict import PredictError, open_inputs, predict_to_file
 from b2s_core.grids import VoxelGrid
 from b2s_core.occfile import OccDataset
-from b2s_core.apps.predict import PredictError, open_inputs, predict_to_file
 
 GRID16 = VoxelGrid((-3.2, -3.2, -1.0), (3.2, 3.2, 2.2), (0.4, 0.4, 0.4), "grid16")  # 16 x 16 x 8
 GRID16_SPEC = "-3.2,-3.2,-1,3.2,3.2,2.2:0.4"

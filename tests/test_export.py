@@ -24,10 +24,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from _convert_data import wrap_nuscenes_keyframe
 from _eval_data import SMALL, make_frames, prediction_of, write_file
+from typer.testing import CliRunner
+
 from b2s_cli.app import app
 from b2s_core.apps.evaluate import EvaluateConfig, EvaluateError, evaluate_files
 from b2s_core.apps.export import FORMATS, ExportError, export, openoccupancy_rows
@@ -352,7 +352,8 @@ def _nuscenes_lidar_top() -> np.ndarray:
     from pyquaternion import Quaternion  # what nuscenes-devkit builds calibrated_sensor rotations with
 
     ego_from_lidar = np.eye(4)
-    ego_from_lidar[:3, :3] = Quaternion([0.7077955119163518, -0.006492242056004365, 0.010646214713995808, -0.7063073142877817]).rotation_matrix
+    rotation = Quaternion([0.7077955119163518, -0.006492242056004365, 0.010646214713995808, -0.7063073142877817])
+    ego_from_lidar[:3, :3] = rotation.rotation_matrix
     ego_from_lidar[:3, 3] = [0.943713, 0.0, 1.84023]
     return ego_from_lidar
 

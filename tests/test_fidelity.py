@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from b2s_core.data.toy import TOY_GRID, toy_cameras, toy_frames, write_toy_dataset
-from b2s_core.occfile import OccWriter
-from b2s_core.taxonomy import OCC3D
 from b2s_core.models import build_model, model_config
 from b2s_core.models.occupancy_model import OccupancyModel
 from b2s_core.models.occupied_set import given_occupancy, upsample_occupancy
-from b2s_core.occfile import OccDataset
+from b2s_core.occfile import OccDataset, OccWriter
+from b2s_core.taxonomy import OCC3D
 from b2s_core.train import loop as train_loop
 from b2s_core.train.config import ConfigError, TrainConfig
 from b2s_core.train.logging import read_metrics

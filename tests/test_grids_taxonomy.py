@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from b2s_core.grids import GRID_PRESETS, GridError, VoxelGrid, get_grid, resample_binary, resample_labels
-from b2s_core.taxonomy import BINARY, IGNORE_INDEX, OCC3D, OPENOCCUPANCY, OPENSCENE, TaxonomyError, get_taxonomy, map_labels
+from b2s_core.taxonomy import (
+    BINARY,
+    IGNORE_INDEX,
+    OCC3D,
+    OPENOCCUPANCY,
+    OPENSCENE,
+    TaxonomyError,
+    get_taxonomy,
+    map_labels,
+)
 
 
 def test_presets_have_the_documented_shapes():

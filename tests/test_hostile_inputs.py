@@ -18,25 +18,25 @@ import pickle
 import re
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 import pytest
+from _convert_data import write_tiny_nuplan, write_tiny_openscene
 from PIL import Image
+from test_occfile import make_frame, write
 from typer.testing import CliRunner
 
-from _convert_data import write_tiny_nuplan, write_tiny_openscene
 from b2s_cli.app import app
 from b2s_core.occfile import OccDataset, OccFormatError, check_frames
 from b2s_core.synth import SynthError, write_dataset
 from converters import open_reader
+from converters.errors import ConverterError
 from converters.jobs.build_binary import BuildBinaryJob, build_binary
 from converters.jobs.convert import ConvertConfig, convert
-from converters.errors import ConverterError
 from converters.readers.pcd import write_pcd
-from test_occfile import make_frame, write
 
 SMALL_GRID = "-16,-16,-1,16,16,5.4:0.4"  # build-binary plumbing only
 
@@ -188,8 +188,10 @@ NUPLAN_CASES = {
     "random bytes as a JPEG": (lambda t, s: (t["sensor_root"] / _first_key(t)["images"]["CAM_F0"]).write_bytes(b"\xff\xd8junk" * 99),
                                "CAM_F0 image is not a readable JPEG or PNG image"),
     "POINTS -5": (lambda t, s: _replace(_key_pcd(t), b"POINTS 50", b"POINTS -5"), "PCD POINTS must be integers >= 0"),
-    "COUNT not a number": (lambda t, s: _replace(_key_pcd(t), b"COUNT 1 1 1 1 1 1", b"COUNT 1 1 1 1 x 1"), "PCD COUNT line is not integers"),
-    "PCD without points": (lambda t, s: write_pcd(_key_pcd(t), np.zeros((0, 6), np.float32), ("x", "y", "z", "intensity", "ring", "lidar_info")),
+    "COUNT not a number": (lambda t, s: _replace(_key_pcd(t), b"COUNT 1 1 1 1 1 1", b"COUNT 1 1 1 1 x 1"),
+                           "PCD COUNT line is not integers"),
+    "PCD without points": (lambda t, s: write_pcd(_key_pcd(t), np.zeros((0, 6), np.float32),
+                                                  ("x", "y", "z", "intensity", "ring", "lidar_info")),
                            "LiDAR file holds no points"),
 }
 
@@ -329,7 +331,8 @@ READ_DAMAGE = {
     "corrupt compressed occupancy chunk": (lambda p: _corrupt_chunk(p, "frames/occupancy", 1), "frames/occupancy cannot be decoded"),
     "labels_range count off by one": (lambda p: _edit(p, _shift_labels_range), "frames/labels_range count"),
     "labels_range outside the labels": (lambda p: _edit(p, _labels_range_outside), "lies outside ragged/labels"),
-    "source_tokens not JSON": (lambda p: _edit(p, _set_row("frames/source_tokens", 1, "{not json")), "frames/source_tokens is not valid JSON"),
+    "source_tokens not JSON": (lambda p: _edit(p, _set_row("frames/source_tokens", 1, "{not json")),
+                               "frames/source_tokens is not valid JSON"),
     "scene_index names no scene": (lambda p: _edit(p, _set_row("frames/scene_index", 1, 7)), "frames/scene_index 7 names no scene"),
 }
 

@@ -8,14 +8,14 @@ import json
 
 import numpy as np
 import pytest
+from _eval_data import make_frames, write_file
+from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
 from typer.testing import CliRunner
 
-from _eval_data import make_frames, write_file
 from b2s_core.apps import worker
 from b2s_core.apps.launch import JOB_KINDS, WORKER_MODULE, InferenceLaunchError, launch, torchrun_command
-from b2s_core.shards import balanced_shares
 from b2s_core.occfile import FIELDS, OccDataset
-from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
+from b2s_core.shards import balanced_shares
 
 
 def test_balanced_shares():

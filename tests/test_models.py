@@ -17,18 +17,23 @@ from b2s_core.grids import VoxelGrid
 from b2s_core.models import ModelConfig, ModelConfigError, build_model, model_config
 from b2s_core.models.camera_rig import surround_rig
 from b2s_core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from b2s_core.models.deformable import (DeformableAttention3D, deform_attn_3d, deform_attn_3d_gather,
-                                        deform_attn_3d_reference, ms_deform_attn, ms_deform_attn_gather,
-                                        ms_deform_attn_reference)
+from b2s_core.models.deformable import (
+    DeformableAttention3D,
+    deform_attn_3d,
+    deform_attn_3d_gather,
+    deform_attn_3d_reference,
+    ms_deform_attn,
+    ms_deform_attn_gather,
+    ms_deform_attn_reference,
+)
+from b2s_core.models.dense_transformer import DenseTransformer, TransformerLayer
 from b2s_core.models.fpn import FPN, ImageEncoder
-from b2s_core.models.heads import BinaryDecoder, SemanticHead, Upsample3D
+from b2s_core.models.heads import BinaryDecoder, SemanticHead, Upsample3D, VolumeBlock
 from b2s_core.models.lift_splat import DepthNet, LiftSplat, splat, splat_reference
 from b2s_core.models.losses import binary_occupancy_loss, depth_loss, focal_loss, soft_focal_loss
 from b2s_core.models.resnet import BackboneWeightsError, ResNet, load_backbone_weights
-from b2s_core.models.spatial_cross_attention import CameraViews, SpatialCrossAttention, project_to_images
 from b2s_core.models.sparse_transformer import SparseOutput, SparseTransformer, select_queries
-from b2s_core.models.dense_transformer import DenseTransformer, TransformerLayer
-from b2s_core.models.heads import VolumeBlock
+from b2s_core.models.spatial_cross_attention import CameraViews, SpatialCrossAttention, project_to_images
 from b2s_core.models.volume import LearnedQueries
 
 torch.set_num_threads(1)
@@ -191,7 +196,8 @@ def test_backbone_weights_naming_other_globals_are_refused_in_one_line(tmp_path,
     monkeypatch.setenv("B2S_TEST_MARKER", str(marker))
     path = tmp_path / "evil.pth"
     torch.save({"conv1.weight": _RunsCodeWhenUnpickled()}, path)
-    with pytest.raises(BackboneWeightsError, match=r"evil\.pth: not a readable torch checkpoint \(refused: it names the Python global 'getattr'") as err:
+    refusal = r"evil\.pth: not a readable torch checkpoint \(refused: it names the Python global 'getattr'"
+    with pytest.raises(BackboneWeightsError, match=refusal) as err:
         load_backbone_weights(ResNet(18), path)
     assert "\n" not in str(err.value) and not marker.exists()
 

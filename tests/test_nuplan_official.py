@@ -22,9 +22,9 @@ from PIL import Image
 
 from b2s_core.occfile import OccDataset
 from converters import open_reader
+from converters.errors import ConverterError
 from converters.jobs.build_binary import BuildBinaryJob, build_binary
 from converters.jobs.convert import ConvertConfig, convert
-from converters.errors import ConverterError
 from converters.readers.pcd import write_pcd
 
 DATA_TYPES = "nuplan.database.common.data_types"

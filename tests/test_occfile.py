@@ -60,7 +60,8 @@ def write(path: Path, scenes: dict[str, list[OccFrame]], grid: VoxelGrid = SMALL
 def assert_same(a: OccFrame, b: OccFrame, images: bool = True) -> None:
     assert (a.scene, a.token, a.timestamp, a.source_tokens) == (b.scene, b.token, b.timestamp, b.source_tokens)
     np.testing.assert_array_equal(a.global_from_ego, b.global_from_ego)
-    for name in ("occupancy", "semantics", "mask_lidar", "mask_camera", "binary_pred", "top2_labels", "top2_logits", "points", "lidar_origin"):
+    for name in ("occupancy", "semantics", "mask_lidar", "mask_camera", "binary_pred", "top2_labels", "top2_logits",
+                 "points", "lidar_origin"):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:

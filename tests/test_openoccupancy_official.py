@@ -162,7 +162,8 @@ def test_synthetic_files_are_in_the_lidar_frame(synth_converted):
     manifest, _ = synth_converted
     scene = manifest.data["scenes"][0]
     key = scene["key_frames"][0]
-    rows = np.load(manifest.path("openoccupancy") / f"scene_{scene['nuscenes_scene_token']}" / "occupancy" / f"{key['nuscenes_lidar_token']}.npy")
+    scene_folder = manifest.path("openoccupancy") / f"scene_{scene['nuscenes_scene_token']}"
+    rows = np.load(scene_folder / "occupancy" / f"{key['nuscenes_lidar_token']}.npy")
     truth = manifest.ground_truth(scene["name"], 0)
     # The flat ground (ego z -0.15 .. 0) is 1.84 m below the sensor: LiDAR layer 15 (z -2.0 .. -1.8);
     # an ego-frame file on [-5, 3] would have it in layer 24. (The labels are LiDAR surfaces: a few road-class

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _eval_data import make_frames, write_file
+from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
 from typer.testing import CliRunner
 
-from _eval_data import make_frames, write_file
 from b2s_cli.app import app
 from b2s_core.output_paths import Output, OutputInUseError, acquire_lock, release_lock
 from b2s_core.train.logging import MetricsLog
-from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from b2s_cli.commands import convert as convert_command
 from b2s_core.grids import GRID_PRESETS, SOURCE_GRIDS, get_grid
 from b2s_core.occfile import OccDataset
 from converters import open_reader
+from converters.errors import ConverterError
 from converters.jobs.build_binary import BuildBinaryJob
 from converters.jobs.convert import ConvertConfig, convert, default_grid
-from converters.errors import ConverterError
 from converters.readers.plugins import installed_readers, reader_class, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]

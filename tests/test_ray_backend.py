@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from _convert_data import write_tiny_nuplan
 from typer.testing import CliRunner
 
-from _convert_data import write_tiny_nuplan
 from b2s_core.occfile import OccDataset
+from converters.errors import ConverterError
 from converters.jobs.build_binary import BuildBinaryJob, build_binary
 from converters.jobs.convert import ConvertConfig, convert
-from converters.errors import ConverterError
-from converters.readers.nuplan import NuPlanReader
 from converters.jobs.progress import SceneProgress
+from converters.readers.nuplan import NuPlanReader
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'b2s[ray]')")
@@ -177,8 +177,9 @@ def test_ray_address_needs_the_ray_backend(tmp_path):
 @needs_ray
 def test_autolabel_ray_equals_local(ray_cluster, tmp_path):
     from _eval_data import make_frames, write_file
-    from b2s_cli.app import app
     from test_evaluate_checkpoint import GRID16, save_tiny_checkpoint
+
+    from b2s_cli.app import app
 
     # Scene "b" is the longer: its task starts first, so the merge must restore the file's order.
     rng = np.random.default_rng(5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from b2s_core.binary.camera_mask import camera_mask, ray_depths, _Scene
+from b2s_core.binary.camera_mask import _Scene, camera_mask, ray_depths
 from b2s_core.binary.lidar_mask import GrazingGuard, dedupe_rays, guard_parameter, lidar_visibility
 from b2s_core.binary.raycast import traverse, traverse_reference
 from b2s_core.grids import VoxelGrid, get_grid

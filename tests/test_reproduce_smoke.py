@@ -6,8 +6,8 @@ Checks the pipeline (world -> E1..E4 -> report), not the numbers: the smoke runs
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path

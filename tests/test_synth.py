@@ -306,7 +306,8 @@ def test_occ3d_and_openoccupancy_files_match_the_truth(manifest):
         # moved to the ego frame finds a solid of its class there, and the rows list surfaces only.
         ground_layers = np.bincount(rows[rows[:, 3] == 11, 0], minlength=40)
         assert ground_layers[15] > 0.85 * ground_layers.sum() and ground_layers[:15].sum() == 0
-        ego = (np.array([-51.2, -51.2, -5.0]) + (rows[:, [2, 1, 0]] + 0.5) * 0.2) @ truth.ego_from_lidar[:3, :3].T + truth.ego_from_lidar[:3, 3]
+        in_lidar = np.array([-51.2, -51.2, -5.0]) + (rows[:, [2, 1, 0]] + 0.5) * 0.2
+        ego = in_lidar @ truth.ego_from_lidar[:3, :3].T + truth.ego_from_lidar[:3, 3]
         grid = GRID_PRESETS["openoccupancy"]
         cell = grid.index_of(ego)
         keep = grid.inside(cell)
@@ -411,7 +412,8 @@ def test_nuplan_db_follows_the_devkit_schema(manifest):
         "SELECT lb.x, lb.y, lb.z, lb.length, lb.width, lb.height, c.name FROM lidar_box lb JOIN track t ON "
         "lb.track_token = t.token JOIN category c ON t.category_token = c.token WHERE lb.lidar_pc_token = ?",
         (key_row[0],)).fetchall()
-    assert len(boxes) > 5 and {b[6] for b in boxes} <= {"vehicle", "bicycle", "pedestrian", "traffic_cone", "barrier", "czone_sign", "generic_object"}
+    categories = {"vehicle", "bicycle", "pedestrian", "traffic_cone", "barrier", "czone_sign", "generic_object"}
+    assert len(boxes) > 5 and {b[6] for b in boxes} <= categories
     images = con.execute("SELECT filename_jpg FROM image").fetchall()
     assert len(images) == 8 * len(manifest.key_frames(scene["name"]))
     assert all((root / "sensor_blobs" / f).is_file() for (f,) in images)
@@ -465,7 +467,8 @@ def test_rendered_colours_identify_the_class(manifest):
     albedo = np.asarray(OCC3D.colors, dtype=np.float64)
     right = wrong = 0
     for c, name in enumerate(truth.camera_names):
-        rgb = np.asarray(Image.open(manifest.path("nuscenes") / "samples" / name / f"{log}__{name}__{frame['timestamp']}.jpg"), dtype=np.float64)
+        jpeg = manifest.path("nuscenes") / "samples" / name / f"{log}__{name}__{frame['timestamp']}.jpg"
+        rgb = np.asarray(Image.open(jpeg), dtype=np.float64)
         labels = truth.camera_labels[c]
         present = [k for k in np.unique(labels) if k < 17 and (labels == k).sum() >= 150]
         for k in present:
@@ -487,7 +490,7 @@ def test_nuplan_box_chains_follow_tracks(manifest):
                        "FROM lidar_box lb JOIN lidar_pc lp ON lb.lidar_pc_token = lp.token").fetchall()
     by_token = {r[0]: r for r in rows}
     chained = 0
-    for token, nxt, prev, track, ts, x, y, vx, vy in rows:
+    for token, nxt, _prev, track, ts, x, y, vx, vy in rows:
         if nxt is None:
             continue
         n = by_token[nxt]

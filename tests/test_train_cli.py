@@ -118,7 +118,8 @@ def test_pretrain_then_finetune_for_real_on_toy_data(tmp_path):
     assert result.exit_code == 0, result.output
     assert "checkpoint" in result.output and (tmp_path / "pre" / "config.yaml").is_file()
     result = runner.invoke(app, ["finetune", "--init", str(tmp_path / "pre" / "checkpoint.pt"), "--semantic-data",
-                                 str(semantic), "--val-data", str(semantic), "--out", str(tmp_path / "ft"), *common[2:]])  # preset from --init
+                                 str(semantic), "--val-data", str(semantic), "--out", str(tmp_path / "ft"),
+                                 *common[2:]])  # preset from --init
     assert result.exit_code == 0, result.output
     assert "val miou" in result.output
     loaded = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")

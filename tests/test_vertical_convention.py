@@ -11,23 +11,31 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import _binary_world as world
 import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-import _binary_world as world
 from b2s_cli.commands import align as align_command
 from b2s_cli.commands import build_binary as build_command
 from b2s_core.binary.aggregate import voxels_in_extents
-from b2s_core.binary.convention import (LABEL_CONVENTIONS, ConventionError, ShiftScore, best_shift, column_floors,
-                                        label_convention, score_shifts, shift_layers)
+from b2s_core.binary.convention import (
+    LABEL_CONVENTIONS,
+    ConventionError,
+    ShiftScore,
+    best_shift,
+    column_floors,
+    label_convention,
+    score_shifts,
+    shift_layers,
+)
 from b2s_core.binary.pipeline import BinaryBuildConfig, BuildBinaryError, build_scene
 from b2s_core.grids import VoxelGrid, get_grid
 from b2s_core.occfile import OccDataset, OccFormatError, OccWriter
 from b2s_core.taxonomy import BINARY
-from converters.jobs.build_binary import BuildBinaryJob, BuildBinarySummary
 from converters.errors import ConverterError
+from converters.jobs.build_binary import BuildBinaryJob, BuildBinarySummary
 from converters.jobs.scene_run import check_resume_options
 
 GROUND_LAYER = 2  # world.GRID (z from -1 m, 0.4 m voxels): the ground plane z = 0 lies in layer 2

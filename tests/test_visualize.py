@@ -9,10 +9,16 @@ from b2s_core.grids import GRID_PRESETS, VoxelGrid
 from b2s_core.taxonomy import BINARY, OCC3D
 from b2s_core.viz.bev import EGO_COLOR, bev_image, bev_image_reference, ego_pixel_box
 from b2s_core.viz.cameras import (
-    camera_mosaic, overlay_occupancy, project_centers, resized_intrinsics, splat_voxels, splat_voxels_reference,
+    camera_mosaic,
+    overlay_occupancy,
+    project_centers,
+    resized_intrinsics,
+    splat_voxels,
+    splat_voxels_reference,
 )
 from b2s_core.viz.render3d import ChaseView, look_at, voxel_mesh, voxel_mesh_reference
-from b2s_core.viz.samples import nuscenes_keyframe as load_nuscenes_keyframe, occ3d_sample_layer
+from b2s_core.viz.samples import nuscenes_keyframe as load_nuscenes_keyframe
+from b2s_core.viz.samples import occ3d_sample_layer
 from b2s_core.viz.voxels import BACKGROUND, SHADE_MIN, VisualizeError, VoxelLayer, surface_mask
 
 SMALL = VoxelGrid((-4.0, -3.0, -1.0), (4.0, 3.0, 1.4), (0.5, 0.5, 0.4), "small")  # 16 x 12 x 6

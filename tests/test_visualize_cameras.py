@@ -17,14 +17,21 @@ from typer.testing import CliRunner
 from b2s_cli.app import app
 from b2s_cli.commands import build_binary as build_binary_cli
 from b2s_cli.commands.info import _size
+from b2s_core.apps.summary import summarize
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
 from b2s_core.occfile import OccWriter
 from b2s_core.records import OccFrame
-from b2s_core.apps.summary import summarize
 from b2s_core.taxonomy import OCC3D, OPENOCCUPANCY, OPENSCENE
 from b2s_core.viz.cameras import (
-    NUSCENES_LAYOUT, OVERLAY_COLORS, RIM_SHADE, camera_mosaic, camera_overlay, decode_image, overlay_color_array,
-    overlay_legends, overlay_occupancy,
+    NUSCENES_LAYOUT,
+    OVERLAY_COLORS,
+    RIM_SHADE,
+    camera_mosaic,
+    camera_overlay,
+    decode_image,
+    overlay_color_array,
+    overlay_legends,
+    overlay_occupancy,
 )
 from b2s_core.viz.compose import LABEL_BOX, TEXT_COLOR, label_box, titled
 from b2s_core.viz.samples import nuscenes_keyframe as load_nuscenes_keyframe

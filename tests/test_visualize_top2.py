@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _eval_data import SMALL as FILE_GRID
+from _eval_data import StandInConfig, StandInModel, make_frames, write_file
 from PIL import Image
 
-from _eval_data import SMALL as FILE_GRID, StandInConfig, StandInModel, make_frames, write_file
 from b2s_core.apps.autolabel import AutolabelConfig, autolabel_to_file
+from b2s_core.apps.predict import open_inputs
 from b2s_core.grids import VoxelGrid
 from b2s_core.occfile import OccDataset
-from b2s_core.apps.predict import open_inputs
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import OCC3D
+from b2s_core.viz.bev import bev_image, ego_pixel_box
 from b2s_core.viz.scene import VisualizeOptions, visualize_scene
 from b2s_core.viz.top2 import MARGIN_FULL, MARGIN_RAMP, margin_bev, margin_colors, top2_layers, top2_picture
-from b2s_core.viz.bev import bev_image, ego_pixel_box
 from b2s_core.viz.voxels import BACKGROUND, SHADE_MIN, VisualizeError
 
 GRID = VoxelGrid((-4.0, -3.0, -1.0), (4.0, 3.0, 1.4), (0.5, 0.5, 0.4), "small")  # 16 x 12 x 6

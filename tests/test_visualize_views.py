@@ -17,18 +17,26 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from b2s_cli.app import app
-
 from b2s_core.grids import GRID_PRESETS, VoxelGrid
 from b2s_core.occfile import OccDataset, OccWriter
 from b2s_core.records import OccFrame
 from b2s_core.taxonomy import BINARY, OCC3D
-from b2s_core.viz.bev import EGO_COLOR as BEV_EGO_COLOR, bev_image, bev_image_reference, ego_pixel_box
+from b2s_core.viz.bev import EGO_COLOR as BEV_EGO_COLOR
+from b2s_core.viz.bev import bev_image, bev_image_reference, ego_pixel_box
 from b2s_core.viz.html import HtmlFrame, page_data, write_html
 from b2s_core.viz.render3d import EGO_BOX_M, EGO_COLOR, RenderUnavailable, VoxelRenderer, voxel_mesh
 from b2s_core.viz.samples import occ3d_sample_layer
 from b2s_core.viz.scene import VisualizeOptions, frame_errors, frame_layers, visualize_scene
 from b2s_core.viz.voxels import (
-    BACKGROUND, CORRECT, ERRORS, FALSE_POSITIVE, MISSED, WRONG_CLASS, VisualizeError, VoxelLayer, error_layer,
+    BACKGROUND,
+    CORRECT,
+    ERRORS,
+    FALSE_POSITIVE,
+    MISSED,
+    WRONG_CLASS,
+    VisualizeError,
+    VoxelLayer,
+    error_layer,
     height_taxonomy,
 )
 

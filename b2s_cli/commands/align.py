@@ -18,17 +18,21 @@ _console = Console(highlight=False)
 
 @cli_errors
 def align(
-    binary: Path = typer.Option(..., "--binary", help="Occupancy built by b2s build-binary (its own --z-offset, read from the file, is taken into account)."),
+    binary: Path = typer.Option(..., "--binary",
+                                help="Occupancy built by b2s build-binary (its own --z-offset, read from the file, "
+                                     "is taken into account)."),
     labels: Path = typer.Option(..., "--labels", help="Labels converted by b2s convert, on the same grid, sharing frame tokens."),
     max_shift: int = typer.Option(4, "--max-shift", help="Shifts tried: -N .. N layers."),
-    mask: Mask = typer.Option("camera", "--mask", help="Score inside the labels' mask_camera ('camera'), mask_lidar ('lidar') or everywhere ('none')."),
+    mask: Mask = typer.Option("camera", "--mask",
+                              help="Score inside the labels' mask_camera ('camera'), mask_lidar ('lidar') or "
+                                   "everywhere ('none')."),
 ) -> None:
     """Estimate the vertical offset of a label set: IoU of built vs label occupancy per layer shift, on shared frames.
 
     Shift s compares built layer k with label layer k + s; the best shift times the voxel height, plus the offset --binary was built with, is the --z-offset to give b2s build-binary.
 
     Example: b2s align --binary binary.h5 --labels occ3d.h5
-    """
+    """  # noqa: E501  # Typer's --help keeps a docstring's line breaks: each help paragraph stays one line
     check_number("--max-shift", max_shift, at_least=0)
     built_data = OccDataset(binary)
     try:

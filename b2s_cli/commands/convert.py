@@ -12,12 +12,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import RAY_ADDRESS_HELP, Backend, OnError, check_grids, check_number, refuse_together, source_callback
+from b2s_cli.options import (
+    RAY_ADDRESS_HELP,
+    Backend,
+    OnError,
+    check_grids,
+    check_number,
+    refuse_together,
+    source_callback,
+)
 from b2s_cli.scene_progress import RichSceneProgress, print_skipped, scene_progress_bars
 from b2s_core.output_paths import Output, claim_outputs
-from converters.jobs.convert import ConvertConfig, ConvertSummary, convert as run_convert
-from converters.readers.plugins import source_choices
+from converters.jobs.convert import ConvertConfig, ConvertSummary
+from converters.jobs.convert import convert as run_convert
 from converters.jobs.scene_run import parse_shard
+from converters.readers.plugins import source_choices
 
 _console = Console(highlight=False)
 
@@ -38,19 +47,31 @@ def convert(
     dataroot: Path = typer.Option(..., "--dataroot", help="Root folder of the dataset as downloaded."),
     out: Path = typer.Option(..., "--out", help="Output HDF5 file (unified format)."),
     version: Optional[str] = typer.Option(None, "--version", help="nuScenes table folder, e.g. v1.0-mini, v1.0-trainval, v1.0-test."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Semantic labels as KIND:PATH, KIND one of occ3d, openoccupancy (nuScenes), openscene."),
+    labels: Optional[str] = typer.Option(None, "--labels",
+                                         help="Semantic labels as KIND:PATH, KIND one of occ3d, "
+                                              "openoccupancy (nuScenes), openscene."),
     scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names to convert (default: all)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Official split (nuScenes: train, val, test, mini_train, mini_val; nuPlan/OpenScene: split folder)."),
+    split: Optional[str] = typer.Option(None, "--split",
+                                        help="Official split (nuScenes: train, val, test, mini_train, mini_val; "
+                                             "nuPlan/OpenScene: split folder)."),
     workers: int = typer.Option(1, "--workers", help="Processes converting scenes in parallel."),
     backend: Backend = typer.Option("local", "--backend", help="local: --workers processes on this machine; ray: one Ray task per scene "
                                     "(local Ray instance of --workers CPUs, or --ray-address; needs the ray extra)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: convert shard i of N, shards of equal total frames (cluster array jobs); auto: from SLURM_ARRAY_TASK_ID/COUNT."),
-    embed_images: bool = typer.Option(False, "--embed-images", help="Copy the camera images into the file (else store paths under the dataset root)."),
+    shard: Optional[str] = typer.Option(None, "--shard",
+                                        help="i/N: convert shard i of N, shards of equal total frames (cluster array "
+                                             "jobs); auto: from SLURM_ARRAY_TASK_ID/COUNT."),
+    embed_images: bool = typer.Option(False, "--embed-images",
+                                      help="Copy the camera images into the file (else store paths under the dataset "
+                                           "root)."),
     on_error: OnError = typer.Option("skip", "--on-error", help="A frame with bad input: 'skip' it (listed at the end) or 'stop' the run."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Grid of an unlabelled conversion (labels fix their own): occ3d, openoccupancy, openscene or a custom spec."),
+    grid: Optional[str] = typer.Option(None, "--grid",
+                                       help="Grid of an unlabelled conversion (labels fix their own): occ3d, "
+                                            "openoccupancy, openscene or a custom spec."),
     points: bool = typer.Option(True, "--points/--no-points", help="Keep the key-frame LiDAR points in the file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ without it)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ "
+                                        "without it)."),
 ) -> None:
     """Convert a raw dataset into the unified HDF5 format, scene by scene (resumable).
 

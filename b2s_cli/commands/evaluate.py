@@ -27,18 +27,32 @@ class EvaluateOptionError(B2SError):
 @cli_errors
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Ground-truth data file (unified .h5 with semantics).", show_default=False),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Predictions to score: a unified .h5 (semantics = prediction) or a folder of per-token <token>.npz files (key pred, as SparseOcc / FlashOcc write them)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions",
+                                               help="Predictions to score: a unified .h5 (semantics = prediction) or a "
+                                                    "folder of per-token <token>.npz files (key pred, "
+                                                    "as SparseOcc / FlashOcc write them)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Trained model to run over --data instead of a predictions file."),
-    predictions_out: Optional[Path] = typer.Option(None, "--predictions-out", help="With --checkpoint: where the model's predictions file goes (default: <out>.predictions.h5)."),
+    predictions_out: Optional[Path] = typer.Option(None, "--predictions-out",
+                                                   help="With --checkpoint: where the model's predictions file goes "
+                                                        "(default: <out>.predictions.h5)."),
     out: Path = typer.Option(Path("evaluation.json"), "--out", help="JSON file for the scores."),
-    protocol: Optional[Protocol] = typer.Option(None, "--protocol", help="Benchmark protocol (default: the data file's taxonomy).", show_default=False),
-    mask: Optional[Mask] = typer.Option(None, "--mask", help="Occ3D voxels to score (default: camera when the data have it).", show_default=False),
+    protocol: Optional[Protocol] = typer.Option(None, "--protocol",
+                                                help="Benchmark protocol (default: the data file's taxonomy).",
+                                                show_default=False),
+    mask: Optional[Mask] = typer.Option(None, "--mask",
+                                        help="Occ3D voxels to score (default: camera when the data have it).",
+                                        show_default=False),
     rayiou: bool = typer.Option(True, "--rayiou/--no-rayiou", help="Also compute SparseOcc's RayIoU at 1, 2, 4 m."),
-    ray_step: float = typer.Option(1.0, "--ray-step", help="Degrees between RayIoU ray azimuths, in (0, 360] (1 = the published definition)."),
+    ray_step: float = typer.Option(1.0, "--ray-step",
+                                   help="Degrees between RayIoU ray azimuths, in (0, 360] (1 = the published "
+                                        "definition)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Frames per metric update (1 or more)."),
     device: Device = typer.Option("auto", "--device", help=f"torch device for the model and the ray marching: {DEVICE_HELP}"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes when running a checkpoint (0: load in this process)."),
-    gpus: int = typer.Option(1, "--gpus", help="With --checkpoint: data-parallel processes on this machine (one per GPU; with --device cpu, Gloo processes), each predicting and scoring its share of the scenes. >1 starts torchrun."),
+    gpus: int = typer.Option(1, "--gpus",
+                             help="With --checkpoint: data-parallel processes on this machine (one per GPU; "
+                                  "with --device cpu, Gloo processes), each predicting and scoring its share of the "
+                                  "scenes. >1 starts torchrun."),
     tta: bool = typer.Option(False, "--tta", help="With --checkpoint: average the logits of the four BEV flips."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and --predictions-out) if they exist."),
 ) -> None:
@@ -63,7 +77,14 @@ def evaluate(
     outputs = [Output(out)] + ([] if pred_path is None else [Output(pred_path, option="--predictions-out", parts=gpus > 1)])
     inputs = {"--data": data, "--predictions": predictions, "--checkpoint": checkpoint}
     # Imported here, not at the top: b2s_core.apps.evaluate imports torch, which `b2s info` / `--help` must not load.
-    from b2s_core.apps.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_files, render_table, summary_line, write_json
+    from b2s_core.apps.evaluate import (
+        EvaluateConfig,
+        evaluate_checkpoint,
+        evaluate_files,
+        render_table,
+        summary_line,
+        write_json,
+    )
 
     torch_device = resolve_device(device.value)
     config = EvaluateConfig(protocol=value_of(protocol), mask=value_of(mask), rayiou=rayiou, batch_size=batch_size,

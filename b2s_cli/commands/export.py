@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from b2s_cli.errors import cli_errors
-from b2s_core.apps.export import FORMATS, export as run_export, replaced_members
+from b2s_core.apps.export import FORMATS, replaced_members
+from b2s_core.apps.export import export as run_export
 from b2s_core.output_paths import Output, claim_outputs
 
 _console = Console(highlight=False)
@@ -28,7 +29,9 @@ def export(
                                      "'pred' (SparseOcc, FlashOcc, RayIoU); openoccupancy: scene_<scene token>/occupancy/"
                                      "<lidar token>.npy rows in the LiDAR frame.", show_default=False),
     out: Path = typer.Option(..., "--out", help="Output folder.", show_default=False),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what an earlier export of the same frames wrote in --out (other files stay)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace what an earlier export of the same frames wrote in --out (other files "
+                                        "stay)."),
 ) -> None:
     """Export a unified file to the per-frame files other occupancy tools read (docs/evaluation.md).
 

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from b2s_cli.errors import cli_errors, one_line
-from b2s_core.occfile import check_frames
 from b2s_core.apps.summary import summarize
+from b2s_core.occfile import check_frames
 
 
 def _size(num: float) -> str:

@@ -14,33 +14,58 @@ from b2s_core.train.config import resolve_config
 
 @cli_errors
 def pretrain(
-    data: list[Path] = typer.Option(None, "--data", help="Binary occupancy shard(s); repeat the option or quote a glob ('shards/*.h5').", show_default=False),
+    data: list[Path] = typer.Option(None, "--data",
+                                    help="Binary occupancy shard(s); repeat the option or quote a glob ('shards/*.h5').",
+                                    show_default=False),
     # Choices with a metavar here name their values in the help text, not as the type: listed there they
     # would widen the type column until option names are cut short in an 80-column terminal.
-    model: Model = typer.Option(None, metavar="<variant>", help="Variant: sparse-ls, sparse-bevformer (proposed), ls, bevformer (baselines). (default: sparse-ls)", show_default=False),
+    model: Model = typer.Option(None, metavar="<variant>",
+                                help="Variant: sparse-ls, sparse-bevformer (proposed), ls, bevformer (baselines). "
+                                     "(default: sparse-ls)", show_default=False),
     preset: Preset = typer.Option(None, metavar="<preset>", help="Model sizes: paper, small or tiny. (default: small)", show_default=False),
     epochs: int = typer.Option(None, help="Epochs over the data. (default: 24)", show_default=False),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch over all processes. (default: 8)", show_default=False),
     gpus: int = typer.Option(1, help="Processes on this machine (one per GPU; with --device cpu, Gloo processes). >1 starts torchrun."),
     out: Path = typer.Option(None, help="Run folder: config.yaml, checkpoint.pt, metrics.jsonl / .csv.", show_default=False),
-    config: Path = typer.Option(None, "--config", help="YAML or TOML file of training settings (options given here win).", show_default=False),
+    config: Path = typer.Option(None, "--config",
+                                help="YAML or TOML file of training settings (options given here win).",
+                                show_default=False),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an --out that holds an earlier run (its metrics logs are removed)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Start over in an --out that holds an earlier run (its metrics logs are "
+                                        "removed)."),
     val_data: list[Path] = typer.Option(None, "--val-data", help="Validation file(s) for the periodic binary IoU.", show_default=False),
-    camera_mask: bool = typer.Option(None, "--camera-mask/--no-camera-mask", help="Train and validate on mask_camera voxels only (every file must carry it). (default: off)", show_default=False),
+    camera_mask: bool = typer.Option(None, "--camera-mask/--no-camera-mask",
+                                     help="Train and validate on mask_camera voxels only (every file must carry it). "
+                                          "(default: off)", show_default=False),
     lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
-    binary_balance: float = typer.Option(None, "--binary-balance", help="Weigh the BCE's occupied voxels by (free / occupied)^P over the training data; 0 = unweighted, as the paper; 0.5 helps short runs learn what stands on the ground. (default: 0)", show_default=False),
+    binary_balance: float = typer.Option(None, "--binary-balance",
+                                         help="Weigh the BCE's occupied voxels by (free / occupied)^P over the "
+                                              "training data; 0 = unweighted, as the paper; 0.5 helps short runs learn "
+                                              "what stands on the ground. (default: 0)", show_default=False),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. (default: 1e-2)", show_default=False),
-    amp: Amp = typer.Option(None, metavar="<mode>", help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
+    amp: Amp = typer.Option(None, metavar="<mode>",
+                            help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. (default: off)", show_default=False),
     device: Device = typer.Option(None, metavar="<device>", help=f"{DEVICE_HELP} (default: auto)", show_default=False),
     workers: int = typer.Option(None, help="DataLoader workers per process. (default: 2)", show_default=False),
-    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (shortens the schedule).", show_default=False),
-    backbone_weights: Path = typer.Option(None, "--backbone-weights", help="Local ImageNet (torchvision layout) or detector checkpoint (backbone. / img_backbone. keys) for the image backbone; never downloaded.", show_default=False),
-    frozen_stages: int = typer.Option(None, "--frozen-stages", help="Backbone stages kept frozen: -1 none, 0 the stem, n the stem and stages 1..n. (default: -1)", show_default=False),
-    norm_eval: bool = typer.Option(None, "--norm-eval/--no-norm-eval", help="Keep the backbone's BatchNorm statistics frozen. (default: off)", show_default=False),
+    max_steps: int = typer.Option(None, "--max-steps",
+                                  help="Stop after this many optimiser steps (shortens the schedule).",
+                                  show_default=False),
+    backbone_weights: Path = typer.Option(None, "--backbone-weights",
+                                          help="Local ImageNet (torchvision layout) or detector checkpoint (backbone. "
+                                               "/ img_backbone. keys) for the image backbone; never downloaded.",
+                                          show_default=False),
+    frozen_stages: int = typer.Option(None, "--frozen-stages",
+                                      help="Backbone stages kept frozen: -1 none, 0 the stem, "
+                                           "n the stem and stages 1..n. (default: -1)", show_default=False),
+    norm_eval: bool = typer.Option(None, "--norm-eval/--no-norm-eval",
+                                   help="Keep the backbone's BatchNorm statistics frozen. (default: off)",
+                                   show_default=False),
     seed: int = typer.Option(None, help="Random seed. (default: 0)", show_default=False),
-    set_: list[str] = typer.Option(None, "--set", help="Any other setting as key=value (YAML value), e.g. --set warmup_steps=100.", show_default=False),
+    set_: list[str] = typer.Option(None, "--set",
+                                   help="Any other setting as key=value (YAML value), e.g. --set warmup_steps=100.",
+                                   show_default=False),
 ) -> None:
     """Pre-train on binary occupancy (BCE only): the proposed models up to the binary decoder, baselines whole.
 

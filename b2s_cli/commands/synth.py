@@ -36,7 +36,9 @@ def synth(
     frames: int = typer.Option(10, "--frames", help="Key frames per scene, 1 or more (2 Hz; nine 20 Hz LiDAR sweeps between them)."),
     format: str = typer.Option("nuscenes,occ3d", "--format", callback=comma_choices(FORMATS),
                                help=f"Comma-separated formats to write: {', '.join(FORMATS)}."),
-    image_size: str = typer.Option("400x225", "--image-size", help="Camera resolution WxH (nuPlan cameras keep 16:9), or 'full' (1600x900 / 1920x1080)."),
+    image_size: str = typer.Option("400x225", "--image-size",
+                                   help="Camera resolution WxH (nuPlan cameras keep 16:9), "
+                                        "or 'full' (1600x900 / 1920x1080)."),
     seed: int = typer.Option(0, "--seed", help="World seed (0 or more); the same seed writes the same bytes."),
     grids: list[str] = typer.Option([], "--grid", callback=grid_list, show_default=False,
                                     help="Extra grids for the exact ground truth, repeatable: each --grid is one "
@@ -44,7 +46,9 @@ def synth(
                                          "comma-separated (occ3d,openscene)."),
     nuscenes_version: str = typer.Option("v1.0-mini", "--nuscenes-version", help="Version folder name of the nuScenes tables."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder, replacing files of the same names."),
-    preview: bool = typer.Option(True, "--preview/--no-preview", help="Save preview.png: six cameras and a BEV of the ground truth (needs nuscenes + occ3d)."),
+    preview: bool = typer.Option(True, "--preview/--no-preview",
+                                 help="Save preview.png: six cameras and a BEV of the ground truth (needs nuscenes + "
+                                      "occ3d)."),
 ) -> None:
     """Simulate a driving world and write it in real dataset formats, with exact ground truth.
 

@@ -25,18 +25,29 @@ CameraOverlay = choices("CameraOverlay", OVERLAY_MODES)
 def visualize(
     scene: str = typer.Argument(..., help="Scene name, as `b2s info` lists it."),
     data: Path = typer.Option(..., "--data", help="Data file (unified HDF5) with the ground truth (or binary occupancy) and cameras."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Predictions file (unified HDF5: semantics = prediction, binary_pred = binary decoder); frames matched by token."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions",
+                                               help="Predictions file (unified HDF5: semantics = prediction, "
+                                                    "binary_pred = binary decoder); frames matched by token."),
     # --pred: this option's name before it was spelled as in `b2s evaluate`; kept for old scripts, not listed.
     pred: Optional[Path] = typer.Option(None, "--pred", hidden=True),
-    frame: Optional[int] = typer.Option(None, "--frame", help="Only this frame of the scene (0-based) gets pictures; default: every frame."),
+    frame: Optional[int] = typer.Option(None, "--frame",
+                                        help="Only this frame of the scene (0-based) gets pictures; default: "
+                                             "every frame."),
     out: Path = typer.Option(..., "--out", help="Folder for the pictures (created if missing; pictures of other scenes stay)."),
     html: bool = typer.Option(False, "--html", help="Also write one self-contained interactive HTML page of the scene."),
     no_3d: bool = typer.Option(False, "--no-3d", help="Skip the 3D views (they need an OpenGL context; EGL works headless)."),
     no_cameras: bool = typer.Option(False, "--no-cameras", help="Skip the camera images with projected occupancy."),
     mask: Mask = typer.Option("none", "--mask", help="Draw only voxels inside the GT's 'camera' or 'lidar' mask, or all ('none')."),
-    errors: bool = typer.Option(False, "--errors", help="Also draw each voxel's case against the GT (correct / wrong class / missed / false positive, inside --mask) in BEV, 3D and the page; needs --predictions."),
-    camera_overlay: CameraOverlay = typer.Option(_DEFAULTS.camera_overlay, "--camera-overlay", help="Camera pictures: 'outline' draws the borders of each class's region over the photo (it stays visible), 'fill' blends voxel squares over it."),
-    camera_range: str = typer.Option("{:g}:{:g}".format(*_DEFAULTS.camera_distance), "--camera-range", help="NEAR:FAR metres from the camera: only voxels in between are drawn on the photos (FAR may be 'inf')."),
+    errors: bool = typer.Option(False, "--errors",
+                                help="Also draw each voxel's case against the GT (correct / wrong class / missed / "
+                                     "false positive, inside --mask) in BEV, 3D and the page; needs --predictions."),
+    camera_overlay: CameraOverlay = typer.Option(_DEFAULTS.camera_overlay, "--camera-overlay",
+                                                 help="Camera pictures: 'outline' draws the borders of each class's "
+                                                      "region over the photo (it stays visible), "
+                                                      "'fill' blends voxel squares over it."),
+    camera_range: str = typer.Option("{:g}:{:g}".format(*_DEFAULTS.camera_distance), "--camera-range",
+                                     help="NEAR:FAR metres from the camera: only voxels in between are drawn on the "
+                                          "photos (FAR may be 'inf')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace pictures of this scene already in --out."),
 ) -> None:
     """Draw a scene: per frame GT | prediction | binary decoder in BEV and 3D, camera overlays, a GIF, and an HTML page.

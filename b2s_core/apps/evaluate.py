@@ -22,9 +22,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Collection, Iterator
 
 import numpy as np
 from rich.table import Table
@@ -33,8 +33,15 @@ from b2s_core.apps.export import PredictionFolder
 from b2s_core.apps.launch import Ranks, inside_torchrun, join_ranks, launch, my_scenes
 from b2s_core.apps.predict import predict_checkpoint_to_file
 from b2s_core.errors import B2SError
-from b2s_core.metrics import (EvaluationResult, OccupancyEvaluator, Protocol, get_protocol, lidar_ray_directions,
-                              protocol_for_taxonomy, ray_origins)
+from b2s_core.metrics import (
+    EvaluationResult,
+    OccupancyEvaluator,
+    Protocol,
+    get_protocol,
+    lidar_ray_directions,
+    protocol_for_taxonomy,
+    ray_origins,
+)
 from b2s_core.metrics.protocols import MASKS
 from b2s_core.occfile import FLAG_BINARY_PRED, FLAG_MASK_CAMERA, FLAG_MASK_LIDAR, OccDataset
 from b2s_core.output_paths import Output, atomic_path, check_apart

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from b2s_core.apps.autolabel import AutolabelConfig, autolabel
 from b2s_core.apps.evaluate import EvaluateConfig, evaluate_checkpoint

@@ -186,7 +186,8 @@ def _projection(camera: Camera, grid: VoxelGrid, stride: float) -> tuple[np.ndar
         plane = along_y[:, None, :] + along_z[None, :, :]  # (Y, Z, 3)
         cols = len(np.arange(stride / 2, camera.width, stride))
         rows = len(np.arange(stride / 2, camera.height, stride))
-        fx, fy, cx, cy = (np.float32(v) for v in (camera.intrinsic[0, 0], camera.intrinsic[1, 1], camera.intrinsic[0, 2], camera.intrinsic[1, 2]))
+        intrinsic = camera.intrinsic
+        fx, fy, cx, cy = (np.float32(v) for v in (intrinsic[0, 0], intrinsic[1, 1], intrinsic[0, 2], intrinsic[1, 2]))
         voxels, cells, distances = [], [], []
         for i in range(X):
             p = (plane + along_x[i]).reshape(-1, 3)  # (Y * Z, 3) camera frame
@@ -198,7 +199,9 @@ def _projection(camera: Camera, grid: VoxelGrid, stride: float) -> tuple[np.ndar
             if not ok.any():
                 continue
             voxels.append((front[ok] + i * Y * Z).astype(np.int32))
-            cells.append((np.minimum((v[ok] / stride).astype(np.int32), rows - 1) * cols + np.minimum((u[ok] / stride).astype(np.int32), cols - 1)))
+            row = np.minimum((v[ok] / stride).astype(np.int32), rows - 1)
+            col = np.minimum((u[ok] / stride).astype(np.int32), cols - 1)
+            cells.append(row * cols + col)
             distances.append(np.linalg.norm(q[ok], axis=1))
         empty = np.zeros(0, np.int32)
         # int32 / float32: ~12 bytes per voxel in view (a 512 x 512 x 40 grid: ~25 MB per camera).

@@ -29,8 +29,8 @@ have no entry: no real sample is at hand to measure them (use :func:`score_shift
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 

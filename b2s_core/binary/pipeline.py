@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -260,7 +260,8 @@ class SceneBuilder:
         parts = [s.points_global[s.static] for s in chosen if s.static is not None]
         return np.concatenate(parts) if parts else np.zeros((0, 3))
 
-    def _key_frame(self, frame: SensorFrame, ray_sources: list[SweepPoints], static_global: np.ndarray, models: dict[str, PointSet]) -> OccFrame:
+    def _key_frame(self, frame: SensorFrame, ray_sources: list[SweepPoints], static_global: np.ndarray,
+                   models: dict[str, PointSet]) -> OccFrame:
         """One key frame: place -> LiDAR visibility -> carve and complete -> camera mask -> fill objects."""
         cfg, grid = self.config, self.grid
         ego_from_global = np.linalg.inv(frame.global_from_ego)
@@ -307,7 +308,7 @@ class SceneBuilder:
         return voxels if self.layers == slice(None) else np.ascontiguousarray(voxels[..., self.layers])
 
     def _place(self, frame: SensorFrame, key_sweep: SweepPoints, static_global: np.ndarray, models: dict[str, PointSet],
-               ego_from_global: np.ndarray) -> "_Placed":
+               ego_from_global: np.ndarray) -> _Placed:
         """Static points, object models at their boxes and the key sweep, in this key frame's grid."""
         cfg, grid = self.config, self.grid
         key_points = transform(key_sweep.points_global, ego_from_global)  # (N, 3) ego frame
@@ -329,7 +330,7 @@ class SceneBuilder:
         return _Placed(key_points, static_points, grid.voxelize(key_points), grid.voxelize(static_points),
                        grid.voxelize(np.concatenate(object_points)), solid)
 
-    def _lidar_view(self, frame: SensorFrame, ray_sources: list[SweepPoints], ego_from_global: np.ndarray) -> "_LidarView":
+    def _lidar_view(self, frame: SensorFrame, ray_sources: list[SweepPoints], ego_from_global: np.ndarray) -> _LidarView:
         """Rays of the key sweep and of the sweeps before it, traced in this key frame's grid."""
         cfg, grid = self.config, self.grid
         key_view = lidar_visibility(*self._rays(ray_sources[-1:], ego_from_global), grid, guard=cfg.guard)
@@ -364,7 +365,8 @@ class SceneBuilder:
         return points_ego[self.grid.contains(points_ego)]
 
 
-def build_scene(open_frames: Callable[[], Iterable[SensorFrame]], config: BinaryBuildConfig, times: StageTimes | None = None) -> Iterator[OccFrame]:
+def build_scene(open_frames: Callable[[], Iterable[SensorFrame]], config: BinaryBuildConfig,
+                times: StageTimes | None = None) -> Iterator[OccFrame]:
     """Binary occupancy and masks for every key frame of one scene (see the module docstring).
 
     ``open_frames`` returns a fresh iterator over the scene's SensorFrames in time order; it is

@@ -47,5 +47,6 @@ def bev_panels(occupancy: np.ndarray, mask_lidar: np.ndarray | None, mask_camera
         hi = grid.index_of(np.array([ego_body.max_xyz]))[0]
         for k in range(len(panels)):
             # image row = X - 1 - i, column = Y - 1 - j (x up, y left)
-            draw.rectangle([k * (Y + gap) + Y - 1 - hi[1], X - 1 - hi[0], k * (Y + gap) + Y - 1 - lo[1], X - 1 - lo[0]], outline=(255, 0, 0))
+            j0_column = k * (Y + gap) + Y - 1  # panel k's column of j = 0
+            draw.rectangle([j0_column - hi[1], X - 1 - hi[0], j0_column - lo[1], X - 1 - lo[0]], outline=(255, 0, 0))
     return sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)

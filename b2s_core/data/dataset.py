@@ -22,9 +22,9 @@ which makes resumed runs exact. A plain ``int`` key means "no augmentation" (val
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,8 +40,13 @@ from b2s_core.data.augment import (
     flip_grid,
     warp_image,
 )
-from b2s_core.data.targets import (binary_from_occupancy, binary_from_semantics, dense_top2, hard_as_top2,
-                                   lidar_depth_target)
+from b2s_core.data.targets import (
+    binary_from_occupancy,
+    binary_from_semantics,
+    dense_top2,
+    hard_as_top2,
+    lidar_depth_target,
+)
 from b2s_core.errors import B2SError
 from b2s_core.models.fpn import ImageEncoder
 from b2s_core.occfile import FLAG_MASK_CAMERA, FLAG_POINTS, OccDataset

@@ -16,7 +16,7 @@ it resumes exactly too.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DistributedSampler, Sampler

@@ -9,8 +9,9 @@ synthetic world nor a converter: just :class:`b2s_core.occfile.OccWriter`.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from b2s_core.metrics.confusion import MetricsError
 from b2s_core.taxonomy import IGNORE_INDEX, OCC3D, OPENOCCUPANCY, OPENSCENE, Taxonomy
 
@@ -37,7 +36,7 @@ class Protocol:
     def label(self) -> str:
         return self.name if self.mask == "none" else f"{self.name} (mask_{self.mask})"
 
-    def with_mask(self, mask: str | None) -> "Protocol":
+    def with_mask(self, mask: str | None) -> Protocol:
         return self if mask is None else Protocol(self.name, self.taxonomy, mask, self.ignore_index)
 
     def mask_of(self, mask_camera=None, mask_lidar=None):

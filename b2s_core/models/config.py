@@ -236,7 +236,7 @@ class ModelConfig:
         return {name: _plain(value) for name, value in values.items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "model config") -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "model config") -> ModelConfig:
         """The one reader of a saved ModelConfig (checkpoints, JSON). Unknown fields are refused by name;
         ``grid`` may be a VoxelGrid.to_dict, or the preset name / custom spec older checkpoints hold."""
         refuse_unknown_fields(data, where)
@@ -247,7 +247,7 @@ class ModelConfig:
             values["grid"] = read_grid(values["grid"], where)
         return cls(**values)
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -44,8 +44,8 @@ from b2s_core.models.heads import BinaryDecoder, SemanticHead, Upsample3D, Volum
 from b2s_core.models.lift_splat import DepthNet, LiftSplat
 from b2s_core.models.occupied_set import free_outside
 from b2s_core.models.resnet import BackboneWeightsReport, ResNet, load_backbone_weights
-from b2s_core.models.spatial_cross_attention import CameraViews
 from b2s_core.models.sparse_transformer import SparseOutput, SparseTransformer
+from b2s_core.models.spatial_cross_attention import CameraViews
 from b2s_core.models.volume import LearnedQueries
 
 

@@ -128,7 +128,7 @@ class ResNet(nn.Module):
                 param.requires_grad_(False)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "ResNet":
+    def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
         if mode:
             for module in self.frozen_modules():

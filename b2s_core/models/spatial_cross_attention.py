@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from b2s_core.models.deformable import _init_direction_offsets, init_attention_projections, ms_deform_attn, ms_deform_attn_gather, needs_grad
+from b2s_core.models.deformable import (
+    _init_direction_offsets,
+    init_attention_projections,
+    ms_deform_attn,
+    ms_deform_attn_gather,
+    needs_grad,
+)
 
 _MIN_DEPTH = 0.1  # metres in front of the camera for a projection to count
 

@@ -14,9 +14,9 @@ Output layout under ``out_dir`` (details in docs/synth.md)::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from b2s_core.errors import B2SError
 from b2s_core.grids import SOURCE_GRIDS, VoxelGrid, get_grid

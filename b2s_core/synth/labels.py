@@ -18,8 +18,8 @@ filled box, a completed ground), the class of the nearest solid voxel within
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 

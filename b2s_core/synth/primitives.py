@@ -34,14 +34,14 @@ class Primitives:
         return int(self.kind.shape[0])
 
     @staticmethod
-    def empty() -> "Primitives":
+    def empty() -> Primitives:
         return Primitives(
             np.zeros(0, np.int8), np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.uint8),
             np.zeros(0, np.int32), np.zeros(0, np.int16),
         )
 
     @staticmethod
-    def concat(parts: list["Primitives"]) -> "Primitives":
+    def concat(parts: list[Primitives]) -> Primitives:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Primitives.empty()
@@ -49,10 +49,10 @@ class Primitives:
 
     FIELDS = ("kind", "center", "half", "yaw", "label", "instance", "material")
 
-    def select(self, index) -> "Primitives":
+    def select(self, index) -> Primitives:
         return Primitives(*(getattr(self, f)[index] for f in self.FIELDS))
 
-    def transformed(self, a_from_b: np.ndarray) -> "Primitives":
+    def transformed(self, a_from_b: np.ndarray) -> Primitives:
         """The same shapes expressed in frame a; ``a_from_b`` must be a yaw-only rigid transform."""
         rotation = a_from_b[:3, :3]
         dyaw = np.arctan2(rotation[1, 0], rotation[0, 0])

@@ -105,7 +105,7 @@ def _distances(kind: np.ndarray, o: np.ndarray, d: np.ndarray, half: np.ndarray)
     if kind.size and np.all(kind[:-1] <= kind[1:]):
         # sorted by kind (the fast caster sorts its pairs): contiguous slices, no boolean gathers
         bounds = np.searchsorted(kind, [BOX, CYLINDER, SPHERE, SPHERE + 1])
-        for (k, name), lo, hi in zip(_KERNELS, bounds[:-1], bounds[1:]):
+        for (_kind, name), lo, hi in zip(_KERNELS, bounds[:-1], bounds[1:]):
             if hi > lo:
                 t[lo:hi] = globals()[name](o[lo:hi], d[lo:hi], half[lo:hi])
         return t

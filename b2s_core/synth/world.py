@@ -159,22 +159,26 @@ def _pose_on(path: RoadPath, s, offset, direction):
 
 # -- object shapes in the box frame (origin at the bottom centre, x forward) ---------------------
 def _parts(kind: ObjectKind, size: np.ndarray, track: int) -> Primitives:
-    l, w, h = size
+    length, w, h = size
     lab = kind.label
     box = lambda c, half, mat=None: make(BOX, c, half, 0.0, lab, track, mat)  # noqa: E731
     if kind.name == "car":
         body_top = 0.58 * h  # body from 0.18 m (wheels' clearance) to here, cabin above
         return Primitives.concat([
-            box((0, 0, (0.18 + body_top) / 2), (l / 2, w / 2, (body_top - 0.18) / 2)),
-            box((-0.08 * l, 0, 0.79 * h), (0.27 * l, 0.45 * w, 0.21 * h), GLASS),
+            box((0, 0, (0.18 + body_top) / 2), (length / 2, w / 2, (body_top - 0.18) / 2)),
+            box((-0.08 * length, 0, 0.79 * h), (0.27 * length, 0.45 * w, 0.21 * h), GLASS),
         ])
     if kind.name in ("truck", "construction"):
-        cab = box((0.37 * l, 0, 0.5 * h + 0.15), (0.13 * l, w / 2, 0.5 * h - 0.15), GLASS if kind.name == "truck" else None)
-        body = box((-0.13 * l, 0, 0.55 * h + 0.05), (0.37 * l, w / 2, 0.45 * h - 0.05))
-        extra = [make(BOX, (0.2 * l, 0, 0.9 * h), (0.3 * l, 0.12, 0.1 * h), 0.0, lab, track)] if kind.name == "construction" else []
+        cab_material = GLASS if kind.name == "truck" else None
+        cab = box((0.37 * length, 0, 0.5 * h + 0.15), (0.13 * length, w / 2, 0.5 * h - 0.15), cab_material)
+        body = box((-0.13 * length, 0, 0.55 * h + 0.05), (0.37 * length, w / 2, 0.45 * h - 0.05))
+        extra = []
+        if kind.name == "construction":
+            extra = [make(BOX, (0.2 * length, 0, 0.9 * h), (0.3 * length, 0.12, 0.1 * h), 0.0, lab, track)]
         return Primitives.concat([cab, body] + extra)
     if kind.name in ("bus", "trailer"):
-        return box((0, 0, 0.55 * h + 0.1 * (kind.name == "trailer")), (l / 2, w / 2, 0.45 * h - 0.1 * (kind.name == "trailer")))
+        lift = 0.1 * (kind.name == "trailer")
+        return box((0, 0, 0.55 * h + lift), (length / 2, w / 2, 0.45 * h - lift))
     if kind.name == "pedestrian":
         r = 0.42 * w
         return Primitives.concat([
@@ -183,12 +187,12 @@ def _parts(kind: ObjectKind, size: np.ndarray, track: int) -> Primitives:
         ])
     if kind.name in ("cyclist", "motorcycle"):
         return Primitives.concat([
-            box((0, 0, 0.31 * h), (l / 2, w / 2 * 0.7, 0.25 * h)),
-            make(CYLINDER, (-0.1 * l, 0, 0.78 * h), (0.2, 0.2, 0.22 * h), 0.0, lab, track),
+            box((0, 0, 0.31 * h), (length / 2, w / 2 * 0.7, 0.25 * h)),
+            make(CYLINDER, (-0.1 * length, 0, 0.78 * h), (0.2, 0.2, 0.22 * h), 0.0, lab, track),
         ])
     if kind.name == "cone":
-        return make(CYLINDER, (0, 0, h / 2), (l / 2 * 0.9, l / 2 * 0.9, h / 2), 0.0, lab, track)
-    return box((0, 0, h / 2), (l / 2, w / 2, h / 2))
+        return make(CYLINDER, (0, 0, h / 2), (length / 2 * 0.9, length / 2 * 0.9, h / 2), 0.0, lab, track)
+    return box((0, 0, h / 2), (length / 2, w / 2, h / 2))
 
 
 # -- world generation ---------------------------------------------------------------------------
@@ -303,7 +307,9 @@ class _Builder:
                         trunk_h = rng.uniform(2.2, 3.2)
                         crown = rng.uniform(1.4, 2.4)
                         r_trunk = rng.uniform(0.12, 0.22)
-                        self._add(make(CYLINDER, (x, y, trunk_h / 2), (r_trunk, r_trunk, trunk_h / 2), 0.0, L["vegetation"], -1, TRUNK), x, y, 0.4)
+                        trunk = make(CYLINDER, (x, y, trunk_h / 2), (r_trunk, r_trunk, trunk_h / 2), 0.0, L["vegetation"],
+                                     -1, TRUNK)
+                        self._add(trunk, x, y, 0.4)
                         self.shapes.append(make(SPHERE, (x, y, trunk_h + 0.7 * crown), (crown,) * 3, 0.0, L["vegetation"]))
                     s += rng.uniform(9, 16)
                 # hedges and buildings behind the sidewalk
@@ -316,7 +322,9 @@ class _Builder:
                     r = 0.5 * np.hypot(length, depth)
                     if R.clear_of_roads(np.array([[x, y]]), r, 3.2)[0] and self._free(x, y, r):
                         height = rng.uniform(5, 22)
-                        self._add(make(BOX, (x, y, height / 2), (length / 2, depth / 2, height / 2), h, L["manmade"], -1, BUILDING), x, y, r)
+                        building = make(BOX, (x, y, height / 2), (length / 2, depth / 2, height / 2), h, L["manmade"],
+                                        -1, BUILDING)
+                        self._add(building, x, y, r)
                     elif rng.random() < 0.7:
                         hl = rng.uniform(2.0, 5.0)
                         hx, hy, hh = self._at(p, s + hl, side * (out + 0.7))

@@ -20,8 +20,8 @@ it, over at most ``max_frames`` frames spread evenly over the data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -13,9 +13,10 @@ import glob
 import math
 import sys
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -184,7 +185,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> TrainConfig:
         """The one reader of settings as plain values (a config file, a saved config.yaml, a checkpoint's
         train_config): unknown settings are refused by name, each value is checked against its type."""
         refuse_unknown_settings(values, where)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Mapping
+from collections.abc import Mapping
 
 from b2s_core.train.config import ConfigError
 

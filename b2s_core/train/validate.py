@@ -6,7 +6,7 @@ Occ3D protocol does, then turned into IoUs; ``b2s evaluate`` is the full evaluat
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from b2s_core.viz.voxels import VisualizeError
 from b2s_core.output_paths import atomic_path
+from b2s_core.viz.voxels import VisualizeError
 
 
 def write_gif(frames: list[np.ndarray], path: Path, *, fps: float = 2.0) -> Path:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from b2s_core.output_paths import atomic_path
 from b2s_core.viz.render3d import EGO_BOX_M, EGO_COLOR, FACE_SHADE
 from b2s_core.viz.voxels import SHADE_MIN, VisualizeError, VoxelLayer, height_bands, ramp_colors, surface_mask
-from b2s_core.output_paths import atomic_path
 
 # Sidebar headings of the toggles per taxonomy; a semantic taxonomy gets 'classes (NAME)'.
 _HEADINGS = {"height": "height bands (binary grids)", "errors": "error cases"}
@@ -117,8 +117,10 @@ _PAGE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
  body{margin:0;background:#1c1c20;color:#e8e8e8;font:13px system-ui,sans-serif;display:flex;height:100vh}
- #side{width:230px;flex:none;padding:10px;overflow-y:auto;box-sizing:border-box;border-right:1px solid #333;overflow-wrap:anywhere}
- #token{display:block;margin-top:3px;padding:2px 4px;background:#26262b;font:12px ui-monospace,monospace;word-break:break-all;user-select:all;-webkit-user-select:all;cursor:text}
+ #side{width:230px;flex:none;padding:10px;overflow-y:auto;box-sizing:border-box;border-right:1px solid #333;
+  overflow-wrap:anywhere}
+ #token{display:block;margin-top:3px;padding:2px 4px;background:#26262b;font:12px ui-monospace,monospace;
+  word-break:break-all;user-select:all;-webkit-user-select:all;cursor:text}
  #ramp{height:10px;margin:3px 0 1px;border:1px solid #555} .ends{display:flex;justify-content:space-between;color:#bbb;font-size:11px}
  #main{flex:1;position:relative} canvas{width:100%;height:100%;display:block;cursor:grab}
  h1{font-size:14px;margin:0 0 8px} label{display:block;margin:2px 0;cursor:pointer}
@@ -131,7 +133,8 @@ _PAGE = r"""<!DOCTYPE html>
  <div class="row">frame <span id="frameno"></span><br><input type="range" id="frame" min="0" value="0">
   <button id="play">play</button> <button id="reset">reset view</button></div>
  <div class="row" id="frametitle"></div>
- <div class="row" id="tokenrow">token <button id="copy" title="copy the frame token">copy</button><code id="token" title="one click selects the whole token"></code></div>
+ <div class="row" id="tokenrow">token <button id="copy" title="copy the frame token">copy</button><code id="token"
+  title="one click selects the whole token"></code></div>
  <div class="row"><label><input type="checkbox" id="byheight"> colour by height</label>
   <div id="ramp"></div><div class="ends"><span id="zmin"></span><span id="zmax"></span></div></div>
  <div class="row" id="classes"></div>
@@ -201,8 +204,10 @@ function draw(v) {
   resize();
   const W = canvas.width, H = canvas.height;
   pix.fill(rgba([28, 28, 32], 1)); zbuf.fill(Infinity);
-  const cp = Math.cos(state.pitch), target = [0.2 * HALF * Math.cos(state.yaw + Math.PI), 0.2 * HALF * Math.sin(state.yaw + Math.PI), 0];
-  const eye = [target[0] + state.dist * cp * Math.cos(state.yaw), target[1] + state.dist * cp * Math.sin(state.yaw), target[2] + state.dist * Math.sin(state.pitch)];
+  const cp = Math.cos(state.pitch);
+  const target = [0.2 * HALF * Math.cos(state.yaw + Math.PI), 0.2 * HALF * Math.sin(state.yaw + Math.PI), 0];
+  const eye = [target[0] + state.dist * cp * Math.cos(state.yaw), target[1] + state.dist * cp * Math.sin(state.yaw),
+               target[2] + state.dist * Math.sin(state.pitch)];
   const fw = norm([target[0] - eye[0], target[1] - eye[1], target[2] - eye[2]]);
   const rt = norm([fw[1], -fw[0], 0]);  // forward x up(0,0,1)
   const dn = [fw[1] * rt[2] - fw[2] * rt[1], fw[2] * rt[0] - fw[0] * rt[2], fw[0] * rt[1] - fw[1] * rt[0]];
@@ -252,9 +257,14 @@ let pending = false;
 async function redraw() {
   const v = await voxels(state.frame, state.layer);
   const status = document.getElementById("status");
-  if (!v) { resize(); pix.fill(rgba([28, 28, 32], 1)); ctx.putImageData(img, 0, 0); status.textContent = "no '" + state.layer + "' in this frame"; return; }
+  if (!v) {
+    resize(); pix.fill(rgba([28, 28, 32], 1)); ctx.putImageData(img, 0, 0);
+    status.textContent = "no '" + state.layer + "' in this frame";
+    return;
+  }
   const t0 = performance.now(), drawn = draw(v);
-  status.textContent = state.layer + ": " + drawn + " of " + v.lab.length + " visible voxels, " + Math.round(performance.now() - t0) + " ms";
+  status.textContent = state.layer + ": " + drawn + " of " + v.lab.length + " visible voxels, " +
+    Math.round(performance.now() - t0) + " ms";
   document.body.dataset.drawn = String(drawn);
 }
 function request() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; redraw(); }); } }
@@ -275,7 +285,8 @@ function buildControls() {
     tax.colors.forEach((c, l) => {
       if (!tax.present.includes(l)) return;
       const lab = document.createElement("label");
-      lab.innerHTML = '<input type="checkbox" checked data-taxonomy="' + tname + '" data-label="' + l + '"><span class="sw" style="background:rgb(' + c.join(",") + ')"></span>';
+      lab.innerHTML = '<input type="checkbox" checked data-taxonomy="' + tname + '" data-label="' + l + '">' +
+        '<span class="sw" style="background:rgb(' + c.join(",") + ')"></span>';
       lab.appendChild(document.createTextNode(tax.class_names[l]));
       lab.firstChild.onchange = e => { state.hidden[tname][l] = !e.target.checked; request(); };
       classes.appendChild(lab);
@@ -314,8 +325,15 @@ function buildControls() {
     state.pitch = Math.min(Math.max(state.pitch + 0.008 * (e.clientY - drag[1]), 0.05), 1.55);
     drag = [e.clientX, e.clientY]; request();
   };
-  canvas.onwheel = e => { e.preventDefault(); state.dist = Math.min(Math.max(state.dist * Math.exp(0.001 * e.deltaY), 2), 6 * HALF); request(); };
-  window.onkeydown = e => { const i = +e.key - 1; if (i >= 0 && i < D.layer_names.length) { layers.querySelectorAll("input")[i].click(); } };
+  canvas.onwheel = e => {
+    e.preventDefault();
+    state.dist = Math.min(Math.max(state.dist * Math.exp(0.001 * e.deltaY), 2), 6 * HALF);
+    request();
+  };
+  window.onkeydown = e => {
+    const i = +e.key - 1;
+    if (i >= 0 && i < D.layer_names.length) layers.querySelectorAll("input")[i].click();
+  };
   window.onresize = request;
 }
 function setFrame(f) {

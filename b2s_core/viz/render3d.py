@@ -116,7 +116,7 @@ def _ego_box() -> tuple[np.ndarray, np.ndarray]:
     size = np.asarray(EGO_BOX_M)
     low = np.array([-size[0] / 2, -size[1] / 2, 0.0])
     vertices, colors = [], []
-    for axis, side, brightness, corners in _FACES:
+    for _axis, _side, brightness, corners in _FACES:
         vertices.append(low + np.asarray(corners, dtype=np.float64) * size)
         colors.append(np.tile(np.asarray(EGO_COLOR) / 255.0 * brightness, (4, 1)))
     return np.concatenate(vertices), np.concatenate(colors)
@@ -196,7 +196,7 @@ class VoxelRenderer:
         option.mesh_show_back_face = False
         option.background_color = np.asarray(background, dtype=np.float64) / 255.0
 
-    def __enter__(self) -> "VoxelRenderer":
+    def __enter__(self) -> VoxelRenderer:
         return self
 
     def __exit__(self, *exc) -> None:

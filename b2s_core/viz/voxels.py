@@ -77,7 +77,7 @@ class VoxelLayer:
     @classmethod
     def from_semantics(
         cls, semantics: np.ndarray, taxonomy: Taxonomy, grid: VoxelGrid, title: str = "", visible: np.ndarray | None = None
-    ) -> "VoxelLayer":
+    ) -> VoxelLayer:
         """Semantic labels; voxels where ``visible`` (X, Y, Z) bool is False are drawn as free."""
         labels = np.asarray(semantics, dtype=np.uint8)
         if visible is not None:
@@ -85,7 +85,7 @@ class VoxelLayer:
         return cls(labels, taxonomy, grid, title)
 
     @classmethod
-    def from_binary(cls, occupied: np.ndarray, grid: VoxelGrid, title: str = "", visible: np.ndarray | None = None) -> "VoxelLayer":
+    def from_binary(cls, occupied: np.ndarray, grid: VoxelGrid, title: str = "", visible: np.ndarray | None = None) -> VoxelLayer:
         """A bool occupancy grid, drawn in the ``binary`` taxonomy's 'occupied' colour."""
         occupied = np.asarray(occupied, dtype=bool)
         if visible is not None:
@@ -93,7 +93,7 @@ class VoxelLayer:
         return cls(occupied.astype(np.uint8), BINARY, grid, title)
 
     @classmethod
-    def from_heights(cls, occupied: np.ndarray, grid: VoxelGrid, title: str = "", visible: np.ndarray | None = None) -> "VoxelLayer":
+    def from_heights(cls, occupied: np.ndarray, grid: VoxelGrid, title: str = "", visible: np.ndarray | None = None) -> VoxelLayer:
         """A bool (X, Y, Z) occupancy grid coloured by height: each occupied voxel's label is its
         height band + 1 in :func:`height_taxonomy` (0 free), so that ground, cars, walls and trees differ."""
         occupied = np.asarray(occupied, dtype=bool)

@@ -29,8 +29,15 @@ from converters.errors import ConverterError
 from converters.jobs.convert import default_grid
 from converters.jobs.progress import SceneProgress
 from converters.jobs.ray_backend import check_backend
-from converters.jobs.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
-                                       run_scenes, select_scenes)
+from converters.jobs.scene_run import (
+    SkippedFrame,
+    check_resume_options,
+    check_run_options,
+    grid_text,
+    open_error_skips,
+    run_scenes,
+    select_scenes,
+)
 from converters.readers.base import SceneReader
 from converters.readers.plugins import plugin_ego_body, resolve_source
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -31,8 +31,15 @@ from converters import open_reader
 from converters.errors import ConverterError
 from converters.jobs.progress import SceneProgress
 from converters.jobs.ray_backend import check_backend
-from converters.jobs.scene_run import (SkippedFrame, check_resume_options, check_run_options, grid_text, open_error_skips,
-                                       run_scenes, select_scenes)
+from converters.jobs.scene_run import (
+    SkippedFrame,
+    check_resume_options,
+    check_run_options,
+    grid_text,
+    open_error_skips,
+    run_scenes,
+    select_scenes,
+)
 from converters.readers.base import SOURCES, SceneReader
 from converters.readers.labels import LabelSpec
 from converters.readers.plugins import plugin_default_grid, resolve_source

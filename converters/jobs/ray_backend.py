@@ -26,9 +26,9 @@ from typing import Any
 from b2s_core import ray_engine
 from b2s_core.errors import B2SError
 from converters import open_reader
-from converters.readers.base import SceneReader
 from converters.errors import ConverterError
 from converters.jobs.progress import SceneProgress
+from converters.readers.base import SceneReader
 
 
 def check_backend(backend: str, ray_address: str | None) -> None:

@@ -27,18 +27,19 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from b2s_core.grids import VoxelGrid
-from b2s_core.shards import balanced_shares
 from b2s_core.output_paths import atomic_path
+from b2s_core.shards import balanced_shares
 from converters import open_reader
-from converters.readers.base import SceneReader
 from converters.errors import ConverterError
 from converters.jobs.progress import SceneProgress
 from converters.jobs.ray_backend import run_scenes_ray  # Ray itself is imported only when a run uses it
+from converters.readers.base import SceneReader
 
 
 @dataclass
@@ -151,8 +152,9 @@ def check_resume_options(parts_dir: Path, options: dict[str, Any], *, what: str)
 
     ``options`` maps a command-line flag (``--labels``) to its resolved value (JSON-serialisable).
     The first run records them in ``parts_dir/options.json`` (atomically); a later run compares. A
-    differing record without any finished part is simply replaced: nothing could be mixed. Parts without a record (left by a b2s that kept none) are
-    trusted, as before. ``what`` names the run in the message ("conversion", "build").
+    differing record without any finished part is simply replaced: nothing could be mixed. Parts
+    without a record (left by a b2s that kept none) are trusted, as before. ``what`` names the run in
+    the message ("conversion", "build").
     """
     record = parts_dir / OPTIONS_RECORD
     options = json.loads(json.dumps(options, sort_keys=True, default=str))  # compare what the record holds

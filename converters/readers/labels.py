@@ -37,7 +37,7 @@ class LabelSpec:
     root: Path
 
     @classmethod
-    def parse(cls, text: str) -> "LabelSpec":
+    def parse(cls, text: str) -> LabelSpec:
         kind, sep, path = text.partition(":")
         if not sep or kind not in LABEL_KINDS or not path:
             raise ConverterError(text, f"labels must be KIND:PATH with KIND one of {', '.join(LABEL_KINDS)}")
@@ -107,7 +107,8 @@ def read_openoccupancy(path: str | Path, ego_from_lidar: np.ndarray, grid: Voxel
     ego_from_lidar = np.asarray(ego_from_lidar, dtype=np.float64)
     rotation = ego_from_lidar[:3, :3] if ego_from_lidar.shape == (4, 4) else None
     if rotation is None or not np.all(np.isfinite(ego_from_lidar)) or not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-6):
-        raise ConverterError(path, "the frame's LIDAR_TOP calibration is not a finite rigid (4, 4) transform, so its labels cannot be placed")
+        raise ConverterError(path, "the frame's LIDAR_TOP calibration is not a finite rigid (4, 4) transform, "
+                                   "so its labels cannot be placed")
     rows = rows.astype(np.int64)
     z, y, x, label = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, -1]
     index = np.stack([x, y, z], axis=1)
@@ -136,7 +137,8 @@ def read_openscene(path: str | Path, grid: VoxelGrid | None = None) -> SemanticL
     # Labels must be classes of the taxonomy or 255 (invalid): e.g. 77 is refused here, not in a later training step.
     bad = np.unique(label[((label < 0) | (label >= OPENSCENE.num_labels)) & (label != IGNORE_INDEX)])
     if len(bad):
-        raise ConverterError(path, f"label values {bad.tolist()[:10]} are not in the openscene taxonomy (0..{OPENSCENE.num_labels - 1}, 255 invalid)")
+        raise ConverterError(path, f"label values {bad.tolist()[:10]} are not in the openscene taxonomy "
+                                   f"(0..{OPENSCENE.num_labels - 1}, 255 invalid)")
     semantics = np.full(grid.shape, OPENSCENE.free_index, dtype=np.uint8)
     # The file's flat index runs x fastest: flat = x + X * y + X * Y * z.
     semantics[flat % X, (flat // X) % Y, flat // (X * Y)] = label.astype(np.uint8)

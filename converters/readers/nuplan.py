@@ -25,17 +25,26 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 from b2s_core.taxonomy import OPENSCENE
-from converters.readers import safe_pickle
-from converters.readers.base import FrameErrorHandler, SceneReader, dataset_file, image_size, quaternion_matrix, report, transform, yaw_matrix
 from converters.errors import ConverterError
+from converters.readers import safe_pickle
+from converters.readers.base import (
+    FrameErrorHandler,
+    SceneReader,
+    dataset_file,
+    image_size,
+    quaternion_matrix,
+    report,
+    transform,
+    yaw_matrix,
+)
 from converters.readers.pcd import check_pcd_file, read_pcd
 
 CAMERA_ORDER = ("CAM_F0", "CAM_L0", "CAM_R0", "CAM_L1", "CAM_R1", "CAM_L2", "CAM_R2", "CAM_B0")

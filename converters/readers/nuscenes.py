@@ -13,17 +13,26 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from b2s_core.paths import name_problem
 from b2s_core.records import Box, Camera, LidarSweep, SemanticLabels, SensorFrame
 from b2s_core.taxonomy import OCC3D
-from b2s_core.paths import name_problem
-from converters.readers.base import (FrameErrorHandler, SceneReader, count_float32_points, dataset_file, image_size, load_float32_bin,
-                             quaternion_matrix, report, transform)
 from converters.errors import ConverterError
+from converters.readers.base import (
+    FrameErrorHandler,
+    SceneReader,
+    count_float32_points,
+    dataset_file,
+    image_size,
+    load_float32_bin,
+    quaternion_matrix,
+    report,
+    transform,
+)
 from converters.readers.labels import LabelSpec, occ3d_path, openoccupancy_path, read_occ3d, read_openoccupancy
 
 LIDAR_CHANNEL = "LIDAR_TOP"
@@ -178,7 +187,8 @@ class NuScenesReader(SceneReader):
 
     def _frame(self, scene: dict, sample: dict) -> SensorFrame:
         if LIDAR_CHANNEL not in sample["data"]:
-            raise ConverterError(self.dataroot / self.version / "sample_data.json", f"sample {sample['token']} has no {LIDAR_CHANNEL} key frame")
+            raise ConverterError(self.dataroot / self.version / "sample_data.json",
+                                 f"sample {sample['token']} has no {LIDAR_CHANNEL} key frame")
         lidar_sd = self._get("sample_data", sample["data"][LIDAR_CHANNEL], "sample", sample["token"])
         global_from_ego, _ = self._pose(lidar_sd)
         lidar = self._sweep(lidar_sd)
@@ -223,7 +233,8 @@ class NuScenesReader(SceneReader):
         cs = self._get("calibrated_sensor", sd["calibrated_sensor_token"], "sample_data", sd["token"])
         intrinsic = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
         if intrinsic.shape != (3, 3):
-            raise ConverterError(self.dataroot / self.version / "calibrated_sensor.json", f"{channel} calibrated_sensor {cs['token']} has no 3x3 camera_intrinsic")
+            raise ConverterError(self.dataroot / self.version / "calibrated_sensor.json",
+                                 f"{channel} calibrated_sensor {cs['token']} has no 3x3 camera_intrinsic")
         global_from_cam_ego, ego_from_cam = self._pose(sd)
         if self.compensate_ego_motion:
             ego_from_cam = np.linalg.inv(global_from_key_ego) @ global_from_cam_ego @ ego_from_cam

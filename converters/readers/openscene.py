@@ -32,20 +32,27 @@ camera takes the frame's timestamp unless its dict has one.
 from __future__ import annotations
 
 import functools
+import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-import posixpath
 
 import numpy as np
 
 from b2s_core.paths import inside, name_problem, relative_path_problem
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 from b2s_core.taxonomy import OPENSCENE
-from converters.readers import safe_pickle
-from converters.readers.base import FrameErrorHandler, SceneReader, image_size, quaternion_matrix, report, transform, yaw_matrix
 from converters.errors import ConverterError
+from converters.readers import safe_pickle
+from converters.readers.base import (
+    FrameErrorHandler,
+    SceneReader,
+    image_size,
+    quaternion_matrix,
+    report,
+    transform,
+    yaw_matrix,
+)
 from converters.readers.labels import LabelSpec, read_openscene
 from converters.readers.nuplan import CAMERA_ORDER, check_lidar_pcd, load_pcd_points
 

@@ -169,7 +169,8 @@ def read_pcd_bytes(data: bytes, source: object = "<bytes>") -> PointCloud:
         dtype = header.dtype()
         need = header.num_points * dtype.itemsize
         if len(data) - offset < need:
-            raise ConverterError(source, f"truncated PCD: {len(data) - offset} payload bytes, header promises {need} ({header.num_points} points x {dtype.itemsize} B)")
+            raise ConverterError(source, f"truncated PCD: {len(data) - offset} payload bytes, header promises {need} "
+                                         f"({header.num_points} points x {dtype.itemsize} B)")
         records = np.frombuffer(data, dtype=dtype, count=header.num_points, offset=offset)
         flat = [records[name].reshape(header.num_points, -1).astype(np.float32) for name in header.fields]
         points = np.concatenate(flat, axis=1) if flat else np.zeros((header.num_points, 0), np.float32)

@@ -47,8 +47,8 @@ from typing import Any
 from b2s_core.binary.aggregate import EgoBody
 from b2s_core.grids import GridError, VoxelGrid, get_grid
 from b2s_core.taxonomy import OCC3D, TAXONOMIES, Taxonomy
-from converters.readers.base import SOURCES, SceneReader
 from converters.errors import ConverterError
+from converters.readers.base import SOURCES, SceneReader
 
 READER_GROUP = "b2s.readers"
 PLUGIN_DEFAULT_GRID = "occ3d"  # the grid most occupancy benchmarks score on (200 x 200 x 16, 0.4 m)
@@ -111,7 +111,7 @@ def _source_id(spec: str, cls: type) -> str:
         return spec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reader_class(spec: str, where: str | None = None) -> type[SceneReader]:
     """Import ``module:Class`` and check it is a concrete SceneReader with usable class attributes.
 

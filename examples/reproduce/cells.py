@@ -59,7 +59,8 @@ class Cell:
             return f"pre-train {DISPLAY[p['variant']]} on {p['scenes']} binary scenes, seed {self.seed}"
         if self.kind == "autolabel":
             return f"auto-label P scenes ({p['mode']}), seed {self.seed}"
-        what = p.get("what") or f"{DISPLAY[p['variant']]} {p['strategy_label']} {p['data_label']}, {p.get('pretrain_scenes', 0)} pre-training scenes"
+        what = p.get("what") or (f"{DISPLAY[p['variant']]} {p['strategy_label']} {p['data_label']}, "
+                                 f"{p.get('pretrain_scenes', 0)} pre-training scenes")
         return f"{self.experiment} {what}, seed {self.seed}"
 
 

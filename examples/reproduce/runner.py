@@ -12,9 +12,9 @@ import multiprocessing
 import os
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
 
 Log = Callable[[str], None]
 

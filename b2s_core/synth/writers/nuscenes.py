@@ -110,7 +110,8 @@ class NuScenesWriter:
         folder = "samples" if sweep.is_key_frame else "sweeps"
         filename = f"{folder}/LIDAR_TOP/{self.log}__LIDAR_TOP__{sweep.timestamp}.pcd.bin"
         atomic_write_bytes(self.root / filename, sweep.lidar.points.astype(np.float32).tobytes())
-        record = self._sample_data("LIDAR_TOP", sweep.sweep_index, sweep.timestamp, sweep.global_from_ego, filename, "pcd", sweep.is_key_frame)
+        record = self._sample_data("LIDAR_TOP", sweep.sweep_index, sweep.timestamp, sweep.global_from_ego, filename,
+                                   "pcd", sweep.is_key_frame)
         # a sweep belongs to the nearest sample in time (ties to the earlier), as in nuScenes
         since_key = sweep.sweep_index % self.spec.sweeps_per_key
         if not sweep.is_key_frame and since_key * 2 <= self.spec.sweeps_per_key and self.last_sample is not None:
@@ -134,7 +135,8 @@ class NuScenesWriter:
             name = view.camera.name
             filename = f"samples/{name}/{self.log}__{name}__{frame.timestamp}.jpg"
             atomic_write_bytes(self.root / filename, jpeg_bytes(view.rgb))
-            record = self._sample_data(name, frame.sweep.sweep_index, frame.timestamp, frame.global_from_ego, filename, "jpg", True, *view.size)
+            record = self._sample_data(name, frame.sweep.sweep_index, frame.timestamp, frame.global_from_ego, filename,
+                                       "jpg", True, *view.size)
             record["sample_token"] = sample_tok
         self._annotations(frame, sample_tok)
 

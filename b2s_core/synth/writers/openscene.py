@@ -56,8 +56,15 @@ from b2s_core.synth.geometry import quaternion_from_matrix
 from b2s_core.synth.scene import KeyFrameRecord, SceneSpec, SweepRecord
 from b2s_core.synth.world import World
 from b2s_core.synth.writers.common import atomic_write_bytes, jpeg_bytes
-from b2s_core.synth.writers.nuplan import (NuPlanWriter, log_name, nuplan_lidar_from_ego, pcd_bytes, roadblock_ids,
-                                          scene_parts, tok)
+from b2s_core.synth.writers.nuplan import (
+    NuPlanWriter,
+    log_name,
+    nuplan_lidar_from_ego,
+    pcd_bytes,
+    roadblock_ids,
+    scene_parts,
+    tok,
+)
 from b2s_core.taxonomy import map_labels
 
 SPLIT = "mini"

@@ -22,16 +22,24 @@ dataset"); this one sets everything, defaults included, so it can be read as the
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from b2s_core.binary.aggregate import EgoBody
 from b2s_core.records import Box, Camera, LidarSweep, SensorFrame
 from b2s_core.taxonomy import OCC3D
-from converters.readers.base import FrameErrorHandler, SceneReader, dataset_file, image_size, report, require_file, yaw_matrix
 from converters.errors import ConverterError
+from converters.readers.base import (
+    FrameErrorHandler,
+    SceneReader,
+    dataset_file,
+    image_size,
+    report,
+    require_file,
+    yaw_matrix,
+)
 
 
 class ToyFleetReader(SceneReader):
