@@ -56,6 +56,8 @@ check_oldest_python() {
 }
 if [ $# -eq 0 ]; then
     check_oldest_python
+    # The linter (pyproject.toml [tool.ruff]): the whole tree, before the tests.
+    python3 -m ruff check --no-cache .
 fi
 
 # One BLAS/OpenMP thread per process: the suite runs processes side by side on 2 cores.
