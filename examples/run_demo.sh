@@ -104,8 +104,10 @@ b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --predictions "$OUT/predi
     --out "$OUT/pictures" --overwrite
 b2s visualize scene-0003 --data "$OUT/semantic-val.h5" --predictions "$OUT/predictions-offboard.h5" --frame 2 --mask camera \
     --out "$OUT/pictures-offboard" --overwrite
-# The Top-2 pseudo-labels of one binary log: first | second choice | logit margin (and the binary grid they label).
-b2s visualize scene-0001 --data "$OUT/binary.h5" --predictions "$OUT/pseudo-labels.h5" --frame 2 --mask camera --no-3d \
+# The Top-2 pseudo-labels of one binary scene: first | second choice | logit margin (and the binary grid they
+# label). b2s makes one scene per nuPlan scene row, and a synthetic log of 6 key frames holds 5 of them
+# (docs/synth.md): scene-0001-000 is the log's first, with key frames 0 and 1.
+b2s visualize scene-0001-000 --data "$OUT/binary.h5" --predictions "$OUT/pseudo-labels.h5" --frame 1 --mask camera --no-3d \
     --no-cameras --out "$OUT/pictures-pseudo-labels" --overwrite
 # Learning curves of the three runs: loss and learning rate (they train without --val-data: the
 # held-out scene is only scored at the end, by step 7).
