@@ -6,13 +6,14 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from b2s_cli.options import choices
+from b2s_cli.options import DEVICE_HELP, Device, choices
 from b2s_core.output_paths import Output, claim_outputs
 from b2s_core.train.config import AMP_MODES, BINARY_DATA, STRATEGIES, ConfigError, TrainConfig
 
@@ -26,6 +27,45 @@ Preset = choices("Preset", ("paper", "small", "tiny"))
 Strategy = choices("Strategy", STRATEGIES)
 BinaryData = choices("BinaryData", BINARY_DATA)
 Amp = choices("Amp", AMP_MODES)
+
+
+# The options pretrain and finetune share, declared once: the same flag, help and default in both.
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Global batch over all processes. (default: 8)",
+                                              show_default=False)]
+GpusOption = Annotated[int, typer.Option(
+    help="Processes on this machine (one per GPU; with --device cpu, Gloo processes). >1 starts torchrun.")]
+RunFolderOption = Annotated[Path, typer.Option(help="Run folder: config.yaml, checkpoint.pt, metrics.jsonl / .csv.",
+                                               show_default=False)]
+ConfigFileOption = Annotated[Path, typer.Option(
+    "--config", help="YAML or TOML file of training settings (options given here win).", show_default=False)]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")]
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Start over in an --out that holds an earlier run (its metrics logs are removed).")]
+LearningRateOption = Annotated[float, typer.Option(help="AdamW learning rate. (default: 2e-4)", show_default=False)]
+BinaryBalanceOption = Annotated[float, typer.Option(
+    "--binary-balance",
+    help="Weigh the BCE's occupied voxels by (free / occupied)^P over the training data; 0 = unweighted, as the "
+         "paper; 0.5 helps short runs learn what stands on the ground. (default: 0)",
+    show_default=False)]
+AmpOption = Annotated[Amp, typer.Option(metavar="<mode>", help="Mixed precision on CUDA: none, bf16 or fp16. "
+                                        "(default: none)", show_default=False)]
+SyncBatchNormOption = Annotated[bool, typer.Option("--sync-bn/--no-sync-bn",
+                                                   help="SyncBatchNorm across GPUs. (default: off)",
+                                                   show_default=False)]
+DeviceOption = Annotated[Device, typer.Option(metavar="<device>", help=f"{DEVICE_HELP} (default: auto)",
+                                              show_default=False)]
+WorkersOption = Annotated[int, typer.Option(help="DataLoader workers per process. (default: 2)", show_default=False)]
+MaxStepsOption = Annotated[int, typer.Option("--max-steps",
+                                             help="Stop after this many optimiser steps (shortens the schedule).",
+                                             show_default=False)]
+FrozenStagesOption = Annotated[int, typer.Option(
+    "--frozen-stages",
+    help="Backbone stages kept frozen: -1 none, 0 the stem, n the stem and stages 1..n. (default: -1)",
+    show_default=False)]
+NormEvalOption = Annotated[bool, typer.Option("--norm-eval/--no-norm-eval",
+                                              help="Keep the backbone's BatchNorm statistics frozen. (default: off)",
+                                              show_default=False)]
+SeedOption = Annotated[int, typer.Option(help="Random seed. (default: 0)", show_default=False)]
 
 # What a run writes into --out (b2s_core.train: loop, launch, logging) and, of those, the logs it
 # appends to: a run started over must not append its records to another run's.

@@ -7,17 +7,32 @@ from pathlib import Path
 import typer
 
 from b2s_cli.commands._training import (
-    Amp,
+    AmpOption,
+    BatchSizeOption,
+    BinaryBalanceOption,
     BinaryData,
+    ConfigFileOption,
+    DeviceOption,
+    FrozenStagesOption,
+    GpusOption,
+    LearningRateOption,
+    MaxStepsOption,
     Model,
+    NormEvalOption,
+    OverwriteOption,
     Preset,
+    ResumeOption,
+    RunFolderOption,
+    SeedOption,
     Strategy,
+    SyncBatchNormOption,
+    WorkersOption,
     claim_run_folder,
     expand_paths,
     print_result,
 )
 from b2s_cli.errors import cli_errors
-from b2s_cli.options import DEVICE_HELP, Device, check_number, refuse_together, value_of
+from b2s_cli.options import check_number, refuse_together, value_of
 from b2s_core.train.config import resolve_config
 
 
@@ -50,48 +65,34 @@ def finetune(
     epochs: int = typer.Option(None,
                                help="Epochs over the semantic data. (default: 24; 64 with --offboard, as the paper)",
                                show_default=False),
-    batch_size: int = typer.Option(None, "--batch-size", help="Global batch over all processes. (default: 8)", show_default=False),
-    gpus: int = typer.Option(1, help="Processes on this machine (one per GPU; with --device cpu, Gloo processes). >1 starts torchrun."),
-    out: Path = typer.Option(None, help="Run folder: config.yaml, checkpoint.pt, metrics.jsonl / .csv.", show_default=False),
-    config: Path = typer.Option(None, "--config",
-                                help="YAML or TOML file of training settings (options given here win).",
-                                show_default=False),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Start over in an --out that holds an earlier run (its metrics logs are "
-                                        "removed)."),
+    batch_size: BatchSizeOption = None,
+    gpus: GpusOption = 1,
+    out: RunFolderOption = None,
+    config: ConfigFileOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
     val_data: list[Path] = typer.Option(None, "--val-data", help="Validation file(s) for the periodic IoU / mIoU.", show_default=False),
     camera_mask: bool = typer.Option(None, "--camera-mask/--no-camera-mask",
                                      help="Train and validate on mask_camera voxels only (Occ3D). (default: off)",
                                      show_default=False),
-    lr: float = typer.Option(None, help="AdamW learning rate. (default: 2e-4)", show_default=False),
+    lr: LearningRateOption = None,
     class_balance: float = typer.Option(None, "--class-balance",
                                         help="Focal-loss class weights (count)^-P from the training labels; "
                                              "0 = unweighted, as the paper; 0.5 helps short runs. (default: 0)",
                                         show_default=False),
-    binary_balance: float = typer.Option(None, "--binary-balance",
-                                         help="Weigh the BCE's occupied voxels by (free / occupied)^P over the "
-                                              "training data; 0 = unweighted, as the paper; 0.5 helps short runs learn "
-                                              "what stands on the ground. (default: 0)", show_default=False),
-    amp: Amp = typer.Option(None, metavar="<mode>",
-                            help="Mixed precision on CUDA: none, bf16 or fp16. (default: none)", show_default=False),
-    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. (default: off)", show_default=False),
-    device: Device = typer.Option(None, metavar="<device>", help=f"{DEVICE_HELP} (default: auto)", show_default=False),
-    workers: int = typer.Option(None, help="DataLoader workers per process. (default: 2)", show_default=False),
+    binary_balance: BinaryBalanceOption = None,
+    amp: AmpOption = None,
+    sync_bn: SyncBatchNormOption = None,
+    device: DeviceOption = None,
+    workers: WorkersOption = None,
     backbone_weights: Path = typer.Option(None, "--backbone-weights",
                                           help="Without --init: local ImageNet (torchvision layout) or detector "
                                                "checkpoint (backbone. / img_backbone. keys) for the image backbone; "
                                                "never downloaded.", show_default=False),
-    frozen_stages: int = typer.Option(None, "--frozen-stages",
-                                      help="Backbone stages kept frozen: -1 none, 0 the stem, "
-                                           "n the stem and stages 1..n. (default: -1)", show_default=False),
-    norm_eval: bool = typer.Option(None, "--norm-eval/--no-norm-eval",
-                                   help="Keep the backbone's BatchNorm statistics frozen. (default: off)",
-                                   show_default=False),
-    max_steps: int = typer.Option(None, "--max-steps",
-                                  help="Stop after this many optimiser steps (shortens the schedule).",
-                                  show_default=False),
-    seed: int = typer.Option(None, help="Random seed. (default: 0)", show_default=False),
+    frozen_stages: FrozenStagesOption = None,
+    norm_eval: NormEvalOption = None,
+    max_steps: MaxStepsOption = None,
+    seed: SeedOption = None,
     set_: list[str] = typer.Option(None, "--set",
                                    help="Any other setting as key=value (YAML value), e.g. "
                                         "--set semantic_loss_weight=2.", show_default=False),
