@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from enum import Enum
+from typing import Annotated, Optional
 
 import typer
 
@@ -133,6 +134,12 @@ OnError = choices("OnError", ("skip", "stop"))
 # --backend and --ray-address of convert, build-binary and autolabel (b2s_core.ray_engine).
 Backend = choices("Backend", BACKENDS)
 RAY_ADDRESS_HELP = "Ray cluster to join with --backend ray (e.g. auto, or HOST:6379)."
+# Declared once for every command that takes them (convert, build-binary, autolabel).
+RayAddressOption = Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)]
+# convert and build-binary run scenes on --workers local processes or as Ray tasks.
+SceneBackendOption = Annotated[Backend, typer.Option(
+    "--backend", help="local: --workers processes on this machine; ray: one Ray task per scene "
+                      "(local Ray instance of --workers CPUs, or --ray-address; needs the ray extra).")]
 
 
 def resolve_device(device: str) -> str:

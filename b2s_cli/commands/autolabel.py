@@ -14,10 +14,10 @@ from rich.table import Table
 from b2s_cli.errors import cli_errors
 from b2s_cli.options import (
     DEVICE_HELP,
-    RAY_ADDRESS_HELP,
     Backend,
     Device,
     OptionValueError,
+    RayAddressOption,
     check_number,
     choices,
     refuse_together,
@@ -63,7 +63,7 @@ def autolabel(
                                     help="local: this process (or --gpus torchrun processes); ray: one Ray task per "
                                          "scene, one GPU each with a CUDA --device (local Ray instance, or "
                                          "--ray-address; needs the ray extra)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    ray_address: RayAddressOption = None,
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace --out if it exists (an interrupted run resumes from <out>.parts/ "
                                         "without it)."),

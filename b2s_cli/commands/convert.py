@@ -13,9 +13,9 @@ from rich.markup import escape
 
 from b2s_cli.errors import cli_errors
 from b2s_cli.options import (
-    RAY_ADDRESS_HELP,
-    Backend,
     OnError,
+    RayAddressOption,
+    SceneBackendOption,
     check_grids,
     check_number,
     refuse_together,
@@ -55,9 +55,8 @@ def convert(
                                         help="Official split (nuScenes: train, val, test, mini_train, mini_val; "
                                              "nuPlan/OpenScene: split folder)."),
     workers: int = typer.Option(1, "--workers", help="Processes converting scenes in parallel."),
-    backend: Backend = typer.Option("local", "--backend", help="local: --workers processes on this machine; ray: one Ray task per scene "
-                                    "(local Ray instance of --workers CPUs, or --ray-address; needs the ray extra)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    backend: SceneBackendOption = "local",
+    ray_address: RayAddressOption = None,
     shard: Optional[str] = typer.Option(None, "--shard",
                                         help="i/N: convert shard i of N, shards of equal total frames (cluster array "
                                              "jobs); auto: from SLURM_ARRAY_TASK_ID/COUNT."),
