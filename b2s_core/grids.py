@@ -211,6 +211,20 @@ def resample_ratio(source: VoxelGrid, target: VoxelGrid) -> tuple[np.ndarray, bo
     raise GridError(f"grid shapes {tuple(src)} and {tuple(dst)} are not integer multiples of each other")
 
 
+def crop_window(source: VoxelGrid, target: VoxelGrid) -> tuple[slice, slice, slice]:
+    """Index slices of ``source`` that are ``target``: a sub-box of the same voxels on the same lattice."""
+    if not np.allclose(source.voxel_size, target.voxel_size):
+        raise GridError(f"grids '{source.name}' and '{target.name}' have other voxel sizes; a crop keeps the voxels")
+    start = (np.subtract(target.range_min, source.range_min) / np.asarray(source.voxel_size))
+    if np.any(np.abs(start - np.round(start)) > 1e-4):
+        raise GridError(f"grid '{target.name}' is not on the voxel lattice of '{source.name}'")
+    start = np.round(start).astype(int)
+    stop = start + np.asarray(target.shape)
+    if np.any(start < 0) or np.any(stop > np.asarray(source.shape)):
+        raise GridError(f"grid '{target.name}' reaches outside '{source.name}'")
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))  # type: ignore[return-value]
+
+
 def resample_binary(occupied: np.ndarray, source: VoxelGrid, target: VoxelGrid) -> np.ndarray:
     """(X, Y, Z) bool on ``source`` -> bool on ``target``: a coarse voxel is occupied if any fine one is."""
     ratio, coarser = resample_ratio(source, target)

@@ -5,7 +5,7 @@
     python benchmarks/bench_train_step.py --compile                    # + torch.compile (minutes of compiling)
 
 The setting is examples/reproduce/scales.py's default scale, as examples/reproduce/runner.py trains it:
-the tiny preset with the scale's model overrides, its miniature grid, batch 2, six cameras of the scale's
+the tiny preset with the scale's model overrides, its miniature grid and batch, six cameras of the scale's
 JPEG size, camera-mask losses, ``workers=0`` (loading is on the step's path) and one thread. One step =
 load and collate a batch (augmented, a new epoch key each time) + forward + losses + backward + AdamW.
 Pre-training runs up to the binary decoder (BCE); fine-tuning the whole model (focal + BCE). Data: toy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from b2s_core.grids import GRID_PRESETS, GridError, VoxelGrid, get_grid, resample_binary, resample_labels
+from b2s_core.grids import GRID_PRESETS, GridError, VoxelGrid, crop_window, get_grid, resample_binary, resample_labels
 from b2s_core.taxonomy import (
     BINARY,
     IGNORE_INDEX,
@@ -84,6 +84,24 @@ def test_resampling_between_integer_ratio_grids():
     assert coarse_labels[0, 0, 0] == 4 and coarse_labels[1, 1, 0] == 11 and coarse_labels[2, 2, 0] == 17
     with pytest.raises(GridError):
         resample_binary(occupied, fine, GRID_PRESETS["openscene"])
+
+
+def test_crop_window_keeps_the_voxels_of_a_sub_box():
+    occ3d = get_grid("occ3d")
+    central = get_grid("-20,-20,-1,20,20,5.4:0.4")
+    window = crop_window(occ3d, central)
+    assert window == (slice(50, 150), slice(50, 150), slice(0, 16))
+    labels = np.arange(np.prod(occ3d.shape)).reshape(occ3d.shape)
+    assert labels[window].shape == central.shape
+    # a point lands in the same voxel of both grids
+    point = np.array([[3.1, -7.5, 0.3]])
+    assert labels[window][tuple(central.index_of(point)[0])] == labels[tuple(occ3d.index_of(point)[0])]
+    with pytest.raises(GridError, match="other voxel sizes"):
+        crop_window(occ3d, get_grid("-20,-20,-1,20,20,5.4:0.8"))
+    with pytest.raises(GridError, match="not on the voxel lattice"):
+        crop_window(occ3d, get_grid("-20.2,-20,-1,19.8,20,5.4:0.4"))
+    with pytest.raises(GridError, match="reaches outside"):
+        crop_window(occ3d, get_grid("-44,-20,-1,-4,20,5.4:0.4"))
 
 
 def test_taxonomies():

@@ -59,6 +59,7 @@ def check_settings(work: Path, scale) -> None:
     if any((work / "cells").glob("*.json")):
         raise WorldError(f"{work / 'cells'}: cached cells without a record of their training settings (an older "
                          "version of this script); use another --work folder")
+    work.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temp.write_text(json.dumps(key, indent=1))
     temp.replace(path)
@@ -101,7 +102,7 @@ def _score(checkpoint: Path, val: Path, pred_path: Path, *, gt_binary: bool) -> 
     """Predict the validation scenes with ``b2s_core.apps.predict`` and score them with ``b2s_core.apps.evaluate``.
 
     gt_binary: feed the ground-truth binary grid (of the validation labels) to the sparse transformer
-    in place of the binary decoder's output (E4); offboard models always get it.
+    in place of the binary decoder's output (C5); offboard models always get it.
     """
     from b2s_core.apps.evaluate import EvaluateConfig, evaluate_files
     from b2s_core.apps.predict import open_inputs, predict_to_file
@@ -164,50 +165,78 @@ def run_cell(cell, world, scale, work: Path) -> dict:
     started = time.perf_counter()
     run_dir = work / "runs" / cell.id
     p = cell.params
-    common = dict(out=str(run_dir), preset=scale.preset, model_overrides=dict(scale.model_overrides), batch_size=scale.batch_size,
-                  lr=scale.lr, seed=cell.seed, device=_device(), workers=0, max_steps=scale.max_steps, use_camera_mask=True,
-                  log_every_steps=5, val_every_epochs=1000, ckpt_every_steps=50)
-    result: dict = {"id": cell.id, "experiment": cell.experiment, "seed": cell.seed, "params": p}
+    common = dict(out=str(run_dir), preset=scale.preset, model_overrides=dict(scale.model_overrides),
+                  batch_size=scale.batch_size, lr=scale.lr, seed=cell.seed, device=_device(), workers=0,
+                  max_steps=scale.max_steps, use_camera_mask=True, log_every_steps=5, ckpt_every_steps=50,
+                  val_data=[str(world.val)])
+    result: dict = {"id": cell.id, "claim": cell.claim, "seed": cell.seed, "params": p}
     if cell.kind == "pretrain":
         files = [str(f) for f in world.binary_files(p["scenes"])]
         result["train"] = _train({**common, "stage": "pretrain", "model": p["variant"], "data": files,
-                                  "epochs": scale.pretrain_epochs})
+                                  "epochs": scale.pretrain_epochs, "val_every_epochs": 1})
+        result["curve"] = _curve(run_dir)
     elif cell.kind == "autolabel":
         from b2s_core.apps.autolabel import AutolabelConfig, autolabel
 
         out = work / "labels" / f"{cell.id}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
         if not out.is_file():
-            report = autolabel(work / "runs" / cell.deps[0] / "checkpoint.pt", [str(f) for f in world.pseudo_binary], out,
-                               AutolabelConfig(mode=p["mode"], device=_device()))
+            report = autolabel(work / "runs" / cell.deps[0] / "checkpoint.pt", [str(f) for f in world.pseudo_binary],
+                               out, AutolabelConfig(mode=p["mode"], form=p["form"], device=_device()))
             result["bytes_per_frame"] = report.bytes_per_frame
         result["labels"] = str(out)
         # How good the pseudo-labels are against the truth of the same scenes (not used for training).
         result["vs_truth"] = _score_labels(out, world.pseudo_gt)
     else:
         files = {"semantic": str(world.semantic), "pseudo_gt": str(world.pseudo_gt)}
-        values = {**common, "stage": "finetune", "model": p["variant"], "semantic_data": [files[k] for k in p["semantic"]],
+        semantic = [files[k] for k in p["semantic"]]
+        pseudo = [str(work / "labels" / f"{p['pseudo']}.h5")] if p.get("pseudo") else []
+        values = {**common, "stage": "finetune", "model": p["variant"], "semantic_data": semantic, "pseudo_data": pseudo,
                   # As many epochs as it takes: the step count ends every fine-tuning run (scales.py).
                   "epochs": 10**6, "max_steps": min(scale.finetune_steps, scale.max_steps or scale.finetune_steps),
-                  "ckpt_every_epochs": 10**6, "class_balance": scale.class_balance, "offboard": bool(p.get("offboard", False))}
+                  "ckpt_every_epochs": 10**6, "class_balance": scale.class_balance,
+                  "offboard": bool(p.get("offboard", False)),
+                  "val_every_epochs": _epochs_per_validation(semantic + pseudo, scale)}
         if not p.get("offboard"):
             values.update(strategy=p["strategy"], binary_data=p["binary_data"])
         if p.get("pretrain_scenes"):
             values["init"] = str(work / "runs" / cell.deps[0] / "checkpoint.pt")
         if p.get("pretrain_data"):
             values["pretrain_data"] = [str(f) for f in world.binary_files(p["pretrain_data"])]
-        if p.get("pseudo"):
-            values["pseudo_data"] = [str(work / "labels" / f"{p['pseudo']}.h5")]
         result["train"] = _train(values)
+        result["curve"] = _curve(run_dir)
         ckpt = run_dir / "checkpoint.pt"
         result["val"] = _score(ckpt, world.val, run_dir / "pred.h5", gt_binary=False)
+        # The same model on its own K labelled frames: tells under-fitting (both low) from over-fitting.
+        result["train_fit"] = _score(ckpt, world.semantic, run_dir / "pred_train.h5", gt_binary=bool(p.get("offboard")))
         if p["variant"].startswith("sparse-") and not p.get("offboard"):
-            result["val_gt_binary"] = _score(ckpt, world.val, run_dir / "pred_gt.h5", gt_binary=True)  # E4
+            result["val_gt_binary"] = _score(ckpt, world.val, run_dir / "pred_gt.h5", gt_binary=True)  # C5
         if needs_segment_score(cell):
-            result["val_gt_segment"] = _score_segment(ckpt, world.val, run_dir / "pred_seg.h5")  # E2, E4
+            result["val_gt_segment"] = _score_segment(ckpt, world.val, run_dir / "pred_seg.h5")  # C3, C5
     result["seconds"] = round(time.perf_counter() - started, 1)
     _write_result(work, cell.id, result)
     return result
+
+
+def _epochs_per_validation(files: list[str], scale) -> int:
+    """Training validates at epoch ends: the whole number of epochs closest to ``scale.val_every_steps`` steps."""
+    from b2s_core.occfile import OccDataset
+
+    frames = 0
+    for path in files:
+        data = OccDataset(path)
+        frames += len(data)
+        data.close()
+    steps_per_epoch = max(frames // scale.batch_size, 1)
+    return max(round(scale.val_every_steps / steps_per_epoch), 1)
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    """The run's validation records (step, IoU / mIoU / binary IoU): its learning curve."""
+    from b2s_core.viz.curves import read_run
+
+    keys = ("step", "epoch", "miou", "geometry_iou", "binary_iou")
+    return [{k: r[k] for k in keys if k in r} for r in read_run(run_dir).records["val"]]
 
 
 def _score_labels(labels: Path, truth: Path) -> dict:
@@ -225,14 +254,15 @@ def _worker(cell, world, scale, work: Path) -> tuple[str, dict | None, str | Non
 
 
 # -- many cells -------------------------------------------------------------------------------------------
-def run_cells(cells, world, scale, work: Path, *, jobs: int = 1, log: Log = print,
-              deadline: float | None = None) -> tuple[dict[str, str], int]:
+def run_cells(cells, world, scale, work: Path, *, jobs: int = 1, log: Log = print, deadline: float | None = None,
+              on_result: Callable[[], None] | None = None) -> tuple[dict[str, str], int]:
     """Run every unfinished cell, ``jobs`` at a time, dependencies first.
 
     Returns ({cell id: error} for the cells that did not finish, number of cells that finished now).
 
     Aliased cells reuse their twin's result. A cell whose dependency failed is not run. With a
     ``deadline`` (time.time()), no new cell starts after it (finished cells stay cached).
+    ``on_result`` is called after each cell that finished (the claims' verdicts as they come).
     """
     backfill(cells, world, work, log)
     done = {c.id for c in cells if result_path(work, c.id).is_file()}
@@ -295,6 +325,8 @@ def run_cells(cells, world, scale, work: Path, *, jobs: int = 1, log: Log = prin
                     succeeded += 1
                     log(f"  [{finished}/{total}] done {cell_id} in {result['seconds']:.0f} s{_summary(result)}"
                         f" (elapsed {elapsed / 60:.1f} min, ~{eta / 60:.1f} min left)")
+                    if on_result is not None:
+                        on_result()
                 else:
                     failed[cell_id] = error
                     log(f"  [{finished}/{total}] FAILED {cell_id}: {error.splitlines()[0]}")

@@ -3,9 +3,10 @@
     synth/                  b2s_core.synth.write_dataset: nuScenes-format logs + Occ3D labels
     data/binary_<b>.h5      b2s build-binary (LiDAR aggregation + ray casting) of block b of the
                             binary-only scenes, directly on the miniature grid
-    data/semantic.h5        b2s convert (nuScenes + Occ3D labels) of the K labelled scenes, coarsened
+    data/semantic.h5        b2s convert (nuScenes + Occ3D labels) of the K labelled scenes, put on the
+                            miniature grid (cropped)
     data/val.h5             the same for the held-out validation scenes
-    data/pseudo_gt.h5       the same for the P auto-labelled scenes (E3's "K+P GT" upper reference)
+    data/pseudo_gt.h5       the same for the P auto-labelled scenes (C4's "K+P GT" reference)
 
 Scene roles are fixed by index: validation first, then the labelled scenes, then the binary-only
 scenes, so that changing N keeps K and the validation set identical. The world is cached: a
@@ -24,9 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from b2s_core.errors import B2SError
-from b2s_core.grids import get_grid, resample_binary, resample_labels
+from b2s_core.grids import crop_window, get_grid
 
 Log = Callable[[str], None]
+
+# The Occ3D classes that are the ground: a grid where these are most of the occupied voxels teaches
+# little geometry (docs/reproduce.md measures their share per grid).
+GROUND_CLASSES = ("driveable_surface", "other_flat", "sidewalk", "terrain")
 
 
 class WorldError(B2SError):
@@ -41,7 +46,7 @@ class World:
     pseudo_gt: Path
     binary_blocks: list[Path]  # block b holds binary scenes [b * block, (b + 1) * block)
     block_size: int
-    pseudo_blocks: int  # the first pseudo_blocks blocks are E3's P scenes
+    pseudo_blocks: int  # the first pseudo_blocks blocks are C4's P scenes
     scene_roles: dict[str, list[str]]
 
     def binary_files(self, scenes: int) -> list[Path]:
@@ -66,36 +71,39 @@ def _atomic_json(path: Path, data: dict) -> None:
     temp.replace(path)
 
 
-def coarsen_file(src: Path, dst: Path, grid_spec: str) -> Path:
-    """Write ``src`` (a labelled unified HDF5 file) resampled onto the grid ``grid_spec`` (atomically).
+def onto_grid(src: Path, dst: Path, grid_spec: str) -> Path:
+    """Write ``src`` (a labelled unified HDF5 file) cropped to the grid ``grid_spec`` (atomically).
 
-    Labels: most frequent non-free class per block (free only when the whole block is free, so
-    thin objects survive, b2s_core.grids.resample_labels); occupancy follows the labels; visibility
-    masks: a coarse voxel is observed when any of its fine voxels is.
+    The miniature grid keeps the labels' own voxels over a smaller box (b2s_core.grids.crop_window
+    refuses a grid of other voxels or off their lattice), so labels, occupancy and masks are sliced.
     """
     from b2s_core.occfile import OccDataset, OccWriter
 
     target = get_grid(grid_spec)
     data = OccDataset(src)
-    source_grid, taxonomy = data.grid, data.taxonomy
-    attrs = data.attrs()
+    taxonomy, attrs = data.taxonomy, data.attrs()
+    try:
+        window = crop_window(data.grid, target)
+    except B2SError:
+        data.close()
+        raise
 
     def frames(indices: range):
         for i in indices:
             frame = data.read(i)
             if frame.semantics is None:
-                raise WorldError(f"{src}: frame {i} has no semantic labels to coarsen")
-            frame.semantics = resample_labels(frame.semantics, source_grid, target, taxonomy.free_index)
+                raise WorldError(f"{src}: frame {i} has no semantic labels to put on the miniature grid")
+            frame.semantics = frame.semantics[window]
             frame.occupancy = frame.semantics != taxonomy.free_index
             for name in ("mask_camera", "mask_lidar"):
                 mask = getattr(frame, name)
                 if mask is not None:
-                    setattr(frame, name, resample_binary(mask, source_grid, target))
+                    setattr(frame, name, mask[window])
             yield frame
 
     try:
         with OccWriter(dst, grid=target, taxonomy=taxonomy, source=data.source,
-                       command=f"examples/reproduce_paper.py: {src.name} coarsened to {grid_spec}",
+                       command=f"examples/reproduce_paper.py: {src.name} on the grid {grid_spec}",
                        camera_names=data.camera_names, image_root=attrs.get("image_root") or None) as writer:
             for scene in data.scenes:
                 writer.write_scene(scene.name, frames(range(scene.start, scene.stop)))
@@ -158,7 +166,7 @@ def build_world(root: Path, scale, *, workers: int = 1, log: Log = print) -> Wor
             log(f"world:   build-binary skipped {len(summary.skipped)} frame(s): {summary.skipped[0]}")
         log(f"world: build-binary block {b} ({len(scenes)} scenes, {summary.frames} frames) in {time.perf_counter() - started:.0f} s")
 
-    # 3. labelled scenes through b2s convert, then coarsened to the miniature grid
+    # 3. labelled scenes through b2s convert, then cropped to the miniature grid
     from converters.jobs.convert import ConvertConfig, convert
 
     def labelled(name: str, scenes: list[str]) -> Path:
@@ -173,9 +181,10 @@ def build_world(root: Path, scale, *, workers: int = 1, log: Log = print) -> Wor
                                             command="b2s convert --source nuscenes --labels occ3d (reproduce_paper.py)"))
             if summary.skipped:
                 log(f"world:   convert skipped {len(summary.skipped)} frame(s): {summary.skipped[0]}")
-        coarsen_file(full, out, scale.grid)
+        onto_grid(full, out, scale.grid)
         full.unlink()
-        log(f"world: {name}: {len(scenes)} labelled scenes converted and coarsened in {time.perf_counter() - started:.0f} s")
+        log(f"world: {name}: {len(scenes)} labelled scenes converted and put on the miniature grid in "
+            f"{time.perf_counter() - started:.0f} s")
         return out
 
     pseudo_scenes = roles["binary"][: scale.pseudo_scenes]
@@ -197,22 +206,28 @@ def world_stats(world: World) -> dict:
     for name, paths in (("val", [world.val]), ("semantic", [world.semantic]), ("pseudo_gt", [world.pseudo_gt]),
                         ("binary", world.binary_blocks)):
         data = OccDataset([str(p) for p in paths])
-        occupied, observed = [], []
+        ground = [data.taxonomy.class_names.index(c) for c in GROUND_CLASSES if c in data.taxonomy.class_names]
+        occupied, observed, on_ground = [], [], []
         for i in range(len(data)):
-            frame = data.read(i, fields=("occupancy", "mask_camera"))
+            labelled = name != "binary"
+            frame = data.read(i, fields=("occupancy", "mask_camera") + (("semantics",) if labelled else ()))
             mask = frame.mask_camera if frame.mask_camera is not None else np.ones_like(frame.occupancy)
             occupied.append(float((frame.occupancy & mask).sum()))
             observed.append(float(mask.sum()))
+            if labelled:
+                on_ground.append(float((np.isin(frame.semantics, ground) & mask).sum()))
         out[name] = {"scenes": len(data.scenes), "frames": len(data), "grid": list(data.grid.shape),
                      "occupied_in_camera_mask_per_frame": round(float(np.mean(occupied)), 1),
                      "camera_mask_per_frame": round(float(np.mean(observed)), 1)}
+        if on_ground:  # the share of the geometry that is the ground (the grid is chosen so it is not most)
+            out[name]["ground_share_of_occupied"] = round(100.0 * sum(on_ground) / max(sum(occupied), 1.0), 1)
         data.close()
     out["binary_vs_labels"] = binary_agreement(world)
     return out
 
 
 def binary_agreement(world: World) -> dict:
-    """How well build-binary's occupancy of the P scenes matches their (coarsened) Occ3D labels.
+    """How well build-binary's occupancy of the P scenes matches their (cropped) Occ3D labels.
 
     The pre-training data and the labels come from different processes (LiDAR aggregation vs the
     label writer), as in real life; this says how different, inside the labels' camera mask.
