@@ -175,12 +175,10 @@ class Report:
 
     def __init__(self, cells, scale, work: Path, images: Path, *, draw: bool = True):
         self.R, self.scale, self.work, self.images, self.draw = Results(cells, work), scale, work, images, draw
-        self.cells = cells
         self.N, self.K, self.P = scale.binary_scenes, scale.semantic_scenes, scale.pseudo_scenes
         self.sizes = scale.pretrain_sizes
         self.kinds = ["ls"] + (["bevformer"] if scale.dense_pair else [])
-        self.claims: list[list[str]] = []
-        self.settled: list[dict] = []  # every claim as data: what the run logs as its verdicts come
+        self.claims: list[dict] = []  # every claim as data: the table, and what the run logs as verdicts come
         self.why: list[str] = []
         self.written: list[Path] = []
         self.plt = _pyplot()
@@ -193,9 +191,8 @@ class Report:
         v, detail = verdict(a, b)
         if at_least and v == "within noise":
             v = "holds (≥, within noise)"
-        self.claims.append([name, text, paper, f"{a} vs {b}", detail, f"**{v}**"])
-        self.settled.append({"claim": name, "test": text, "verdict": v, "detail": detail, "a": str(a), "b": str(b),
-                             "complete": a.n == b.n == len(self.R.seeds)})
+        self.claims.append({"claim": name, "test": text, "paper": paper, "verdict": v, "detail": detail,
+                            "a": str(a), "b": str(b), "complete": a.n == b.n == len(self.R.seeds)})
         if v in ("does not hold", "within noise") and ids:
             self.why.append(f"- **{name}, {text}: {v}.** " + "; ".join(self._diagnose(label, f) for label, f in ids))
 
@@ -480,7 +477,9 @@ class Report:
 
     def claims_section(self) -> str:
         text = ("## Claims at a glance\n\n" + __doc__.split("\n\n", 1)[1].strip().replace("\n", " ") + "\n\n"
-                + _table(["Claim", "Test (A > B)", "Paper", "Ours (A vs B)", "Difference", "Verdict"], self.claims)
+                + _table(["Claim", "Test (A > B)", "Paper", "Ours (A vs B)", "Difference", "Verdict"],
+                         [[c["claim"], c["test"], c["paper"], f"{c['a']} vs {c['b']}", c["detail"],
+                           f"**{c['verdict']}**"] for c in self.claims])
                 + "\n")
         came = self.work / "verdicts.jsonl"
         if came.is_file():
@@ -502,7 +501,7 @@ def claim_verdicts(cells, scale, work: Path) -> list[dict]:
     report = Report(cells, scale, work, work, draw=False)
     for section in (report.c1, report.c2, report.c3, report.c4, report.c5):
         section()
-    return [c for c in report.settled if c["complete"]]
+    return [c for c in report.claims if c["complete"]]
 
 
 def log_new_verdicts(cells, scale, work: Path, log) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 # The miniature output grid: Occ3D's own 0.4 m voxels and height range over the central 40 x 40 m
-# (100 x 100 x 16), cropped from the synthetic world's Occ3D labels. At 0.8 m over the full range most
-# occupied voxels in the camera mask were the ground and a from-scratch binary decoder reached IoU 73
-# in 150 steps; docs/reproduce.md measures the ground share of both grids and the step cost (0.65x).
+# (100 x 100 x 16), cropped from the synthetic world's Occ3D labels (the former 0.8 m grid halved the
+# voxels' resolution). A Sparse-LS step costs 1.5x the 0.8 m one; the synthetic world is ~78 % ground
+# at either grid (docs/reproduce.md measures both, and the real Occ3D sample).
 MINI_GRID = "-20,-20,-1,20,20,5.4:0.4,0.4,0.4"
 
 

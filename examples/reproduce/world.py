@@ -82,13 +82,8 @@ def onto_grid(src: Path, dst: Path, grid_spec: str) -> Path:
     target = get_grid(grid_spec)
     data = OccDataset(src)
     taxonomy, attrs = data.taxonomy, data.attrs()
-    try:
-        window = crop_window(data.grid, target)
-    except B2SError:
-        data.close()
-        raise
 
-    def frames(indices: range):
+    def frames(indices: range, window: tuple[slice, slice, slice]):
         for i in indices:
             frame = data.read(i)
             if frame.semantics is None:
@@ -102,11 +97,12 @@ def onto_grid(src: Path, dst: Path, grid_spec: str) -> Path:
             yield frame
 
     try:
+        window = crop_window(data.grid, target)
         with OccWriter(dst, grid=target, taxonomy=taxonomy, source=data.source,
                        command=f"examples/reproduce_paper.py: {src.name} on the grid {grid_spec}",
                        camera_names=data.camera_names, image_root=attrs.get("image_root") or None) as writer:
             for scene in data.scenes:
-                writer.write_scene(scene.name, frames(range(scene.start, scene.stop)))
+                writer.write_scene(scene.name, frames(range(scene.start, scene.stop), window))
     finally:
         data.close()
     return dst
@@ -208,8 +204,8 @@ def world_stats(world: World) -> dict:
         data = OccDataset([str(p) for p in paths])
         ground = [data.taxonomy.class_names.index(c) for c in GROUND_CLASSES if c in data.taxonomy.class_names]
         occupied, observed, on_ground = [], [], []
+        labelled = name != "binary"
         for i in range(len(data)):
-            labelled = name != "binary"
             frame = data.read(i, fields=("occupancy", "mask_camera") + (("semantics",) if labelled else ()))
             mask = frame.mask_camera if frame.mask_camera is not None else np.ones_like(frame.occupancy)
             occupied.append(float((frame.occupancy & mask).sum()))
@@ -219,7 +215,7 @@ def world_stats(world: World) -> dict:
         out[name] = {"scenes": len(data.scenes), "frames": len(data), "grid": list(data.grid.shape),
                      "occupied_in_camera_mask_per_frame": round(float(np.mean(occupied)), 1),
                      "camera_mask_per_frame": round(float(np.mean(observed)), 1)}
-        if on_ground:  # the share of the geometry that is the ground (the grid is chosen so it is not most)
+        if on_ground:  # the share of the geometry that is the ground (docs/reproduce.md compares real labels)
             out[name]["ground_share_of_occupied"] = round(100.0 * sum(on_ground) / max(sum(occupied), 1.0), 1)
         data.close()
     out["binary_vs_labels"] = binary_agreement(world)
